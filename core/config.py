@@ -1,0 +1,295 @@
+"""Platform config (``mcp_agent_cloud.config.yaml``): discovery, YAML with line numbers, env overrides, validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_FILENAME = "mcp_agent_cloud.config.yaml"
+ENV_PREFIX = "MCP_AGENT_CLOUD_"
+# Env vars that belong to the CLI or to discovery, never to platform keys.
+NON_CONFIG_ENV = {"CONFIG", "API_URL", "AUTH_URL", "HOME", "DISABLE_PLUGIN_AUTOLOAD", "TRACE_PLUGINS", "TOKEN"}
+
+
+def home_dir() -> Path:
+    """``~/.mcp-agent-cloud``, or ``$MCP_AGENT_CLOUD_HOME``."""
+    env = os.environ.get(ENV_PREFIX + "HOME")
+    return Path(env).expanduser() if env else Path.home() / ".mcp-agent-cloud"
+
+
+class BackendRef(BaseModel):
+    """``builder: process`` or ``builder: {name: process, some_option: 1}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_str(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" not in value:
+            raise ValueError("a backend given as a mapping needs a 'name' key, e.g. {name: process, ...}")
+        return value
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PluginsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disable: list[str] = Field(default_factory=list, description="entry-point names of plugins not to load")
+    require: list[str] = Field(default_factory=list, description="plugins that must be present, or start fails")
+
+
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest package the API accepts (413 above)")
+    max_unpacked_bytes: int = Field(500 * 1024 * 1024, gt=0, description="largest extracted app")
+    health_timeout: float = Field(120.0, gt=0, description="seconds a new version has to pass its health check")
+
+
+class SupervisorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backoff_initial: float = Field(1.0, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    stable_after: float = Field(30.0, gt=0, description="uptime after which the backoff resets")
+
+
+class PlatformConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field("127.0.0.1:8765", description="host:port the platform binds")
+    public_url: str | None = Field(None, description="URL clients use to reach the platform (default from listen)")
+    data_dir: Path = Field(default_factory=lambda: home_dir() / "data")
+    default_org: str = "default"
+    packager: BackendRef = BackendRef(name="tarball")
+    builder: BackendRef = BackendRef(name="process")
+    registry: BackendRef = BackendRef(name="sqlite")
+    executor: BackendRef = BackendRef(name="asyncio")
+    secrets: BackendRef = BackendRef(name="local")
+    auth: list[BackendRef] = Field(default_factory=lambda: [BackendRef(name="builtin")])
+    telemetry: list[BackendRef] = Field(default_factory=lambda: [BackendRef(name="console"), BackendRef(name="jsonl")])
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    log_level: str = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8765")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expandvars(str(value))).expanduser()
+
+    @field_validator("auth", "telemetry", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, dict)) else value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LocatedYaml:
+    """A parsed YAML document plus the line of every key path, for error messages."""
+
+    def __init__(self, data: Any, lines: dict[tuple[Any, ...], int], source: str) -> None:
+        self.data = data
+        self.lines = lines
+        self.source = source
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return None
+
+
+def load_yaml(text: str, source: str) -> LocatedYaml:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"invalid YAML in {where}: {exc.problem or exc}",
+                          hint="fix the syntax at that line (indentation, quoting, a missing ':')") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {source}: {exc}") from None
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(n: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return LocatedYaml(data, lines, source)
+
+
+def format_validation_error(exc: ValidationError, located: LocatedYaml | None = None, prefix: tuple = ()) -> str:
+    out = []
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before",)))
+        # pydantic adds the validator name for union/model_validator branches; drop non-key parts
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = ""
+        if located is not None:
+            line = located.line_of(loc)
+            where = f"{located.source}:{line}: " if line else f"{located.source}: "
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"  {where}{key}: {msg}")
+    return "\n".join(out)
+
+
+def validate_located(model: type[BaseModel], located: LocatedYaml, *, prefix: tuple = (), what: str = "config") -> Any:
+    data = located.data
+    for p in prefix:
+        data = (data or {}).get(p) if isinstance(data, dict) else None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        line = located.line_of(prefix)
+        raise ConfigError(f"{located.source}:{line or 1}: {what} must be a mapping of keys to values")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what} in {located.source}:\n{format_validation_error(exc, located, prefix)}",
+                          hint="fix the keys named above; see docs/config.md") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery, env overrides, sources
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_config_file(explicit: str | Path | None = None, cwd: Path | None = None) -> Path | None:
+    """``--config``, then ``$MCP_AGENT_CLOUD_CONFIG``, then the working directory, then ``~/.mcp-agent-cloud/``."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}", hint="check the path given with --config")
+        return path
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (from ${ENV_PREFIX}CONFIG)",
+                              hint=f"fix or unset {ENV_PREFIX}CONFIG")
+        return path
+    for candidate in ((cwd or Path.cwd()) / CONFIG_FILENAME, home_dir() / CONFIG_FILENAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _env_overrides() -> dict[tuple[str, ...], tuple[str, str]]:
+    """``MCP_AGENT_CLOUD_LISTEN=...`` sets ``listen``; ``MCP_AGENT_CLOUD_LIMITS__MAX_UPLOAD_BYTES`` a nested key.
+    Values are parsed as YAML scalars so numbers and lists work."""
+    fields = set(PlatformConfig.model_fields)
+    out = {}
+    for name, value in os.environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if rest in NON_CONFIG_ENV:
+            continue
+        path = tuple(p.lower() for p in rest.split("__"))
+        if path[0] in fields:
+            out[path] = (name, value)
+    return out
+
+
+class LoadedConfig:
+    """The effective config plus where each top-level value came from."""
+
+    def __init__(self, config: PlatformConfig, path: Path | None, sources: dict[str, str]) -> None:
+        self.config = config
+        self.path = path
+        self.sources = sources
+
+
+def load_config(explicit: str | Path | None = None, *, cwd: Path | None = None) -> LoadedConfig:
+    path = find_config_file(explicit, cwd)
+    if path is not None:
+        located = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    else:
+        located = LocatedYaml({}, {}, "(defaults)")
+    data = located.data if located.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{located.source}: the config must be a mapping of keys to values")
+    data = dict(data)
+    sources = {}
+    for key in data:
+        line = located.lines.get((key,))
+        sources[key] = f"{located.source}:{line}" if line else located.source
+    for keypath, (env_name, raw) in sorted(_env_overrides().items()):
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if keypath == ("data_dir",) or keypath == ("listen",) or keypath == ("public_url",):
+            value = raw  # never reinterpret paths and addresses
+        target = data
+        for part in keypath[:-1]:
+            nxt = target.get(part)
+            target[part] = dict(nxt) if isinstance(nxt, dict) else {}
+            target = target[part]
+        target[keypath[-1]] = value
+        sources[keypath[0]] = f"env {env_name}"
+    try:
+        config = PlatformConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid config in {located.source}:\n{format_validation_error(exc, located)}",
+            hint="fix the keys named above (environment overrides are named MCP_AGENT_CLOUD_<KEY>); see docs/config.md",
+        ) from None
+    for key in PlatformConfig.model_fields:
+        sources.setdefault(key, "default")
+    return LoadedConfig(config, path, sources)

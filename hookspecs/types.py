@@ -1,0 +1,523 @@
+"""Typed specs that registration hooks yield, and the interface each backend kind implements.
+
+Hooks stay synchronous and only *describe* backends. The backends themselves are classes with async methods.
+Each backend class is constructed by the plugin manager as ``Backend(config, ctx)`` where ``config`` is an instance
+of the spec's pydantic ``config_model`` (validated from the YAML) and ``ctx`` is a :class:`PluginContext`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # starlette is only needed by auth providers at run time
+    from starlette.requests import Request
+    from starlette.routing import BaseRoute
+
+
+class NoConfig(BaseModel):
+    """Config model for backends that take no options. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackendSpec:
+    """What a registration hook yields: a name the config selects, a backend class and its config model.
+
+    ``requires`` lists importable module names the backend needs (checked before it is built, so a missing
+    heavy dependency becomes an error that names ``extra``, the pip extra that installs it).
+    """
+
+    kind: ClassVar[str] = "backend"
+    name: str
+    backend: type
+    config_model: type[BaseModel] = NoConfig
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "_").replace(".", "_").isidentifier():
+            raise ValueError(f"invalid {self.kind} name {self.name!r}: use letters, digits, '-', '_' or '.'")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackagerSpec(BackendSpec):
+    kind: ClassVar[str] = "packager"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuilderSpec(BackendSpec):
+    kind: ClassVar[str] = "builder"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RegistrySpec(BackendSpec):
+    kind: ClassVar[str] = "registry"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecutorSpec(BackendSpec):
+    kind: ClassVar[str] = "executor"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SecretsSpec(BackendSpec):
+    kind: ClassVar[str] = "secrets"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuthProviderSpec(BackendSpec):
+    kind: ClassVar[str] = "auth"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TelemetryExporterSpec(BackendSpec):
+    kind: ClassVar[str] = "telemetry"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerTypeSpec:
+    """A known utility MCP server for ``mcp-agent deploy server NAME --type T``.
+
+    Exactly one of ``pip`` (PyPI requirement specs installed into the deployment's environment) or ``npm``
+    (an npm package run with ``npx``) says where the server comes from. ``command`` and ``args`` start it over
+    stdio; ``{dir}`` in ``args`` is replaced by the directory given with ``--dir`` (``needs_dir=True``).
+    """
+
+    kind: ClassVar[str] = "server_type"
+    name: str
+    description: str
+    command: str
+    args: tuple[str, ...] = ()
+    pip: tuple[str, ...] = ()
+    npm: str | None = None
+    needs_dir: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared data models
+# ---------------------------------------------------------------------------------------------------------------
+
+DeploymentKind = Literal["app", "stdio", "remote"]
+
+
+class FileEntry(BaseModel):
+    path: str
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """Describes a package. Written by the packager into the archive and returned by ``unpack``."""
+
+    format: str = Field(description="name of the packager that made the archive")
+    format_version: int = 1
+    name: str
+    kind: DeploymentKind = "app"
+    entrypoint: str | None = Field(None, description="module:attr of the MCP server object")
+    requirements: list[str] = Field(default_factory=list)
+    requirements_hash: str = ""
+    description: str = ""
+    env: dict[str, str] = Field(default_factory=dict, description="non-secret environment from deploy.env")
+    files: list[FileEntry] = Field(default_factory=list)
+
+
+class Package(BaseModel):
+    path: Path
+    sha256: str
+    size: int
+    manifest: Manifest
+
+
+class PackageHints(BaseModel):
+    """What the CLI knows about the app before packaging (from flags, mcp_agent.config.yaml and detection)."""
+
+    name: str
+    entrypoint: str | None = None
+    requirements: list[str] = Field(default_factory=list)
+    description: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    max_bytes: int | None = None
+
+
+class DeploymentRef(BaseModel):
+    id: str
+    org: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.org}.{self.name}"
+
+
+class BuildRequest(BaseModel):
+    """Everything a builder needs to turn one deployment version into something it can start."""
+
+    deployment: DeploymentRef
+    version: int
+    kind: DeploymentKind
+    work_dir: Path = Field(description="DATA/deployments/{org}.{name}/{version}: the builder may write here")
+    source_dir: Path | None = Field(None, description="extracted app (kind app)")
+    manifest: Manifest | None = None
+    entrypoint: str | None = None
+    command: str | None = Field(None, description="stdio server command (kind stdio)")
+    args: list[str] = Field(default_factory=list)
+    pip: list[str] = Field(default_factory=list, description="requirements to install (kind stdio)")
+    npm: str | None = None
+    url: str | None = Field(None, description="upstream URL (kind remote)")
+    options: dict[str, Any] = Field(default_factory=dict, description="per-deployment builder overrides")
+
+
+class Artifact(BaseModel):
+    """The result of a build. ``data`` is builder-specific (a venv path, an image id)."""
+
+    builder: str
+    deployment: DeploymentRef
+    version: int
+    kind: DeploymentKind
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Instance(BaseModel):
+    """A started artifact. ``url`` is the Streamable HTTP endpoint the gateway proxies to."""
+
+    builder: str
+    deployment: DeploymentRef
+    version: int
+    url: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    started_at: float = Field(default_factory=time.time)
+
+
+class Identity(BaseModel):
+    subject: str
+    org: str
+    roles: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
+    provider: str
+    token_id: str | None = None
+
+    def can(self, action: Literal["read", "write", "admin"]) -> bool:
+        need = {"read": {"viewer", "developer", "owner", "admin"}, "write": {"developer", "owner", "admin"},
+                "admin": {"owner", "admin"}}[action]
+        return bool(need.intersection(self.roles))
+
+
+class Event(BaseModel):
+    """A structured platform event. Every deploy pipeline step and lifecycle change produces one."""
+
+    type: str
+    ts: float = Field(default_factory=time.time)
+    org: str | None = None
+    deployment: str | None = None
+    version: int | None = None
+    step: str | None = None
+    status: Literal["started", "ok", "failed", "info"] = "info"
+    message: str = ""
+    duration_ms: float | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# Registry records ----------------------------------------------------------------------------------------------
+
+DeploymentStatus = Literal["pending", "building", "running", "stopped", "failed", "crashed"]
+VersionStatus = Literal["building", "starting", "serving", "failed", "superseded", "stopped"]
+
+
+class OrgRecord(BaseModel):
+    name: str
+    created_at: float = Field(default_factory=time.time)
+
+
+class DeploymentRecord(BaseModel):
+    id: str
+    org: str
+    name: str
+    kind: DeploymentKind
+    builder: str
+    status: DeploymentStatus = "pending"
+    desired_state: Literal["running", "stopped"] = "running"
+    current_version: int | None = None
+    spec: dict[str, Any] = Field(default_factory=dict, description="description, region, public, url ...")
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+    @property
+    def ref(self) -> DeploymentRef:
+        return DeploymentRef(id=self.id, org=self.org, name=self.name)
+
+
+class VersionRecord(BaseModel):
+    deployment_id: str
+    version: int
+    status: VersionStatus = "building"
+    package_sha256: str | None = None
+    manifest: dict[str, Any] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    artifact: dict[str, Any] | None = None
+    instance: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class EventRecord(BaseModel):
+    id: int | None = None
+    org: str | None = None
+    deployment_id: str | None = None
+    type: str
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+
+
+class TokenRecord(BaseModel):
+    id: str
+    org: str
+    subject: str
+    name: str = ""
+    token_hash: str
+    roles: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float | None = None
+    revoked: bool = False
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    workflow_id: str
+    name: str
+    status: Literal["running", "paused", "completed", "error", "cancelled", "interrupted"] = "running"
+    state: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class SecretInfo(BaseModel):
+    key: str
+    version: int
+    updated_at: float
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backend interfaces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PluginContext:
+    """What the platform hands every backend it builds."""
+
+    data_dir: Path
+    emit: Callable[[Event], None] = lambda event: None
+    registry: Registry | None = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """Base of every backend. ``start`` runs once after construction inside the event loop; ``aclose`` at shutdown."""
+
+    spec_name: ClassVar[str] = ""
+
+    def __init__(self, config: BaseModel, ctx: PluginContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections, create files. Default: nothing."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``start`` opened. Default: nothing."""
+
+
+class Packager(Backend):
+    """Turns an app directory into one archive, and unpacks it safely on the platform."""
+
+    @abc.abstractmethod
+    async def package(self, src_dir: Path, hints: PackageHints, out_dir: Path) -> Package:
+        """Write ``out_dir/<sha256>.<ext>`` and return it with its manifest. Same tree in, same bytes out."""
+
+    @abc.abstractmethod
+    async def unpack(self, archive: Path, dest: Path, *, max_bytes: int | None = None) -> Manifest:
+        """Validate then extract ``archive`` into ``dest``; refuse traversal, absolute paths, links and devices
+        before anything is written (raise :class:`~mcp_agent_cloud.errors.PackageError`)."""
+
+    async def inspect(self, archive: Path) -> Manifest:
+        """Validate ``archive`` and return its manifest without extracting it."""
+        raise NotImplementedError
+
+
+LogSink = Callable[[str], Awaitable[None] | None]
+
+
+class Builder(Backend):
+    """Builds a deployment version and runs it as an instance that speaks Streamable HTTP."""
+
+    @abc.abstractmethod
+    async def build(self, request: BuildRequest, log: LogSink) -> Artifact:
+        """Prepare the artifact (a virtualenv, an image). Stream human-readable progress lines to ``log``."""
+
+    @abc.abstractmethod
+    async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:  # type: ignore[override]
+        """Start the artifact; its stdout and stderr go to ``log_path``. Returns when the process or container exists
+        (readiness is the platform's health check)."""
+
+    @abc.abstractmethod
+    async def wait(self, instance: Instance) -> int:
+        """Return the exit code once the instance has exited (the supervisor awaits this)."""
+
+    @abc.abstractmethod
+    async def stop(self, instance: Instance, *, timeout: float = 10.0) -> None:
+        """Stop the instance: gracefully, then by force after ``timeout``. Idempotent."""
+
+    async def is_alive(self, instance: Instance) -> bool:
+        raise NotImplementedError
+
+    async def stats(self, instance: Instance) -> dict[str, Any]:
+        """CPU and memory of the instance, when the builder can tell."""
+        return {}
+
+    async def adopt_existing(self, instances: list[Instance]) -> list[Instance]:
+        """After a platform restart: return the instances still running that this builder can take over.
+        Anything it cannot adopt it must stop. Default: adopt nothing."""
+        return []
+
+    async def remove(self, artifact: Artifact) -> None:  # noqa: B027 - optional hook
+        """Delete what ``build`` produced, unless it is shared (a cached venv, a base layer)."""
+
+
+class Registry(Backend):
+    """Durable platform state: orgs, deployments, versions, events and tokens."""
+
+    # orgs
+    @abc.abstractmethod
+    async def ensure_org(self, name: str) -> OrgRecord: ...
+    @abc.abstractmethod
+    async def get_org(self, name: str) -> OrgRecord | None: ...
+    @abc.abstractmethod
+    async def list_orgs(self) -> list[OrgRecord]: ...
+
+    # deployments
+    @abc.abstractmethod
+    async def create_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Insert; raise :class:`~mcp_agent_cloud.errors.ConflictError` if ``(org, name)`` exists."""
+    @abc.abstractmethod
+    async def get_deployment(self, org: str, name: str) -> DeploymentRecord | None: ...
+    @abc.abstractmethod
+    async def get_deployment_by_id(self, deployment_id: str) -> DeploymentRecord | None: ...
+    @abc.abstractmethod
+    async def list_deployments(self, org: str | None = None) -> list[DeploymentRecord]: ...
+    @abc.abstractmethod
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> DeploymentRecord: ...
+    @abc.abstractmethod
+    async def delete_deployment(self, deployment_id: str) -> None:
+        """Delete the deployment and its versions. Events stay (they are history)."""
+
+    # versions
+    @abc.abstractmethod
+    async def create_version(self, deployment_id: str, **fields: Any) -> VersionRecord:
+        """Allocate the next version number atomically and insert it."""
+    @abc.abstractmethod
+    async def get_version(self, deployment_id: str, version: int) -> VersionRecord | None: ...
+    @abc.abstractmethod
+    async def list_versions(self, deployment_id: str) -> list[VersionRecord]: ...
+    @abc.abstractmethod
+    async def update_version(self, deployment_id: str, version: int, **fields: Any) -> VersionRecord: ...
+
+    # events
+    @abc.abstractmethod
+    async def add_event(self, record: EventRecord) -> EventRecord: ...
+    @abc.abstractmethod
+    async def list_events(
+        self, *, org: str | None = None, deployment_id: str | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[EventRecord]: ...
+
+    # tokens
+    @abc.abstractmethod
+    async def add_token(self, record: TokenRecord) -> TokenRecord: ...
+    @abc.abstractmethod
+    async def find_token(self, token_hash: str) -> TokenRecord | None: ...
+    @abc.abstractmethod
+    async def list_tokens(self, org: str) -> list[TokenRecord]: ...
+    @abc.abstractmethod
+    async def revoke_token(self, token_id: str) -> None: ...
+
+    async def watch(self, *, org: str | None = None, after_id: int = 0) -> AsyncIterator[EventRecord]:
+        """Yield events as they are added. Default: poll ``list_events``."""
+        import anyio
+
+        while True:
+            batch = await self.list_events(org=org, after_id=after_id, limit=500)
+            for event in batch:
+                after_id = max(after_id, event.id or after_id)
+                yield event
+            await anyio.sleep(0.5)
+
+
+class Executor(Backend):
+    """Runs workflow code. Runs are addressed by ``run_id``; signals reach only the run named."""
+
+    @abc.abstractmethod
+    async def start_run(
+        self, name: str, fn: Callable[..., Awaitable[Any]], params: Mapping[str, Any], *, workflow_id: str | None = None
+    ) -> RunRecord: ...
+    @abc.abstractmethod
+    async def status(self, run_id: str) -> RunRecord: ...
+    @abc.abstractmethod
+    async def signal(self, run_id: str, name: str, payload: Any = None) -> None: ...
+    @abc.abstractmethod
+    async def cancel(self, run_id: str) -> None: ...
+    @abc.abstractmethod
+    async def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRecord]: ...
+
+
+class SecretsBackend(Backend):
+    """Stores secret values per scope (``{org}/{deployment}``). Values never leave it except through ``get``."""
+
+    @abc.abstractmethod
+    async def put(self, scope: str, key: str, value: str) -> int:
+        """Store a new version; return its number."""
+    @abc.abstractmethod
+    async def get(self, scope: str, key: str, *, version: int | None = None) -> str:
+        """Raise :class:`~mcp_agent_cloud.errors.NotFoundError` when missing."""
+    @abc.abstractmethod
+    async def list(self, scope: str) -> list[SecretInfo]: ...
+    @abc.abstractmethod
+    async def delete(self, scope: str, key: str) -> None: ...
+    async def rotate(self) -> None:
+        """Rotate the key material that protects the stored values."""
+        raise NotImplementedError
+
+
+class AuthProvider(Backend):
+    """Turns a request into an :class:`Identity`. Providers are tried in the configured order."""
+
+    @abc.abstractmethod
+    async def authenticate(self, request: Request) -> Identity | None:
+        """Return the caller's identity, or ``None`` when this provider does not recognise the credentials."""
+
+    def routes(self) -> list[BaseRoute]:
+        """Public routes for login flows, mounted under ``/auth/{provider}/``."""
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        """Public facts about the provider (shown by ``GET /api/v1/auth/providers``)."""
+        return {}
+
+
+class TelemetryExporter(Backend):
+    """Receives every platform event. ``export`` must not block: buffer, and flush in ``aclose``."""
+
+    @abc.abstractmethod
+    def export(self, event: Event) -> None: ...
