@@ -1,1 +1,416 @@
-"""placeholder: being written"""
+"""Built-in registry ``sqlite``: orgs, deployments, versions, events and tokens in one SQLite file.
+
+One connection, guarded by a thread lock, is driven through ``anyio.to_thread`` so the event loop never blocks on
+disk. Writes run in ``BEGIN IMMEDIATE`` transactions, so a second process on the same file waits (``busy_timeout``)
+instead of interleaving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundError, ValidationFailed
+from mcp_agent_cloud.hookspecs import hookimpl
+from mcp_agent_cloud.hookspecs.types import (
+    DeploymentRecord,
+    EventRecord,
+    OrgRecord,
+    Registry,
+    RegistrySpec,
+    TokenRecord,
+    VersionRecord,
+)
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class SqliteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: Path | None = Field(None, description="database file (default DATA/registry.db; relative to DATA)")
+    busy_timeout_ms: int = Field(5000, ge=0, description="how long a write waits for another process's lock")
+
+
+# Schema migrations, applied in order; the row count of ``schema_version`` is how many have run. Append only:
+# a released migration never changes. A PostgreSQL registry mirrors these steps with its own types.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (  # 1: initial schema
+        """CREATE TABLE orgs (
+            name TEXT PRIMARY KEY,
+            created_at REAL NOT NULL)""",
+        """CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            org TEXT NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            builder TEXT NOT NULL,
+            status TEXT NOT NULL,
+            desired_state TEXT NOT NULL,
+            current_version INTEGER,
+            spec TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (org, name))""",
+        """CREATE TABLE versions (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            package_sha256 TEXT,
+            manifest TEXT,
+            options TEXT NOT NULL,
+            artifact TEXT,
+            instance TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (deployment_id, version))""",
+        # no foreign key on deployment_id: events outlive the deployment they describe
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            org TEXT,
+            deployment_id TEXT,
+            type TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL)""",
+        "CREATE INDEX events_org ON events (org, id)",
+        "CREATE INDEX events_deployment ON events (deployment_id, id)",
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            org TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            roles TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX tokens_org ON tokens (org)",
+    ),
+]
+
+# Columns stored as JSON text, per table.
+JSON_COLUMNS: dict[str, frozenset[str]] = {
+    "orgs": frozenset(),
+    "deployments": frozenset({"spec"}),
+    "versions": frozenset({"manifest", "options", "artifact", "instance"}),
+    "events": frozenset({"data"}),
+    "tokens": frozenset({"roles", "scopes"}),
+}
+
+# Fields callers may set after creation; identity and timestamps are managed here.
+DEPLOYMENT_UPDATABLE = frozenset({"kind", "builder", "status", "desired_state", "current_version", "spec"})
+VERSION_FIELDS = frozenset({"status", "package_sha256", "manifest", "options", "artifact", "instance", "error"})
+
+
+def _check_fields(fields: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValidationFailed(
+            f"cannot set {', '.join(unknown)} on a {what}",
+            hint=f"settable fields: {', '.join(sorted(allowed))}",
+        )
+
+
+def _validate(model: type[M], data: dict[str, Any], what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValidationFailed(f"invalid {what}: {problems}") from exc
+
+
+def _to_row(record: BaseModel, table: str, *, exclude: set[str] | None = None) -> dict[str, Any]:
+    row = record.model_dump(mode="json", exclude=exclude)
+    for col in JSON_COLUMNS[table] & row.keys():
+        row[col] = None if row[col] is None else json.dumps(row[col])
+    return row
+
+
+def _from_row(model: type[M], table: str, row: sqlite3.Row | None) -> M | None:
+    if row is None:
+        return None
+    data = dict(row)
+    for col in JSON_COLUMNS[table]:
+        if data.get(col) is not None:
+            data[col] = json.loads(data[col])
+    return model.model_validate(data)
+
+
+def _private_dir(path: Path) -> None:
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+class SqliteRegistry(Registry):
+    def __init__(self, config: SqliteConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        path = Path(config.path) if config.path else Path("registry.db")
+        self.path = path if path.is_absolute() else Path(ctx.data_dir) / path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self._open)
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._close)
+
+    def _open(self) -> None:
+        _private_dir(self.path.parent)
+        # Create the file ourselves so it is 0600 from the first byte; SQLite gives -wal/-shm the same mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.config.busy_timeout_ms / 1000)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+        with _transaction(conn):
+            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise MCPAgentCloudError(
+                    f"registry {self.path} has schema version {current}, newer than this mcp-agent-cloud "
+                    f"understands ({len(MIGRATIONS)})",
+                    hint="upgrade mcp-agent-cloud, or point registry.path at another file",
+                )
+            for number, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (number, time.time()))
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._locked, fn)
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._conn is None:
+                raise MCPAgentCloudError("the sqlite registry is not open", hint="call start() first")
+            return fn(self._conn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def tx(conn: sqlite3.Connection) -> T:
+            with _transaction(conn):
+                return fn(conn)
+        return await self._run(tx)
+
+    async def _one(self, model: type[M], table: str, sql: str, args: tuple = ()) -> M | None:
+        return await self._run(lambda c: _from_row(model, table, c.execute(sql, args).fetchone()))
+
+    async def _all(self, model: type[M], table: str, sql: str, args: tuple = ()) -> list[M]:
+        return await self._run(lambda c: [_from_row(model, table, r) for r in c.execute(sql, args).fetchall()])
+
+    # -- orgs -------------------------------------------------------------------------------------------------
+
+    async def ensure_org(self, name: str) -> OrgRecord:
+        def op(c: sqlite3.Connection) -> OrgRecord:
+            c.execute("INSERT OR IGNORE INTO orgs (name, created_at) VALUES (?, ?)", (name, time.time()))
+            return _from_row(OrgRecord, "orgs", c.execute("SELECT * FROM orgs WHERE name = ?", (name,)).fetchone())
+        return await self._write(op)
+
+    async def get_org(self, name: str) -> OrgRecord | None:
+        return await self._one(OrgRecord, "orgs", "SELECT * FROM orgs WHERE name = ?", (name,))
+
+    async def list_orgs(self) -> list[OrgRecord]:
+        return await self._all(OrgRecord, "orgs", "SELECT * FROM orgs ORDER BY name")
+
+    # -- deployments ------------------------------------------------------------------------------------------
+
+    async def create_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
+        def op(c: sqlite3.Connection) -> DeploymentRecord:
+            if c.execute("SELECT 1 FROM deployments WHERE org = ? AND name = ?", (record.org, record.name)).fetchone():
+                raise ConflictError(f"deployment {record.org}.{record.name} already exists",
+                                    hint="pick another name, or update the existing deployment")
+            if c.execute("SELECT 1 FROM deployments WHERE id = ?", (record.id,)).fetchone():
+                raise ConflictError(f"a deployment with id {record.id} already exists")
+            _insert(c, "deployments", _to_row(record, "deployments"))
+            return _get_deployment(c, record.id)
+        return await self._write(op)
+
+    async def get_deployment(self, org: str, name: str) -> DeploymentRecord | None:
+        return await self._one(DeploymentRecord, "deployments",
+                               "SELECT * FROM deployments WHERE org = ? AND name = ?", (org, name))
+
+    async def get_deployment_by_id(self, deployment_id: str) -> DeploymentRecord | None:
+        return await self._one(DeploymentRecord, "deployments", "SELECT * FROM deployments WHERE id = ?",
+                               (deployment_id,))
+
+    async def list_deployments(self, org: str | None = None) -> list[DeploymentRecord]:
+        if org is None:
+            return await self._all(DeploymentRecord, "deployments", "SELECT * FROM deployments ORDER BY org, name")
+        return await self._all(DeploymentRecord, "deployments",
+                               "SELECT * FROM deployments WHERE org = ? ORDER BY name", (org,))
+
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> DeploymentRecord:
+        _check_fields(fields, DEPLOYMENT_UPDATABLE, "deployment")
+
+        def op(c: sqlite3.Connection) -> DeploymentRecord:
+            current = _get_deployment(c, deployment_id)
+            updated = _validate(DeploymentRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
+                                "deployment update")
+            _update(c, "deployments", _to_row(updated, "deployments", exclude={"id"}), "id = ?", (deployment_id,))
+            return updated
+        return await self._write(op)
+
+    async def delete_deployment(self, deployment_id: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            # versions go with it (ON DELETE CASCADE); events have no foreign key and stay
+            if c.execute("DELETE FROM deployments WHERE id = ?", (deployment_id,)).rowcount == 0:
+                raise NotFoundError(f"deployment {deployment_id} not found")
+        await self._write(op)
+
+    # -- versions ---------------------------------------------------------------------------------------------
+
+    async def create_version(self, deployment_id: str, **fields: Any) -> VersionRecord:
+        _check_fields(fields, VERSION_FIELDS, "version")
+
+        def op(c: sqlite3.Connection) -> VersionRecord:
+            _get_deployment(c, deployment_id)
+            # max+1 inside the write transaction: no other writer can take the same number
+            number = c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE deployment_id = ?",
+                               (deployment_id,)).fetchone()[0]
+            record = _validate(VersionRecord, {**fields, "deployment_id": deployment_id, "version": number},
+                               "version")
+            _insert(c, "versions", _to_row(record, "versions"))
+            return record
+        return await self._write(op)
+
+    async def get_version(self, deployment_id: str, version: int) -> VersionRecord | None:
+        return await self._one(VersionRecord, "versions",
+                               "SELECT * FROM versions WHERE deployment_id = ? AND version = ?",
+                               (deployment_id, version))
+
+    async def list_versions(self, deployment_id: str) -> list[VersionRecord]:
+        return await self._all(VersionRecord, "versions",
+                               "SELECT * FROM versions WHERE deployment_id = ? ORDER BY version", (deployment_id,))
+
+    async def update_version(self, deployment_id: str, version: int, **fields: Any) -> VersionRecord:
+        _check_fields(fields, VERSION_FIELDS, "version")
+
+        def op(c: sqlite3.Connection) -> VersionRecord:
+            row = c.execute("SELECT * FROM versions WHERE deployment_id = ? AND version = ?",
+                            (deployment_id, version)).fetchone()
+            current = _from_row(VersionRecord, "versions", row)
+            if current is None:
+                raise NotFoundError(f"version {version} of deployment {deployment_id} not found")
+            updated = _validate(VersionRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
+                                "version update")
+            _update(c, "versions", _to_row(updated, "versions", exclude={"deployment_id", "version"}),
+                    "deployment_id = ? AND version = ?", (deployment_id, version))
+            return updated
+        return await self._write(op)
+
+    # -- events -----------------------------------------------------------------------------------------------
+
+    async def add_event(self, record: EventRecord) -> EventRecord:
+        def op(c: sqlite3.Connection) -> EventRecord:
+            event_id = _insert(c, "events", _to_row(record, "events", exclude={"id"}))
+            return record.model_copy(update={"id": event_id})
+        return await self._write(op)
+
+    async def list_events(
+        self, *, org: str | None = None, deployment_id: str | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[EventRecord]:
+        where, args = ["id > ?"], [after_id]
+        if org is not None:
+            where.append("org = ?")
+            args.append(org)
+        if deployment_id is not None:
+            where.append("deployment_id = ?")
+            args.append(deployment_id)
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        return await self._all(EventRecord, "events", sql, (*args, max(0, limit)))
+
+    # -- tokens -----------------------------------------------------------------------------------------------
+
+    async def add_token(self, record: TokenRecord) -> TokenRecord:
+        def op(c: sqlite3.Connection) -> TokenRecord:
+            if c.execute("SELECT 1 FROM tokens WHERE id = ? OR token_hash = ?",
+                         (record.id, record.token_hash)).fetchone():
+                raise ConflictError(f"token {record.id} (or one with the same hash) already exists")
+            _insert(c, "tokens", _to_row(record, "tokens"))
+            return record
+        return await self._write(op)
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        # revoked and expired tokens are returned too: the auth provider decides what they mean
+        return await self._one(TokenRecord, "tokens", "SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
+
+    async def list_tokens(self, org: str) -> list[TokenRecord]:
+        return await self._all(TokenRecord, "tokens", "SELECT * FROM tokens WHERE org = ? ORDER BY created_at, id",
+                               (org,))
+
+    async def revoke_token(self, token_id: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            if c.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", (token_id,)).rowcount == 0:
+                raise NotFoundError(f"token {token_id} not found")
+        await self._write(op)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # some errors already rolled SQLite back
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
+    cols = ", ".join(row)
+    marks = ", ".join(f":{k}" for k in row)
+    return conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row).lastrowid
+
+
+def _update(conn: sqlite3.Connection, table: str, row: dict[str, Any], where: str, args: tuple) -> None:
+    sets = ", ".join(f"{k} = ?" for k in row)
+    conn.execute(f"UPDATE {table} SET {sets} WHERE {where}", (*row.values(), *args))
+
+
+def _get_deployment(conn: sqlite3.Connection, deployment_id: str) -> DeploymentRecord:
+    row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
+    record = _from_row(DeploymentRecord, "deployments", row)
+    if record is None:
+        raise NotFoundError(f"deployment {deployment_id} not found")
+    return record
+
+
+@hookimpl
+def mcp_agent_cloud_registries():
+    yield RegistrySpec(name="sqlite", backend=SqliteRegistry, config_model=SqliteConfig,
+                       description="SQLite file in the data dir")

@@ -1,0 +1,283 @@
+"""The contract every :class:`~mcp_agent_cloud.hookspecs.types.Registry` backend must pass.
+
+Use it by subclassing in a ``Test*`` class that provides a ``registry_factory`` fixture: an async callable
+``factory(where: Path) -> Registry`` returning a *started* registry. ``where`` is a fresh per-test directory
+(``tmp_path``); each test starts from an empty store, and calling the factory again with the same ``where`` (after
+``aclose``) must reopen the same data. A file backend keeps its file there; a server backend (PostgreSQL) can map
+``where`` to a fresh schema or database. The suite never looks at files, so it stays backend-neutral.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mcp_agent_cloud.errors import ConflictError, NotFoundError, ValidationFailed
+from mcp_agent_cloud.hookspecs.types import DeploymentRecord, EventRecord, Registry, TokenRecord
+
+from . import async_test
+
+RegistryFactory = Callable[[Path], Awaitable[Registry]]
+
+
+@contextlib.asynccontextmanager
+async def opened(factory: RegistryFactory, where: Path) -> AsyncIterator[Registry]:
+    registry = await factory(where)
+    try:
+        yield registry
+    finally:
+        await registry.aclose()
+
+
+def deployment(org: str = "acme", name: str = "hello", **fields) -> DeploymentRecord:
+    fields = {"kind": "app", "builder": "process", **fields}
+    return DeploymentRecord(id=f"dep_{uuid.uuid4().hex}", org=org, name=name, **fields)
+
+
+def token(org: str = "acme", **fields) -> TokenRecord:
+    fields.setdefault("token_hash", uuid.uuid4().hex)
+    return TokenRecord(id=f"tok_{uuid.uuid4().hex[:12]}", org=org, subject="alice", **fields)
+
+
+class RegistryContract:
+    """Backend-neutral behaviour of a registry. Not collected by itself (no ``Test`` prefix)."""
+
+    # -- orgs -------------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_orgs(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            assert await reg.get_org("acme") is None
+            first = await reg.ensure_org("acme")
+            again = await reg.ensure_org("acme")
+            assert first.name == again.name == "acme"
+            assert again.created_at == first.created_at  # idempotent: the first row is kept
+            await reg.ensure_org("beta")
+            assert [o.name for o in await reg.list_orgs()] == ["acme", "beta"]
+            assert (await reg.get_org("beta")).name == "beta"
+
+    # -- deployments ------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_create_get_list_deployments(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            spec = {"description": "hi", "public": True, "nested": {"a": [1, 2, {"b": None}]}}
+            hello = await reg.create_deployment(deployment("acme", "hello", spec=spec))
+            await reg.create_deployment(deployment("acme", "alpha"))
+            other = await reg.create_deployment(deployment("beta", "hello", kind="remote"))
+
+            got = await reg.get_deployment("acme", "hello")
+            assert got == hello
+            assert got.spec == spec and got.status == "pending" and got.current_version is None
+            assert await reg.get_deployment_by_id(other.id) == other
+            assert (await reg.get_deployment_by_id(other.id)).kind == "remote"
+            assert await reg.get_deployment("acme", "nope") is None
+            assert await reg.get_deployment_by_id("dep_missing") is None
+
+            assert [(d.org, d.name) for d in await reg.list_deployments()] == [
+                ("acme", "alpha"), ("acme", "hello"), ("beta", "hello")]
+            assert [d.name for d in await reg.list_deployments("acme")] == ["alpha", "hello"]
+            assert await reg.list_deployments("nobody") == []
+
+    @async_test
+    async def test_duplicate_deployment_conflicts(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            original = await reg.create_deployment(deployment("acme", "hello"))
+            with pytest.raises(ConflictError) as info:
+                await reg.create_deployment(deployment("acme", "hello", builder="docker"))
+            assert "acme.hello" in info.value.message
+            assert await reg.get_deployment("acme", "hello") == original
+            await reg.create_deployment(deployment("beta", "hello"))  # the same name in another org is fine
+
+    @async_test
+    async def test_update_deployment(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            created = await reg.create_deployment(deployment(created_at=1000.0, updated_at=1000.0))
+            updated = await reg.update_deployment(created.id, status="running", current_version=3,
+                                                  spec={"url": "http://x"})
+            assert (updated.status, updated.current_version, updated.spec) == ("running", 3, {"url": "http://x"})
+            assert updated.created_at == 1000.0 and updated.updated_at > 1000.0
+            assert await reg.get_deployment_by_id(created.id) == updated
+            # untouched fields keep their values
+            again = await reg.update_deployment(created.id, desired_state="stopped")
+            assert (again.status, again.desired_state, again.current_version) == ("running", "stopped", 3)
+
+    @async_test
+    async def test_update_deployment_refuses_unknown_fields(self, registry_factory: RegistryFactory,
+                                                            tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            created = await reg.create_deployment(deployment())
+            for bad in ({"bogus": 1}, {"name": "renamed"}, {"id": "dep_other"}, {"status": "exploded"}):
+                with pytest.raises(ValidationFailed):
+                    await reg.update_deployment(created.id, **bad)
+            assert await reg.get_deployment_by_id(created.id) == created
+
+    @async_test
+    async def test_missing_deployment_errors(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            with pytest.raises(NotFoundError):
+                await reg.update_deployment("dep_missing", status="running")
+            with pytest.raises(NotFoundError):
+                await reg.delete_deployment("dep_missing")
+            with pytest.raises(NotFoundError):
+                await reg.create_version("dep_missing")
+            with pytest.raises(NotFoundError):
+                await reg.update_version("dep_missing", 1, status="serving")
+
+    @async_test
+    async def test_delete_deployment_keeps_events(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            dep = await reg.create_deployment(deployment())
+            keep = await reg.create_deployment(deployment(name="keep"))
+            await reg.create_version(dep.id)
+            await reg.create_version(keep.id)
+            await reg.add_event(EventRecord(org="acme", deployment_id=dep.id, type="deployment.created"))
+
+            await reg.delete_deployment(dep.id)
+            assert await reg.get_deployment_by_id(dep.id) is None
+            assert await reg.list_versions(dep.id) == []
+            assert await reg.get_version(dep.id, 1) is None
+            assert [e.type for e in await reg.list_events(deployment_id=dep.id)] == ["deployment.created"]
+            assert [v.version for v in await reg.list_versions(keep.id)] == [1]
+            # the name is free again, and its version numbers start over
+            reborn = await reg.create_deployment(deployment())
+            assert (await reg.create_version(reborn.id)).version == 1
+
+    # -- versions ---------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_versions_are_numbered_per_deployment(self, registry_factory: RegistryFactory,
+                                                        tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            a = await reg.create_deployment(deployment(name="a"))
+            b = await reg.create_deployment(deployment(name="b"))
+            v1 = await reg.create_version(a.id, package_sha256="aa", manifest={"name": "a"}, options={"x": 1})
+            v2 = await reg.create_version(a.id, status="starting")
+            b1 = await reg.create_version(b.id)
+            assert (v1.version, v2.version, b1.version) == (1, 2, 1)
+            assert (v1.deployment_id, v1.status, v1.package_sha256) == (a.id, "building", "aa")
+            assert v1.manifest == {"name": "a"} and v1.options == {"x": 1} and v1.artifact is None
+            assert v2.status == "starting"
+            assert await reg.get_version(a.id, 1) == v1
+            assert await reg.get_version(a.id, 3) is None
+            assert [v.version for v in await reg.list_versions(a.id)] == [1, 2]
+            with pytest.raises(ValidationFailed):
+                await reg.create_version(a.id, bogus=True)
+            with pytest.raises(ValidationFailed):
+                await reg.create_version(a.id, version=7)  # numbers are allocated, never chosen
+            assert [v.version for v in await reg.list_versions(a.id)] == [1, 2]
+
+    @async_test
+    async def test_concurrent_create_version(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            dep = await reg.create_deployment(deployment())
+            numbers: list[int] = []
+
+            async def make() -> None:
+                numbers.append((await reg.create_version(dep.id)).version)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(make)
+            assert sorted(numbers) == list(range(1, 21))
+            assert [v.version for v in await reg.list_versions(dep.id)] == list(range(1, 21))
+
+    @async_test
+    async def test_update_version(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            dep = await reg.create_deployment(deployment())
+            created = await reg.create_version(dep.id)
+            await reg.create_version(dep.id)
+            updated = await reg.update_version(dep.id, 1, status="serving", artifact={"venv": "/v"},
+                                               instance={"url": "http://127.0.0.1:1"}, error=None)
+            assert (updated.status, updated.artifact, updated.instance) == (
+                "serving", {"venv": "/v"}, {"url": "http://127.0.0.1:1"})
+            assert updated.updated_at >= created.updated_at and updated.created_at == created.created_at
+            assert await reg.get_version(dep.id, 1) == updated
+            assert (await reg.get_version(dep.id, 2)).status == "building"  # only the named version changed
+            failed = await reg.update_version(dep.id, 2, status="failed", error="boom")
+            assert (failed.status, failed.error) == ("failed", "boom")
+            for bad in ({"bogus": 1}, {"created_at": 1.0}, {"updated_at": 1.0}, {"status": "weird"}):
+                with pytest.raises(ValidationFailed):
+                    await reg.update_version(dep.id, 1, **bad)
+            with pytest.raises(NotFoundError):
+                await reg.update_version(dep.id, 3, status="serving")
+            assert await reg.get_version(dep.id, 1) == updated
+
+    # -- events -----------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_events_order_and_filters(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            added = []
+            for i, (org, dep) in enumerate([("acme", "d1"), ("beta", "d2"), ("acme", "d2"), ("acme", "d1"),
+                                            ("acme", None), (None, None)]):
+                added.append(await reg.add_event(EventRecord(org=org, deployment_id=dep, type=f"t{i}",
+                                                             message=f"m{i}", data={"i": i})))
+            ids = [e.id for e in added]
+            assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))
+
+            everything = await reg.list_events()
+            assert [e.type for e in everything] == ["t0", "t1", "t2", "t3", "t4", "t5"]
+            assert everything[1] == added[1] and everything[1].data == {"i": 1}
+            assert [e.type for e in await reg.list_events(org="acme")] == ["t0", "t2", "t3", "t4"]
+            assert [e.type for e in await reg.list_events(deployment_id="d2")] == ["t1", "t2"]
+            assert [e.type for e in await reg.list_events(org="acme", deployment_id="d2")] == ["t2"]
+            assert [e.type for e in await reg.list_events(after_id=ids[2])] == ["t3", "t4", "t5"]
+            assert [e.type for e in await reg.list_events(limit=2)] == ["t0", "t1"]
+            assert [e.type for e in await reg.list_events(org="acme", after_id=ids[0], limit=2)] == ["t2", "t3"]
+            assert await reg.list_events(after_id=ids[-1]) == []
+
+    # -- tokens -----------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_tokens(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            t1 = await reg.add_token(token(name="ci", roles=["developer"], scopes=["deploy"],
+                                           expires_at=time.time() + 60))
+            t2 = await reg.add_token(token())
+            await reg.add_token(token(org="beta"))
+            assert await reg.find_token(t1.token_hash) == t1
+            assert await reg.find_token("no-such-hash") is None
+            assert sorted(t.id for t in await reg.list_tokens("acme")) == sorted([t1.id, t2.id])
+            assert await reg.list_tokens("nobody") == []
+
+            await reg.revoke_token(t1.id)
+            revoked = await reg.find_token(t1.token_hash)  # still found: the caller decides what revoked means
+            assert revoked is not None and revoked.revoked is True
+            assert (await reg.find_token(t2.token_hash)).revoked is False
+            await reg.revoke_token(t1.id)  # revoking twice is harmless
+            with pytest.raises(NotFoundError):
+                await reg.revoke_token("tok_missing")
+            with pytest.raises(ConflictError):
+                await reg.add_token(token(token_hash=t2.token_hash))
+
+    # -- durability -------------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_data_survives_reopen(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            await reg.ensure_org("acme")
+            dep = await reg.create_deployment(deployment(spec={"k": "v"}))
+            await reg.create_version(dep.id, manifest={"name": "hello"})
+            await reg.update_deployment(dep.id, current_version=1, status="running")
+            event = await reg.add_event(EventRecord(org="acme", deployment_id=dep.id, type="x"))
+            tok = await reg.add_token(token())
+            await reg.revoke_token(tok.id)
+            before = (await reg.list_orgs(), await reg.list_deployments(), await reg.list_versions(dep.id),
+                      await reg.list_events(), await reg.find_token(tok.token_hash))
+
+        async with opened(registry_factory, tmp_path) as reg:
+            after = (await reg.list_orgs(), await reg.list_deployments(), await reg.list_versions(dep.id),
+                     await reg.list_events(), await reg.find_token(tok.token_hash))
+            assert after == before
+            assert after[1][0].status == "running" and after[4].revoked is True
+            # numbering and ids continue after the reopen
+            assert (await reg.create_version(dep.id)).version == 2
+            assert (await reg.add_event(EventRecord(type="y"))).id > event.id
