@@ -1,0 +1,558 @@
+"""The built-in CLI commands. They register through ``mcp_agent_cloud_cli_commands`` like any plugin's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from ..hookspecs import hookimpl
+from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, table
+
+PROCESS_WARNING = ("The `process` builder runs app code directly on the platform host, with no isolation. "
+                   "Use it for code you trust; for untrusted code select a container builder "
+                   "(builder: docker or podman).")
+
+
+def _client(api_url: str | None):
+    from ..client import PlatformClient
+
+    return PlatformClient(api_url)
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
+def _client_snippet(name: str, endpoint: str) -> dict:
+    return {"mcpServers": {name: {"type": "http", "url": endpoint,
+                                  "headers": {"Authorization": "Bearer ${MCP_AGENT_CLOUD_TOKEN}"}}}}
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json({k: v for k, v in result.items() if k != "type"} | {"client_config": _client_snippet(
+            result["name"], result["endpoint"])})
+        return
+    out.print()
+    out.print(f"[bold green]Deployed[/] {result['org']}.{result['name']}", markup=True, highlight=False)
+    out.print(f"  endpoint:   {result['endpoint']}", highlight=False)
+    out.print(f"  deployment: {result['id']}", highlight=False)
+    out.print(f"  version:    {result['version']}", highlight=False)
+    out.print(f"  status:     {result['status']}", highlight=False)
+    if result.get("tools"):
+        out.print(f"  tools:      {', '.join(result['tools'])}", highlight=False)
+    out.print("\nMCP client configuration (set MCP_AGENT_CLOUD_TOKEN to your token, see ~/.mcp-agent-cloud/auth.json):")
+    out.print(json.dumps(_client_snippet(result["name"], result["endpoint"]), indent=2), markup=False,
+              highlight=False)
+
+
+def _warn_process_builder(result: dict, as_json: bool) -> None:
+    from ..state import load_session, save_session
+
+    if result.get("builder") != "process" or as_json or load_session().get("process_builder_warned"):
+        return
+    err.print(f"\n[yellow]note:[/] {PROCESS_WARNING}", markup=True, highlight=False)
+    save_session(process_builder_warned=True)
+
+
+def _run_deploy(client, name: str, body: dict, *, as_json: bool, verbose: bool) -> dict:
+    with DeployProgress(quiet=as_json, verbose=verbose) as progress:
+        result = client.deploy(name, body, progress.on_event)
+    _print_result(result, as_json)
+    _warn_process_builder(result, as_json)
+    return result
+
+
+def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, env: tuple[str, ...],
+                   builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
+                   verbose: bool, packager_name: str = "tarball") -> dict:
+    from ..appspec import load_app
+    from ..hookspecs.types import PackageHints, PluginContext
+    from ..manager import load_plugin_manager
+
+    progress = DeployProgress(quiet=as_json)
+    progress.step("validate", "started")
+    t0 = time.monotonic()
+    app = load_app(Path(directory), name=name, entrypoint=entrypoint)
+    progress.step("validate", "ok", (time.monotonic() - t0) * 1000)
+    client = _client(api_url)
+    pm = load_plugin_manager()
+    spec = pm.get_packager(packager_name)
+    with tempfile.TemporaryDirectory(prefix="mcpac-pkg-") as tmp:
+        packager = pm.build(spec, {}, PluginContext(data_dir=Path(tmp)))
+        hints = PackageHints(name=app.name, entrypoint=app.entrypoint, requirements=app.requirements,
+                             description=app.description, env=app.env)
+        progress.step("package", "started")
+        t0 = time.monotonic()
+        import anyio
+
+        package = anyio.run(lambda: packager.package(app.dir, hints, Path(tmp), exclude=app.exclude))
+        progress.step("package", "ok", (time.monotonic() - t0) * 1000)
+        if not as_json:
+            err.print(f"  [dim]{len(package.manifest.files)} files, {package.size / 1024:.1f} KiB, "
+                      f"sha256 {package.sha256[:12]}[/]", markup=True, highlight=False)
+        t0 = time.monotonic()
+        if client.has_package(package.sha256):
+            if not as_json:
+                err.print("[green]✓[/] upload [dim](already on the platform)[/]", markup=True, highlight=False)
+        elif as_json:
+            client.upload_package(package.path, package.sha256, spec.name)
+        else:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            with Progress("upload", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
+                          transient=True) as bar:
+                task = bar.add_task("upload", total=package.size)
+                client.upload_package(package.path, package.sha256, spec.name,
+                                      on_progress=lambda sent, total: bar.update(task, completed=sent))
+            progress.step("upload", "ok", (time.monotonic() - t0) * 1000)
+    body = {"kind": "app", "package_sha256": package.sha256, "package_format": spec.name,
+            "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
+            "description": app.description or None, "region": region, "public": public or None}
+    return _run_deploy(client, app.name, body, as_json=as_json, verbose=verbose)
+
+
+def _deploy_app_options(fn):
+    for opt in reversed([
+        click.option("--name", help="Deployment name (default: from mcp_agent.config.yaml, else the directory name)."),
+        click.option("--app", "entrypoint", metavar="MODULE:ATTR",
+                     help="The MCP server object, e.g. main:mcp (default: detected in main.py, app.py or server.py)."),
+        click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment for the app (repeatable)."),
+        click.option("--builder", help="Builder for this deployment (default: the platform's)."),
+        click.option("--region", help="Region label (stored; scale-out gives it effect)."),
+        click.option("--public", is_flag=True, help="List in the catalog (stored; the catalog gives it effect)."),
+        click.option("-v", "--verbose", is_flag=True, help="Show every build log line."),
+        api_options, json_option, handle_errors,
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def register(cli: click.Group) -> None:
+    # -- serve --------------------------------------------------------------------------------------------------
+    @cli.command()
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Platform config file.")
+    @click.option("--listen", help="HOST:PORT to bind (overrides the config).")
+    @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (overrides the config).")
+    @handle_errors
+    def serve(config_path, listen, data_dir):
+        """Run the self-hosted platform: API, MCP gateway, auth and supervisor in one process.
+
+        The config comes from --config, $MCP_AGENT_CLOUD_CONFIG, ./mcp_agent_cloud.config.yaml or
+        ~/.mcp-agent-cloud/. On first start it creates the org `default` and an admin token, and writes the
+        CLI's credentials to ~/.mcp-agent-cloud/auth.json so `mcp-agent deploy` works right away.
+        """
+        from ..config import load_config
+        from ..platform.server import run
+
+        if listen:
+            os.environ["MCP_AGENT_CLOUD_LISTEN"] = listen
+        if data_dir:
+            os.environ["MCP_AGENT_CLOUD_DATA_DIR"] = str(Path(data_dir).resolve())
+        loaded = load_config(config_path)
+        cfg = loaded.config
+        err.print(f"mcp-agent-cloud platform on [bold]{cfg.base_url}[/] (data: {cfg.data_dir}, "
+                  f"builder: {cfg.builder.name}, registry: {cfg.registry.name})", markup=True, highlight=False)
+        run(loaded)
+
+    # -- deploy -------------------------------------------------------------------------------------------------
+    @cli.group(invoke_without_command=True)
+    @click.option("--app", "entrypoint", metavar="MODULE:ATTR", help="Deploy the current directory with this entrypoint.")
+    @click.option("--name", help="Deployment name (default: the directory name).")
+    @click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment for the app (repeatable).")
+    @click.option("--builder", help="Builder for this deployment.")
+    @click.option("-v", "--verbose", is_flag=True)
+    @api_options
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def deploy(ctx, entrypoint, name, env, builder, verbose, api_url, as_json):
+        """Deploy an MCP app or server. Each deploy creates a new version; traffic moves only when it is healthy.
+
+        \b
+          mcp-agent deploy app ./hello --name hello          an MCP app (MCPServer) from a directory
+          mcp-agent deploy --app main:mcp                    the current directory, with this entrypoint
+          mcp-agent deploy server time --type time           a known utility server
+          mcp-agent deploy server t2 --command mcp-server-time --pip mcp-server-time
+          mcp-agent deploy server remote1 --url https://host/mcp
+        """
+        if ctx.invoked_subcommand is not None:
+            return
+        if not entrypoint:
+            click.echo(ctx.get_help())
+            return
+        deploy_app_dir(".", name=name, entrypoint=entrypoint, env=env, builder=builder, region=None, public=False,
+                       api_url=api_url, as_json=as_json, verbose=verbose)
+
+    @deploy.command("app")
+    @click.argument("directory", default=".", type=click.Path())
+    @_deploy_app_options
+    def deploy_app(directory, name, entrypoint, env, builder, region, public, verbose, api_url, as_json):
+        """Deploy the MCP app in DIRECTORY (default: the current directory).
+
+        The app is an MCP server object (mcp's MCPServer). Its dependencies come from deploy.requirements in
+        mcp_agent.config.yaml, requirements.txt or pyproject.toml. mcp_agent.secrets.yaml is never packaged.
+        """
+        deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
+                       public=public, api_url=api_url, as_json=as_json, verbose=verbose)
+
+    @deploy.command("agent")
+    @click.argument("directory", default=".", type=click.Path())
+    @_deploy_app_options
+    def deploy_agent(directory, name, entrypoint, env, builder, region, public, verbose, api_url, as_json):
+        """Alias of `deploy app`. `mcp-agent deploy agent list` lists deployments."""
+        if directory == "list" and not Path("list").is_dir():
+            return _list(api_url, as_json)
+        deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
+                       public=public, api_url=api_url, as_json=as_json, verbose=verbose)
+
+    @deploy.command("server")
+    @click.argument("name")
+    @click.option("--type", "server_type", help="A known server: see `mcp-agent deploy server-types`.")
+    @click.option("--command", help="Command that starts a stdio MCP server.")
+    @click.option("--arg", "args", multiple=True, help="Argument for --command (repeatable, in order).")
+    @click.option("--pip", "pip_reqs", multiple=True, help="PyPI requirement the command needs (repeatable).")
+    @click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment for the server (repeatable).")
+    @click.option("--url", help="Register an MCP server that already speaks Streamable HTTP at this URL.")
+    @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Directory for --type git/filesystem.")
+    @click.option("--builder", help="Builder for this deployment.")
+    @click.option("--region")
+    @click.option("--public", is_flag=True)
+    @click.option("-v", "--verbose", is_flag=True)
+    @api_options
+    @json_option
+    @handle_errors
+    def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, builder, region, public,
+                      verbose, api_url, as_json):
+        """Deploy an existing MCP server NAME: a stdio command behind the adapter, a known --type, or a --url."""
+        given = [x for x in (server_type, command, url) if x]
+        if len(given) != 1:
+            raise click.UsageError("give exactly one of --type, --command or --url")
+        if url:
+            body = {"kind": "remote", "url": url}
+        elif server_type:
+            body = {"kind": "stdio", "server_type": server_type, "args": list(args),
+                    "dir": str(Path(directory).resolve()) if directory else None}
+        else:
+            body = {"kind": "stdio", "command": command, "args": list(args), "pip": list(pip_reqs)}
+        body.update({"env": _parse_env(env), "builder": builder, "region": region, "public": public or None})
+        _run_deploy(_client(api_url), name, body, as_json=as_json, verbose=verbose)
+
+    @deploy.command("server-types")
+    @api_options
+    @json_option
+    @handle_errors
+    def deploy_server_types(api_url, as_json):
+        """List the known server types for `deploy server NAME --type T`."""
+        rows = _client(api_url).server_types()
+        if as_json:
+            return emit_json(rows)
+        table(rows, [("name", "TYPE"), ("description", "DESCRIPTION")])
+
+    @deploy.group("auth")
+    def auth():
+        """Credentials for the platform (stored in ~/.mcp-agent-cloud/auth.json, mode 0600)."""
+
+    @auth.command("login")
+    @click.option("--token", help="An API token (for a local platform, `mcp-agent serve` writes one for you).")
+    @api_options
+    @json_option
+    @handle_errors
+    def auth_login(token, api_url, as_json):
+        """Store a token for a platform after checking it works."""
+        from ..client import PlatformClient
+        from ..state import resolve_api_url, save_auth
+
+        if not token:
+            if not sys.stdin.isatty():
+                raise click.UsageError("--token is required when not interactive")
+            token = click.prompt("API token", hide_input=True)
+        url = resolve_api_url(api_url)
+        with PlatformClient(url, token) as client:
+            who = client.whoami()
+        path = save_auth(api_url=url, access_token=token, org=who["org"])
+        if as_json:
+            return emit_json({"api_url": url, "subject": who["subject"], "org": who["org"], "path": str(path)})
+        out.print(f"Logged in to {url} as {who['subject']} (org {who['org']}); credentials in {path}",
+                  highlight=False)
+
+    @auth.command("status")
+    @api_options
+    @json_option
+    @handle_errors
+    def auth_status(api_url, as_json):
+        """Who the CLI is logged in as, and where."""
+        client = _client(api_url)
+        if not client.token:
+            from ..errors import AuthError
+            raise AuthError(f"not logged in to {client.api_url}", hint="mcp-agent deploy auth login --token T")
+        who = client.whoami()
+        if as_json:
+            return emit_json({"api_url": client.api_url, **who})
+        out.print(f"{client.api_url}: {who['subject']} in org {who['org']} (roles: {', '.join(who['roles'])}, "
+                  f"provider: {who['provider']})", highlight=False)
+
+    @auth.command("logout")
+    @json_option
+    @handle_errors
+    def auth_logout(as_json):
+        """Forget the stored credentials."""
+        from ..state import clear_auth
+
+        removed = clear_auth()
+        if as_json:
+            return emit_json({"logged_out": removed})
+        out.print("Logged out." if removed else "Not logged in.")
+
+    cli.add_command(auth, "auth")
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def _list(api_url, as_json):
+        rows = _client(api_url).list()
+        if as_json:
+            return emit_json(rows)
+        table(rows, [("name", "NAME"), ("status", "STATUS"), ("current_version", "VERSION"), ("kind", "KIND"),
+                     ("builder", "BUILDER"), ("endpoint", "ENDPOINT")])
+
+    @cli.command("list")
+    @api_options
+    @json_option
+    @handle_errors
+    def list_cmd(api_url, as_json):
+        """List the deployments of your org."""
+        _list(api_url, as_json)
+
+    @cli.command()
+    @click.argument("name")
+    @api_options
+    @json_option
+    @handle_errors
+    def status(name, api_url, as_json):
+        """Show a deployment: status, endpoint, serving version, restarts, resource use and versions."""
+        data = _client(api_url).status(name)
+        if as_json:
+            return emit_json(data)
+        out.print(f"[bold]{data['org']}.{data['name']}[/] ({data['kind']}, builder {data['builder']})", markup=True,
+                  highlight=False)
+        for key in ("status", "desired_state", "serving_version", "endpoint", "restarts", "id"):
+            out.print(f"  {key + ':':16} {data.get(key)}", highlight=False)
+        if data.get("stats"):
+            s = data["stats"]
+            out.print(f"  {'resources:':16} " + ", ".join(f"{k}={v}" for k, v in s.items()), highlight=False)
+        out.print()
+        table(data.get("versions", []), [("version", "VERSION"), ("status", "STATUS"),
+                                         ("package_sha256", "PACKAGE"), ("error", "ERROR")])
+
+    @cli.command()
+    @click.argument("name")
+    @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+    @click.option("-n", "--tail", default=100, show_default=True, help="Lines from the end to start with.")
+    @api_options
+    @json_option
+    @handle_errors
+    def logs(name, follow, tail, api_url, as_json):
+        """Print a deployment's app log (stdout and stderr of its process)."""
+        client = _client(api_url)
+        try:
+            if as_json:
+                text = "".join(client.logs(name, tail=tail, follow=False))
+                return emit_json({"name": name, "lines": text.splitlines()})
+            for chunk in client.logs(name, tail=tail, follow=follow):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+    @cli.command()
+    @click.argument("name")
+    @click.option("--after", default=0, help="Only events after this id.")
+    @api_options
+    @json_option
+    @handle_errors
+    def events(name, after, api_url, as_json):
+        """Print a deployment's lifecycle and pipeline events."""
+        rows = _client(api_url).events(name, after=after, limit=1000)
+        if as_json:
+            return emit_json(rows)
+        for e in rows:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created_at"]))
+            step = e["data"].get("step")
+            out.print(f"{e['id']:>5} {stamp} {e['type']}{' ' + step if step else ''} {e['message']}", markup=False,
+                      highlight=False)
+
+    def _simple(verb: str, doc: str, call):
+        @cli.command(verb, help=doc)
+        @click.argument("name")
+        @api_options
+        @json_option
+        @handle_errors
+        def command(name, api_url, as_json):
+            data = call(_client(api_url), name)
+            if as_json:
+                return emit_json(data)
+            out.print(f"{verb}: {name} -> {data.get('status', 'done')}", highlight=False)
+        return command
+
+    _simple("stop", "Stop serving a deployment (it stays stopped across platform restarts).",
+            lambda c, n: c.stop(n))
+    _simple("start", "Start a stopped deployment's current version.", lambda c, n: c.start(n))
+
+    @cli.command()
+    @click.argument("name")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @api_options
+    @json_option
+    @handle_errors
+    def delete(name, yes, api_url, as_json):
+        """Stop a deployment and delete it with all its versions."""
+        if not yes and not as_json and sys.stdin.isatty():
+            click.confirm(f"Delete {name} and all its versions?", abort=True)
+        data = _client(api_url).delete(name)
+        if as_json:
+            return emit_json(data)
+        out.print(f"deleted {name}", highlight=False)
+
+    @cli.command()
+    @click.argument("name")
+    @click.option("--to", "to", type=int, help="Version to move traffic to (default: the previous one).")
+    @api_options
+    @json_option
+    @handle_errors
+    def rollback(name, to, api_url, as_json):
+        """Move traffic back to an earlier version (health-checked before the switch)."""
+        data = _client(api_url).rollback(name, to)
+        if as_json:
+            return emit_json(data)
+        out.print(f"{name}: serving version {data['version']} at {data['endpoint']}", highlight=False)
+
+    # -- local helpers ------------------------------------------------------------------------------------------
+    @cli.command()
+    @click.argument("directory", default="hello", type=click.Path(file_okay=False))
+    @click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+    @json_option
+    @handle_errors
+    def init(directory, force, as_json):
+        """Scaffold a working example MCP app in DIRECTORY (default: ./hello)."""
+        from ..errors import AppError
+
+        dest = Path(directory)
+        if dest.exists() and any(dest.iterdir()) and not force:
+            raise AppError(f"{dest} is not empty", hint="pick a new directory or pass --force")
+        dest.mkdir(parents=True, exist_ok=True)
+        template = resources.files("mcp_agent_cloud") / "templates" / "hello"
+        written = []
+        for entry in sorted(template.iterdir(), key=lambda e: e.name):
+            if entry.is_file() and not entry.name.endswith(".pyc"):
+                (dest / entry.name).write_bytes(entry.read_bytes())
+                written.append(entry.name)
+        if as_json:
+            return emit_json({"directory": str(dest.resolve()), "files": written})
+        out.print(f"Created {dest}/ ({', '.join(written)}). Deploy it with:\n  mcp-agent deploy app {directory}",
+                  highlight=False)
+
+    @cli.command()
+    @click.option("--api-url", help="Platform URL.")
+    @click.option("--org", help="Default org.")
+    @json_option
+    @handle_errors
+    def configure(api_url, org, as_json):
+        """Set the platform URL and default org the CLI uses (asks when not given)."""
+        from ..state import load_session, resolve_api_url, save_session
+
+        current = load_session()
+        if api_url is None and sys.stdin.isatty() and not as_json:
+            api_url = click.prompt("Platform API URL", default=resolve_api_url())
+        if org is None and sys.stdin.isatty() and not as_json:
+            org = click.prompt("Default org", default=current.get("org", "default"))
+        save_session(api_url=api_url.rstrip("/") if api_url else None, org=org)
+        data = {"api_url": resolve_api_url(), **load_session()}
+        if as_json:
+            return emit_json(data)
+        out.print(f"api_url: {data['api_url']}\norg: {data.get('org', 'default')}", highlight=False)
+
+    @cli.group()
+    def plugins():
+        """Inspect installed plugins."""
+
+    @plugins.command("list")
+    @json_option
+    @handle_errors
+    def plugins_list(as_json):
+        """Every backend each installed plugin provides: kind, name, distribution and version."""
+        pm = cli.plugin_manager
+        rows = pm.describe()
+        if as_json:
+            return emit_json({"plugins": rows, "warnings": pm.warnings})
+        table(rows, [("kind", "KIND"), ("name", "NAME"), ("distribution", "DISTRIBUTION"), ("version", "VERSION"),
+                     ("description", "DESCRIPTION")])
+
+    @cli.group()
+    def config():
+        """Show or validate the platform config."""
+
+    @config.command("show")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def config_show(config_path, as_json):
+        """Print the effective platform config and where each value comes from."""
+        from ..config import load_config
+
+        loaded = load_config(config_path)
+        data = loaded.config.model_dump(mode="json")
+        if as_json:
+            return emit_json({"file": str(loaded.path) if loaded.path else None, "config": data,
+                              "sources": loaded.sources})
+        out.print(f"# file: {loaded.path or '(none: built-in defaults)'}", highlight=False)
+        import yaml
+
+        for key, value in data.items():
+            text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=None).rstrip()
+            out.print(f"{text}    # {loaded.sources.get(key, 'default')}", markup=False, highlight=False)
+
+    @config.command("validate")
+    @click.argument("path", required=False, type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def config_validate(path, as_json):
+        """Check a config file: YAML, keys, values, and that every selected backend is installed."""
+        from ..config import load_config
+        from ..platform.server import create_platform
+
+        loaded = load_config(path)
+        create_platform(loaded)
+        if as_json:
+            return emit_json({"valid": True, "file": str(loaded.path) if loaded.path else None})
+        out.print(f"{loaded.path or '(defaults)'}: valid", highlight=False)
+
+    @cli.command(hidden=True, context_settings={"ignore_unknown_options": True})
+    @click.option("--host", default="127.0.0.1")
+    @click.option("--port", type=int, required=True)
+    @click.option("--cwd", type=click.Path(file_okay=False))
+    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+    def adapter(host, port, cwd, command):
+        """Serve a stdio MCP server over Streamable HTTP: mcp-agent adapter --port P -- CMD ARGS."""
+        from ..runtime.adapter import main as adapter_main
+
+        argv = ["--host", host, "--port", str(port)] + (["--cwd", cwd] if cwd else []) + ["--", *command]
+        sys.exit(adapter_main(argv))
+
+
+@hookimpl
+def mcp_agent_cloud_cli_commands(cli: click.Group) -> None:
+    register(cli)
+
+

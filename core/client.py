@@ -1,0 +1,159 @@
+"""The client library for the platform API. The CLI is a thin layer over it; Python tools can use it directly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import ApiError, AuthError, MCPAgentCloudError
+from .state import resolve_api_url, resolve_token
+
+
+class PlatformClient:
+    def __init__(self, api_url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
+        self.api_url = resolve_api_url(api_url)
+        self.token = resolve_token(self.api_url, token)
+        headers = {"User-Agent": "mcp-agent-cloud-cli"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self.http = httpx.Client(base_url=self.api_url, headers=headers,
+                                 timeout=httpx.Timeout(timeout, read=None if timeout is None else timeout))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> PlatformClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _raise(self, resp: httpx.Response) -> None:
+        if resp.is_success:
+            return
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"error": "http_error", "message": resp.text[:500] or resp.reason_phrase}
+        if resp.status_code == 401:
+            raise AuthError(body.get("message", "unauthorized"),
+                            hint=f"log in: mcp-agent deploy auth login --api-url {self.api_url} --token TOKEN")
+        raise ApiError(resp.status_code, body.get("error", "error"), body.get("message", resp.text[:500]),
+                       hint=body.get("hint"), data=body)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.ConnectError as exc:
+            raise MCPAgentCloudError(f"cannot reach the platform at {self.api_url}: {exc}",
+                                     hint="start it with `mcp-agent serve`, or point the CLI elsewhere with "
+                                          "--api-url or MCP_AGENT_CLOUD_API_URL") from None
+        self._raise(resp)
+        return resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") \
+            else resp
+
+    def _stream(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Response]:
+        try:
+            with self.http.stream(method, path, timeout=httpx.Timeout(30.0, read=None), **kw) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    self._raise(resp)
+                yield resp
+        except httpx.ConnectError as exc:
+            raise MCPAgentCloudError(f"cannot reach the platform at {self.api_url}: {exc}",
+                                     hint="start it with `mcp-agent serve`") from None
+
+    # -- API ---------------------------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return self.request("GET", "/healthz")
+
+    def whoami(self) -> dict:
+        return self.request("GET", "/api/v1/whoami")
+
+    def plugins(self) -> dict:
+        return self.request("GET", "/api/v1/plugins")
+
+    def server_types(self) -> list[dict]:
+        return self.request("GET", "/api/v1/server-types")["server_types"]
+
+    def has_package(self, sha256: str) -> bool:
+        resp = self.http.head(f"/api/v1/packages/{sha256}")
+        if resp.status_code == 401:
+            self._raise(resp)
+        return resp.status_code == 200
+
+    def upload_package(self, path: Path, sha256: str, fmt: str,
+                       on_progress: Callable[[int, int], None] | None = None) -> dict:
+        size = path.stat().st_size
+
+        def chunks():
+            sent = 0
+            with open(path, "rb") as f:
+                while block := f.read(256 * 1024):
+                    sent += len(block)
+                    if on_progress:
+                        on_progress(sent, size)
+                    yield block
+
+        return self.request("POST", "/api/v1/packages", content=chunks(),
+                            headers={"X-Package-Sha256": sha256, "X-Package-Format": fmt,
+                                     "Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                            timeout=httpx.Timeout(30.0, write=None, read=120.0))
+
+    def deploy(self, name: str, body: dict, on_event: Callable[[dict], None] | None = None) -> dict:
+        """Create a version and follow its progress; returns the result event or raises the error event."""
+        result: dict | None = None
+        for resp in self._stream("POST", f"/api/v1/deployments/{name}/versions", json=body):
+            for line in resp.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if on_event:
+                    on_event(event)
+                if event.get("type") == "result":
+                    result = event
+                elif event.get("type") == "error":
+                    raise ApiError(500, event.get("error", "deploy_failed"), event.get("message", "deploy failed"),
+                                   hint=event.get("hint"), data=event)
+        if result is None:
+            raise MCPAgentCloudError("the platform closed the deploy stream without a result",
+                                     hint="check `mcp-agent status NAME` and the platform's log")
+        return result
+
+    def list(self) -> list[dict]:
+        return self.request("GET", "/api/v1/deployments")["deployments"]
+
+    def status(self, name: str) -> dict:
+        return self.request("GET", f"/api/v1/deployments/{name}")
+
+    def versions(self, name: str) -> list[dict]:
+        return self.request("GET", f"/api/v1/deployments/{name}/versions")["versions"]
+
+    def events(self, name: str, after: int = 0, limit: int = 100) -> list[dict]:
+        return self.request("GET", f"/api/v1/deployments/{name}/events",
+                            params={"after": after, "limit": limit})["events"]
+
+    def stop(self, name: str) -> dict:
+        return self.request("POST", f"/api/v1/deployments/{name}/stop")
+
+    def start(self, name: str) -> dict:
+        return self.request("POST", f"/api/v1/deployments/{name}/start", timeout=httpx.Timeout(30.0, read=300.0))
+
+    def rollback(self, name: str, to: int | None = None) -> dict:
+        return self.request("POST", f"/api/v1/deployments/{name}/rollback", json={"to": to} if to else {},
+                            timeout=httpx.Timeout(30.0, read=300.0))
+
+    def delete(self, name: str) -> dict:
+        return self.request("DELETE", f"/api/v1/deployments/{name}")
+
+    def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
+        params = {"tail": tail, "follow": "1" if follow else "0"}
+        for resp in self._stream("GET", f"/api/v1/deployments/{name}/logs", params=params):
+            yield from resp.iter_text()

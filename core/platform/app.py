@@ -1,0 +1,359 @@
+"""The platform's Starlette app: management API under /api/v1, the MCP gateway under /servers, auth in front."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import MCPAgentCloudError, NotFoundError, ValidationFailed
+from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
+from .service import DeployRequest, Platform
+
+log = logging.getLogger("mcp_agent_cloud.platform")
+
+PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json")
+PUBLIC_PREFIXES = ("/.well-known/", "/auth/")
+# Headers that describe one hop, or carry the platform's own credentials: never forwarded upstream.
+HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie", "origin"}
+
+
+def error_response(exc: MCPAgentCloudError) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="mcp-agent-cloud"'} if exc.status == 401 else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+class AuthMiddleware:
+    """Every route but the public ones needs an identity from one of the configured auth providers."""
+
+    def __init__(self, app, platform: Platform) -> None:
+        self.app = app
+        self.platform = platform
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        identity = await self.platform.authenticate(request)
+        if identity is None:
+            response = JSONResponse(
+                {"error": "unauthorized", "message": "a valid bearer token is required",
+                 "hint": "log in with `mcp-agent deploy auth login`, or send Authorization: Bearer TOKEN"},
+                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="mcp-agent-cloud"'})
+            return await response(scope, receive, send)
+        scope.setdefault("state", {})["identity"] = identity
+        return await self.app(scope, receive, send)
+
+
+def identity_of(request: Request) -> Identity:
+    return request.state.identity
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One API route: the Starlette route and its OpenAPI entry come from here, so they cannot drift apart."""
+
+    method: str
+    path: str
+    handler: Callable
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | str | None = None
+    public: bool = False
+    stream: str | None = None  # media type of a streamed response
+
+
+def build_app(platform: Platform) -> Starlette:
+    http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+
+    async def healthz(request: Request) -> Response:
+        if not platform.started:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def whoami(request: Request) -> Response:
+        return JSONResponse(identity_of(request).model_dump())
+
+    async def plugins(request: Request) -> Response:
+        return JSONResponse({"plugins": platform.pm.describe(), "warnings": platform.pm.warnings})
+
+    async def server_types(request: Request) -> Response:
+        return JSONResponse({"server_types": [
+            {"name": r.spec.name, "description": r.spec.description, "command": r.spec.command,
+             "args": list(r.spec.args), "pip": list(r.spec.pip), "npm": r.spec.npm, "needs_dir": r.spec.needs_dir,
+             "plugin": r.plugin.name} for r in platform.pm.specs("server_type")]})
+
+    async def package_exists(request: Request) -> Response:
+        path = platform.package_path(identity_of(request).org, request.path_params["sha256"])
+        return Response(status_code=200 if path.is_file() else 404)
+
+    async def upload_package(request: Request) -> Response:
+        identity = identity_of(request)
+        if not identity.can("write"):
+            from ..errors import ForbiddenError
+            raise ForbiddenError("your role may not upload packages")
+        sha = request.headers.get("x-package-sha256", "")
+        length = request.headers.get("content-length")
+        manifest = await platform.store_package(
+            identity.org, request.stream(), sha256=sha.lower(), fmt=request.headers.get("x-package-format"),
+            length=int(length) if length and length.isdigit() else None)
+        return JSONResponse({"sha256": sha.lower(), "manifest": manifest.model_dump(mode="json")}, status_code=201)
+
+    async def list_deployments(request: Request) -> Response:
+        identity = identity_of(request)
+        rows = []
+        for rec in await platform.registry.list_deployments(identity.org):
+            row = rec.model_dump(mode="json")
+            row["endpoint"] = platform.endpoint(rec)
+            rows.append(row)
+        return JSONResponse({"deployments": rows})
+
+    async def get_deployment(request: Request) -> Response:
+        rec = await platform.find(identity_of(request), request.path_params["name"])
+        return JSONResponse(await platform.status(rec))
+
+    async def delete_deployment(request: Request) -> Response:
+        await platform.delete_deployment(identity_of(request), request.path_params["name"])
+        return JSONResponse({"deleted": request.path_params["name"]})
+
+    async def create_version(request: Request) -> Response:
+        identity = identity_of(request)
+        try:
+            body = await request.json()
+            req = DeployRequest.model_validate(body)
+        except (ValueError, ValidationError) as exc:
+            raise ValidationFailed(f"invalid deploy request: {exc}") from None
+        name = request.path_params["name"]
+        # Fail with a proper status before the response starts streaming.
+        org, short = platform.qualify(identity, name)
+        from ..names import validate_name
+        validate_name(short)
+        platform._resolve_request(req)
+        if req.kind != "remote":
+            platform.builder_for(req.builder)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                result = await platform.deploy(identity, name, req, queue.put)
+                await queue.put({"type": "result", **result})
+            except MCPAgentCloudError as exc:
+                await queue.put({"type": "error", **exc.to_dict(), "log_tail": getattr(exc, "log_tail", "")})
+            except Exception as exc:
+                log.exception("deploy of %s failed", name)
+                await queue.put({"type": "error", "error": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            finally:
+                await queue.put(None)
+
+        # The deploy runs on its own task: a client that disconnects does not abort it half-way.
+        platform._spawn(run())
+
+        async def stream():
+            while (item := await queue.get()) is not None:
+                yield json.dumps(item) + "\n"
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    async def list_versions(request: Request) -> Response:
+        rec = await platform.find(identity_of(request), request.path_params["name"])
+        versions = await platform.registry.list_versions(rec.id)
+        return JSONResponse({"versions": [v.model_dump(mode="json", exclude={"manifest"}) for v in versions]})
+
+    async def stop(request: Request) -> Response:
+        rec = await platform.stop_deployment(identity_of(request), request.path_params["name"])
+        return JSONResponse(await platform.status(rec))
+
+    async def start(request: Request) -> Response:
+        rec = await platform.start_deployment(identity_of(request), request.path_params["name"])
+        return JSONResponse(await platform.status(rec))
+
+    async def rollback(request: Request) -> Response:
+        body = {}
+        if await request.body():
+            with contextlib.suppress(ValueError):
+                body = await request.json()
+        to = body.get("to") if isinstance(body, dict) else None
+        if to is not None and not isinstance(to, int):
+            raise ValidationFailed("'to' must be a version number")
+        return JSONResponse(await platform.rollback(identity_of(request), request.path_params["name"], to))
+
+    async def events(request: Request) -> Response:
+        rec = await platform.find(identity_of(request), request.path_params["name"])
+        after = int(request.query_params.get("after", 0) or 0)
+        limit = min(int(request.query_params.get("limit", 100) or 100), 1000)
+        rows = await platform.registry.list_events(org=rec.org, deployment_id=rec.id, after_id=after, limit=limit)
+        return JSONResponse({"events": [e.model_dump(mode="json") for e in rows]})
+
+    async def logs(request: Request) -> Response:
+        rec = await platform.find(identity_of(request), request.path_params["name"])
+        path = platform.app_log(rec.org, rec.name)
+        tail = int(request.query_params.get("tail", 100) or 100)
+        follow = request.query_params.get("follow") in ("1", "true", "yes")
+        return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
+
+    async def gateway(request: Request) -> Response:
+        identity = identity_of(request)
+        org, short = platform.qualify(identity, request.path_params["name"])
+        active = platform.active.get(f"{org}.{short}")
+        if active is None:
+            record = await platform.registry.get_deployment(org, short)
+            if record is None:
+                raise NotFoundError(f"no deployment {org}.{short}", hint="see `mcp-agent list`")
+            return JSONResponse({"error": "unavailable", "message": f"{org}.{short} is {record.status}, not serving",
+                                 "hint": f"`mcp-agent start {short}` or `mcp-agent logs {short}`"}, status_code=503)
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS]
+        upstream = http.build_request(request.method, active.instance.url, params=request.query_params,
+                                      headers=headers, content=request.stream())
+        try:
+            resp = await http.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": "bad_gateway", "message": f"{org}.{short} did not answer: {exc!r}"},
+                                status_code=502)
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out_headers,
+                                 background=BackgroundTask(resp.aclose))
+
+    endpoints = [
+        Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
+        Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
+        Endpoint("GET", "/api/v1/plugins", plugins, "Installed plugins and the backends they provide"),
+        Endpoint("GET", "/api/v1/server-types", server_types, "Known utility servers for `deploy server --type`"),
+        Endpoint("HEAD", "/api/v1/packages/{sha256}", package_exists, "Whether a package was uploaded already"),
+        Endpoint("POST", "/api/v1/packages", upload_package,
+                 "Upload a package (raw body; headers X-Package-Sha256, X-Package-Format)", response=Manifest),
+        Endpoint("GET", "/api/v1/deployments", list_deployments, "The org's deployments", response=DeploymentRecord),
+        Endpoint("GET", "/api/v1/deployments/{name}", get_deployment, "Status of one deployment"),
+        Endpoint("DELETE", "/api/v1/deployments/{name}", delete_deployment, "Stop and delete a deployment"),
+        Endpoint("POST", "/api/v1/deployments/{name}/versions", create_version,
+                 "Deploy a new version; streams progress as NDJSON", request=DeployRequest,
+                 stream="application/x-ndjson"),
+        Endpoint("GET", "/api/v1/deployments/{name}/versions", list_versions, "Versions", response=VersionRecord),
+        Endpoint("POST", "/api/v1/deployments/{name}/stop", stop, "Stop serving"),
+        Endpoint("POST", "/api/v1/deployments/{name}/start", start, "Start the current version again"),
+        Endpoint("POST", "/api/v1/deployments/{name}/rollback", rollback,
+                 "Move traffic back to an earlier version (body: {\"to\": N})"),
+        Endpoint("GET", "/api/v1/deployments/{name}/events", events, "Lifecycle and pipeline events",
+                 response=EventRecord),
+        Endpoint("GET", "/api/v1/deployments/{name}/logs", logs, "App log (?tail=N&follow=1)", stream="text/plain"),
+    ]
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(endpoints))
+
+    endpoints.append(Endpoint("GET", "/api/v1/openapi.json", openapi, "This document", public=True))
+    routes = [Route(e.path, _wrap(e.handler), methods=[e.method]) for e in endpoints]
+    mcp_methods = ["GET", "POST", "DELETE"]
+    routes.append(Route("/servers/{name}/mcp", _wrap(gateway), methods=mcp_methods))
+    routes.append(Route("/servers/{name}/mcp/", _wrap(gateway), methods=mcp_methods))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+            await http.aclose()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(AuthMiddleware, platform=platform)
+    app.state.platform = platform
+    app.state.endpoints = endpoints
+    return app
+
+
+def _wrap(handler):
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except MCPAgentCloudError as exc:
+            return error_response(exc)
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+async def _log_stream(path: Path, tail: int, follow: bool):
+    from .service import tail_file
+
+    text = tail_file(path, tail)
+    if text:
+        yield text + "\n"
+    if not follow:
+        return
+    pos = path.stat().st_size if path.exists() else 0
+    while True:
+        await asyncio.sleep(0.3)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size < pos:  # truncated or rotated
+            pos = 0
+        if size > pos:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                data = f.read(size - pos)
+            pos = size
+            yield data.decode("utf-8", "replace")
+
+
+def openapi_document(endpoints: list[Endpoint]) -> dict[str, Any]:
+    components: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            components[name] = sub
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"description": "Error", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                                         "hint": {"type": "string"}}, "required": ["error", "message"]}}}}
+    paths: dict[str, Any] = {}
+    for e in endpoints:
+        op: dict[str, Any] = {"summary": e.summary, "operationId": e.handler.__name__,
+                              "responses": {"200": {"description": "OK"}, "4XX": error}}
+        if not e.public:
+            op["security"] = [{"bearer": []}]
+        if "{" in e.path:
+            op["parameters"] = [{"name": p.split("}")[0], "in": "path", "required": True,
+                                 "schema": {"type": "string"}} for p in e.path.split("{")[1:]]
+        if e.request is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(e.request)}}}
+        if isinstance(e.response, type):
+            op["responses"]["200"]["content"] = {"application/json": {"schema": ref(e.response)}}
+        if e.stream:
+            op["responses"]["200"]["content"] = {e.stream: {"schema": {"type": "string"}}}
+        paths.setdefault(e.path, {})[e.method.lower()] = op
+    paths["/servers/{name}/mcp"] = {m: {
+        "summary": "MCP Streamable HTTP endpoint of a deployment", "operationId": f"mcp_{m}",
+        "security": [{"bearer": []}], "parameters": [{"name": "name", "in": "path", "required": True,
+                                                      "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "MCP response"}, "4XX": error}} for m in ("get", "post", "delete")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mcp-agent-cloud platform API", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,54 @@
+"""``mcp-agent serve``: the platform in one process under uvicorn."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from ..config import LoadedConfig
+from ..errors import ConfigError
+from ..manager import load_plugin_manager
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port}: the port is in use",
+                                  hint="stop the process using it, or pick another with --listen HOST:PORT "
+                                       "(or `listen:` in the config)") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def create_platform(loaded: LoadedConfig):
+    from .service import Platform
+
+    cfg = loaded.config
+    pm = load_plugin_manager(disable=cfg.plugins.disable, require=cfg.plugins.require)
+    platform = Platform(cfg, pm)
+    # Resolve every selected name now so a typo fails before the port is bound.
+    for kind, ref in (("registry", cfg.registry), ("packager", cfg.packager), ("builder", cfg.builder),
+                      ("executor", cfg.executor), ("secrets", cfg.secrets)):
+        pm.validate_options(pm.get(kind, ref.name), ref.options, where=f" (config key {kind})")
+    for kind, refs in (("auth", cfg.auth), ("telemetry", cfg.telemetry)):
+        for ref in refs:
+            pm.validate_options(pm.get(kind, ref.name), ref.options, where=f" (config key {kind})")
+    return platform
+
+
+def run(loaded: LoadedConfig) -> None:
+    import uvicorn
+
+    from .app import build_app
+
+    cfg = loaded.config
+    platform = create_platform(loaded)
+    check_port_free(cfg.host, cfg.port)
+    app = build_app(platform)
+    uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on",
+                        timeout_graceful_shutdown=15)
+    uvicorn.Server(uv).run()

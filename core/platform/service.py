@@ -1,0 +1,728 @@
+"""The platform service: builds the selected backends and runs the deploy pipeline and the supervisor.
+
+One process, one asyncio loop: the HTTP app (API, gateway, auth) calls into this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..config import PlatformConfig
+from ..errors import (
+    BuildError,
+    ConflictError,
+    ForbiddenError,
+    MCPAgentCloudError,
+    NotFoundError,
+    PackageError,
+    TooLargeError,
+    ValidationFailed,
+)
+from ..hookspecs.types import (
+    Artifact,
+    BuildRequest,
+    DeploymentRecord,
+    Event,
+    EventRecord,
+    Identity,
+    Instance,
+    Manifest,
+    PluginContext,
+)
+from ..manager import PluginManager
+from ..names import split_qualified, validate_name
+
+log = logging.getLogger("mcp_agent_cloud.platform")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _no_progress(_: dict[str, Any]) -> None:
+    return None
+
+
+class DeployRequest(BaseModel):
+    """Body of ``POST /api/v1/deployments/{name}/versions``."""
+
+    kind: Literal["app", "stdio", "remote"] = "app"
+    package_sha256: str | None = Field(None, description="an uploaded package (kind app)")
+    package_format: str | None = Field(None, description="packager that made it (default: the configured one)")
+    entrypoint: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    pip: list[str] = Field(default_factory=list)
+    npm: str | None = None
+    server_type: str | None = Field(None, description="a known utility server (see GET /api/v1/server-types)")
+    dir: str | None = Field(None, description="directory for server types that need one (git, filesystem)")
+    url: str | None = Field(None, description="upstream Streamable HTTP URL (kind remote)")
+    builder: str | dict[str, Any] | None = None
+    description: str | None = None
+    region: str | None = None
+    public: bool | None = None
+
+
+class Active:
+    """The instance currently serving a deployment, and the task that supervises it."""
+
+    def __init__(self, record: DeploymentRecord, version: int, artifact: Artifact | None, instance: Instance) -> None:
+        self.record = record
+        self.version = version
+        self.artifact = artifact
+        self.instance = instance
+        self.stopping = False
+        self.task: asyncio.Task | None = None
+        self.restarts = 0
+
+
+def tail_file(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+async def mcp_health_check(
+    url: str, *, timeout: float, alive: Callable[[], Awaitable[bool]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[str]:
+    """MCP initialize + tools/list against ``url`` until it answers; returns the tool names."""
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        if alive is not None and not await alive():
+            raise BuildError("the app exited while starting", hint="read the log tail below; fix the app and deploy again")
+        try:
+            with anyio_fail_after(min(15.0, max(1.0, deadline - time.monotonic()))):
+                if headers:
+                    import httpx2
+
+                    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(10.0, read=30.0))
+                    transport = streamable_http_client(url, http_client=http)
+                    async with http, Client(transport, mode="legacy") as client:
+                        result = await client.list_tools()
+                else:
+                    async with Client(url, mode="legacy") as client:
+                        result = await client.list_tools()
+            return [t.name for t in result.tools]
+        except Exception as exc:  # keep trying until the deadline: the app may still be importing
+            last = exc
+            await asyncio.sleep(0.3)
+    raise BuildError(f"health check failed: no MCP answer from {url} within {timeout:.0f}s ({last!r})",
+                     hint="the app must serve MCP (initialize and tools/list); read the log tail below")
+
+
+def anyio_fail_after(seconds: float):
+    import anyio
+
+    return anyio.fail_after(seconds)
+
+
+class Platform:
+    def __init__(self, config: PlatformConfig, pm: PluginManager) -> None:
+        self.config = config
+        self.pm = pm
+        self.data_dir = config.data_dir
+        self.active: dict[str, Active] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._builders: dict[str, Any] = {}
+        self.exporters: list[Any] = []
+        self.auth_providers: list[Any] = []
+        self.started = False
+        self.bootstrap_token: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def _ctx(self) -> PluginContext:
+        return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=getattr(self, "registry", None),
+                             settings={"base_url": self.config.base_url})
+
+    def _build(self, kind: str, ref) -> Any:
+        spec = self.pm.get(kind, ref.name)
+        return self.pm.build(spec, ref.options, self._ctx())
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for sub in ("packages", "deployments", "keys"):
+            (self.data_dir / sub).mkdir(exist_ok=True, mode=0o700)
+        cfg = self.config
+        # Build every selected backend before starting any: a bad name fails fast with nothing half-started.
+        self.registry = self._build("registry", cfg.registry)
+        exporters = [self._build("telemetry", ref) for ref in cfg.telemetry]
+        self.packager = self._build("packager", cfg.packager)
+        self.builder = self._build("builder", cfg.builder)
+        self._builders[cfg.builder.name] = self.builder
+        self.executor = self._build("executor", cfg.executor)
+        self.secrets = self._build("secrets", cfg.secrets)
+        await self.registry.start()
+        ctx = self._ctx()
+        providers = [self._build("auth", ref) for ref in cfg.auth]
+        for backend in (*exporters, self.packager, self.builder, self.executor, self.secrets, *providers):
+            backend.ctx = ctx
+            await backend.start()
+        self.exporters = exporters
+        self.auth_providers = providers
+        self.pm.hook.mcp_agent_cloud_configure.call_historic(kwargs={"config": cfg})
+        await self.registry.ensure_org(cfg.default_org)
+        await self._bootstrap_admin()
+        self.started = True
+        self.emit(Event(type="platform.started", message=f"listening on {cfg.base_url}",
+                        data={"builder": cfg.builder.name, "registry": cfg.registry.name}))
+        self._spawn(self._restore())
+
+    async def _bootstrap_admin(self) -> None:
+        builtin = next((p for p in self.auth_providers if p.spec_name == "builtin"), None)
+        if builtin is None or not builtin.config.bootstrap_admin:
+            return
+        if await self.registry.list_tokens(self.config.default_org):
+            return
+        token, _ = await builtin.issue_token(org=self.config.default_org, subject="admin", roles=["owner"],
+                                             name="bootstrap admin")
+        self.bootstrap_token = token
+        from ..state import save_auth
+
+        path = save_auth(api_url=self.config.base_url, access_token=token, org=self.config.default_org)
+        self.emit(Event(type="platform.bootstrap", message=f"created org {self.config.default_org!r} and an admin "
+                        f"token; the CLI's credentials were written to {path}"))
+
+    async def stop(self) -> None:
+        for active in list(self.active.values()):
+            await self._stop_active(active)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        for backend in (*self.auth_providers, self.secrets, self.executor, *self._builders.values(), self.packager,
+                        *self.exporters, self.registry):
+            with contextlib.suppress(Exception):
+                await backend.aclose()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- events ------------------------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        for exporter in self.exporters:
+            try:
+                exporter.export(event)
+            except Exception as exc:  # an exporter must never break the platform
+                log.warning("telemetry exporter %s failed: %s", exporter.spec_name, exc)
+        if event.type.startswith("deployment."):
+            try:
+                self.pm.hook.mcp_agent_cloud_lifecycle_event(event=event)
+            except Exception as exc:
+                log.warning("a lifecycle_event hook failed: %s", exc)
+
+    async def record(self, event: Event, deployment_id: str | None = None) -> None:
+        self.emit(event)
+        data = dict(event.data)
+        for key in ("step", "status", "version", "duration_ms"):
+            value = getattr(event, key)
+            if value is not None:
+                data[key] = value
+        await self.registry.add_event(EventRecord(org=event.org, deployment_id=deployment_id, type=event.type,
+                                                  message=event.message, data=data, created_at=event.ts))
+
+    # -- auth and names ----------------------------------------------------------------------------------------
+
+    async def authenticate(self, request) -> Identity | None:
+        for provider in self.auth_providers:
+            identity = await provider.authenticate(request)
+            if identity is not None:
+                return identity
+        return None
+
+    def qualify(self, identity: Identity, name: str) -> tuple[str, str]:
+        org, short = split_qualified(name, identity.org)
+        if org != identity.org and "admin" not in identity.roles:
+            raise ForbiddenError(f"{org}.{short} belongs to org {org!r}; your token is for org {identity.org!r}",
+                                 hint="use a token of that org, or deploy under your own org's name")
+        return org, short
+
+    async def find(self, identity: Identity, name: str) -> DeploymentRecord:
+        org, short = self.qualify(identity, name)
+        record = await self.registry.get_deployment(org, short)
+        if record is None:
+            raise NotFoundError(f"no deployment {org}.{short}", hint="see `mcp-agent list` for your deployments")
+        return record
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # -- packages ----------------------------------------------------------------------------------------------
+
+    def package_path(self, org: str, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValidationFailed(f"invalid sha256 {sha256!r}", hint="give the hex SHA-256 of the archive")
+        # Packages are stored per org: content addressing must not tell one tenant what another uploaded.
+        return self.data_dir / "packages" / org / f"{sha256}.pkg"
+
+    async def store_package(self, org: str, chunks, *, sha256: str, fmt: str | None, length: int | None) -> Manifest:
+        limit = self.config.limits.max_upload_bytes
+        if length is not None and length > limit:
+            raise TooLargeError(f"package is {length} bytes; the limit is {limit}",
+                                hint="exclude large files with .mcpacignore, or raise limits.max_upload_bytes")
+        final = self.package_path(org, sha256)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = final.with_name(f".upload-{secrets.token_hex(6)}")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLargeError(f"package is over the limit of {limit} bytes",
+                                            hint="exclude large files with .mcpacignore, or raise limits.max_upload_bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise PackageError(f"checksum mismatch: the upload hashes to {digest.hexdigest()}, not {sha256}",
+                                   hint="the archive was corrupted in transit; deploy again")
+            packager = self.packager_for(fmt)
+            manifest = await packager.inspect(tmp)
+            os.replace(tmp, final)
+            (final.with_suffix(".format")).write_text(packager.spec_name)
+            return manifest
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def packager_for(self, fmt: str | None):
+        if not fmt or fmt == self.packager.spec_name:
+            return self.packager
+        key = f"packager:{fmt}"
+        if key not in self._builders:
+            backend = self.pm.build(self.pm.get_packager(fmt), {}, self._ctx())
+            self._builders[key] = backend
+        return self._builders[key]
+
+    def builder_for(self, choice: str | dict | None):
+        if choice is None:
+            return self.builder
+        from ..config import BackendRef
+
+        ref = BackendRef.model_validate(choice)
+        if ref.name == self.config.builder.name and not ref.options:
+            return self.builder
+        key = ref.model_dump_json()
+        if key not in self._builders:
+            self._builders[key] = self._build("builder", ref)
+        return self._builders[key]
+
+    # -- the deploy pipeline -----------------------------------------------------------------------------------
+
+    def _dep_dir(self, org: str, name: str) -> Path:
+        return self.data_dir / "deployments" / f"{org}.{name}"
+
+    def app_log(self, org: str, name: str) -> Path:
+        return self._dep_dir(org, name) / "logs" / "app.log"
+
+    def _resolve_request(self, req: DeployRequest) -> DeployRequest:
+        """Check the request and expand server types, before any state changes."""
+        if req.server_type:
+            st = self.pm.get_server_type(req.server_type)
+            if st.needs_dir:
+                if not req.dir:
+                    raise ValidationFailed(f"server type {st.name!r} needs a directory",
+                                           hint=f"pass --dir PATH (the directory the {st.name} server may use)")
+                if not Path(req.dir).is_dir():
+                    raise ValidationFailed(f"--dir {req.dir} is not a directory on the platform host")
+            args = [a.replace("{dir}", str(Path(req.dir).resolve()) if req.dir else "") for a in st.args]
+            req = req.model_copy(update={"kind": "stdio", "command": st.command, "args": args + list(req.args),
+                                         "pip": list(st.pip), "npm": st.npm,
+                                         "description": req.description or st.description})
+        if req.kind == "app" and not req.package_sha256:
+            raise ValidationFailed("an app deploy needs an uploaded package", hint="upload it with POST /api/v1/packages")
+        if req.kind == "stdio" and not req.command:
+            raise ValidationFailed("a stdio server deploy needs a command", hint="pass --command CMD (and --arg A ...)")
+        if req.kind == "remote":
+            if not req.url or not req.url.startswith(("http://", "https://")):
+                raise ValidationFailed("a remote server needs an http(s) URL", hint="pass --url https://host/mcp")
+        for key in req.env:
+            if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
+                raise ValidationFailed(f"invalid environment variable name {key!r}")
+        return req
+
+    async def deploy(self, identity: Identity, name: str, req: DeployRequest, progress: Progress = _no_progress) -> dict:
+        if not identity.can("write"):
+            raise ForbiddenError("your role may not deploy", hint="ask an owner of the org for the developer role")
+        org, short = self.qualify(identity, name)
+        validate_name(short)
+        await self.registry.ensure_org(org)
+        req = self._resolve_request(req)
+        builder = self.builder_for(req.builder) if req.kind != "remote" else None
+        manifest: Manifest | None = None
+        archive = None
+        if req.kind == "app":
+            archive = self.package_path(org, req.package_sha256)
+            if not archive.is_file():
+                raise NotFoundError(f"package {req.package_sha256[:12]} was not uploaded to org {org}",
+                                    hint="upload it first with POST /api/v1/packages")
+        async with self.lock(f"{org}.{short}"):
+            record = await self.registry.get_deployment(org, short)
+            spec_update = {k: v for k, v in {"description": req.description, "region": req.region,
+                                              "public": req.public, "url": req.url}.items() if v is not None}
+            if record is None:
+                record = await self.registry.create_deployment(DeploymentRecord(
+                    id="dep_" + secrets.token_hex(8), org=org, name=short, kind=req.kind,
+                    builder=builder.spec_name if builder else "remote", status="building", spec=spec_update))
+                await self.record(Event(type="deployment.created", org=org, deployment=short,
+                                        message=f"created {org}.{short}"), record.id)
+            else:
+                record = await self.registry.update_deployment(
+                    record.id, kind=req.kind, builder=builder.spec_name if builder else "remote",
+                    spec={**record.spec, **spec_update}, desired_state="running")
+            ver = await self.registry.create_version(record.id, status="building", package_sha256=req.package_sha256,
+                                                     options=req.model_dump(exclude={"env"}) | {"env_keys": sorted(req.env)})
+            version = ver.version
+            work_dir = self._dep_dir(org, short) / f"v{version}"
+            work_dir.mkdir(parents=True, exist_ok=True)
+            build_log = work_dir / "build.log"
+            ref = record.ref
+            dq = f"{org}.{short}"
+
+            async def step(name: str, coro_fn):
+                await progress({"type": "step", "step": name, "status": "started"})
+                t0 = time.monotonic()
+                managers = [m for m in self.pm.hook.mcp_agent_cloud_pipeline_step(
+                    step=name, deployment=dq, version=version) if m is not None]
+                try:
+                    with contextlib.ExitStack() as stack:
+                        for m in managers:
+                            stack.enter_context(m)
+                        result = await coro_fn()
+                except BaseException as exc:
+                    ms = (time.monotonic() - t0) * 1000
+                    await self.record(Event(type="deploy.step", org=org, deployment=short, version=version, step=name,
+                                            status="failed", message=str(getattr(exc, "message", exc)), duration_ms=ms),
+                                      record.id)
+                    await progress({"type": "step", "step": name, "status": "failed", "duration_ms": ms})
+                    raise
+                ms = (time.monotonic() - t0) * 1000
+                await self.record(Event(type="deploy.step", org=org, deployment=short, version=version, step=name,
+                                        status="ok", duration_ms=ms), record.id)
+                await progress({"type": "step", "step": name, "status": "ok", "duration_ms": ms})
+                return result
+
+            async def build_line(line: str) -> None:
+                with open(build_log, "a", encoding="utf-8") as f:
+                    f.write(line.rstrip("\n") + "\n")
+                await progress({"type": "log", "stream": "build", "line": line.rstrip("\n")})
+
+            instance: Instance | None = None
+            try:
+                if req.kind == "app":
+                    async def unpack():
+                        src = work_dir / "app"
+                        if src.exists():
+                            shutil.rmtree(src)
+                        fmt_file = archive.with_suffix(".format")
+                        fmt = fmt_file.read_text().strip() if fmt_file.exists() else None
+                        return await self.packager_for(fmt).unpack(
+                            archive, src, max_bytes=self.config.limits.max_unpacked_bytes)
+                    manifest = await step("unpack", unpack)
+                    await self.registry.update_version(record.id, version, manifest=manifest.model_dump(mode="json"))
+                request = BuildRequest(
+                    deployment=ref, version=version, kind=req.kind, work_dir=work_dir,
+                    source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=manifest,
+                    entrypoint=req.entrypoint or (manifest.entrypoint if manifest else None),
+                    command=req.command, args=req.args, pip=req.pip, npm=req.npm, url=req.url,
+                    options=req.builder if isinstance(req.builder, dict) else {})
+                if req.kind == "app" and not request.entrypoint:
+                    raise ValidationFailed("the package names no entrypoint",
+                                           hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
+                env = {**(manifest.env if manifest else {}), **req.env}
+                if req.kind == "remote":
+                    artifact = None
+                    instance = Instance(builder="remote", deployment=ref, version=version, url=req.url)
+                else:
+                    artifact = await step("build", lambda: builder.build(request, build_line))
+                    await self.registry.update_version(record.id, version, status="starting",
+                                                       artifact=artifact.model_dump(mode="json"))
+                    await self.record(Event(type="deployment.built", org=org, deployment=short, version=version), record.id)
+                    instance = await step("start", lambda: self._start_instance(builder, artifact, env, org, short, version))
+                tools = await step("health_check", lambda: self._health(builder, instance))
+            except BaseException as exc:
+                if instance is not None and builder is not None:
+                    with contextlib.suppress(Exception):
+                        await builder.stop(instance, timeout=5)
+                message = str(getattr(exc, "message", None) or exc) if not isinstance(exc, asyncio.CancelledError) else "cancelled"
+                log_tail = getattr(exc, "log_tail", "") or "\n".join(
+                    t for t in (tail_file(build_log, 30) if not isinstance(exc, BuildError) or not instance else "",
+                                tail_file(self.app_log(org, short), 30) if instance else "") if t)
+                await self.registry.update_version(record.id, version, status="failed", error=message)
+                current = self.active.get(dq)
+                await self.registry.update_deployment(record.id, status="running" if current else "failed")
+                await self.record(Event(type="deployment.failed", org=org, deployment=short, version=version,
+                                        status="failed", message=message,
+                                        data={"serving_version": current.version if current else None}), record.id)
+                if isinstance(exc, MCPAgentCloudError):
+                    raise BuildError(message, hint=exc.hint or ("the previous version keeps serving" if current else None),
+                                     log_tail=log_tail) from exc
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                    raise
+                raise BuildError(f"deploy failed: {type(exc).__name__}: {exc}", log_tail=log_tail) from exc
+            await step("route", lambda: self._switch(record, version, artifact, instance, builder))
+            record = await self.registry.get_deployment_by_id(record.id)
+            return self.describe_result(record, version, tools)
+
+    def describe_result(self, record: DeploymentRecord, version: int, tools: list[str] | None = None) -> dict:
+        return {"id": record.id, "org": record.org, "name": record.name, "version": version, "status": record.status,
+                "builder": record.builder, "endpoint": self.endpoint(record), "tools": tools or []}
+
+    def endpoint(self, record: DeploymentRecord) -> str:
+        name = record.name if record.org == self.config.default_org else f"{record.org}.{record.name}"
+        return f"{self.config.base_url}/servers/{name}/mcp"
+
+    async def _start_instance(self, builder, artifact: Artifact, env: dict, org: str, short: str, version: int) -> Instance:
+        path = self.app_log(org, short)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---\n")
+        return await builder.start(artifact, env=env, log_path=path)
+
+    async def _health(self, builder, instance: Instance) -> list[str]:
+        alive = None
+        if builder is not None:
+            async def alive() -> bool:
+                try:
+                    return await builder.is_alive(instance)
+                except NotImplementedError:
+                    return True
+        return await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout, alive=alive)
+
+    async def _switch(self, record: DeploymentRecord, version: int, artifact: Artifact | None, instance: Instance,
+                      builder) -> None:
+        """Move traffic to the new instance, then retire the old one. Only called after a passing health check."""
+        dq = f"{record.org}.{record.name}"
+        old = self.active.get(dq)
+        new = Active(record, version, artifact, instance)
+        new.builder = builder
+        self.active[dq] = new
+        await self.registry.update_version(record.id, version, status="serving",
+                                           instance=instance.model_dump(mode="json"))
+        await self.registry.update_deployment(record.id, current_version=version, status="running",
+                                              desired_state="running")
+        if builder is not None:
+            new.task = self._spawn(self._supervise(new))
+        if old is not None and old.version != version:
+            await self._stop_active(old)
+            await self.registry.update_version(record.id, old.version, status="superseded")
+        await self.record(Event(type="deployment.started", org=record.org, deployment=record.name, version=version,
+                                message=f"serving at {self.endpoint(record)}"), record.id)
+
+    async def _stop_active(self, active: Active) -> None:
+        active.stopping = True
+        builder = getattr(active, "builder", None)
+        if builder is not None:
+            with contextlib.suppress(Exception):
+                await builder.stop(active.instance)
+        if active.task is not None and active.task is not asyncio.current_task():
+            active.task.cancel()
+            with contextlib.suppress(BaseException):
+                await active.task
+
+    # -- supervisor --------------------------------------------------------------------------------------------
+
+    async def _supervise(self, active: Active) -> None:
+        builder = active.builder
+        rec = active.record
+        sup = self.config.supervisor
+        backoff = sup.backoff_initial
+        while not active.stopping:
+            started = time.monotonic()
+            code = await builder.wait(active.instance)
+            if active.stopping:
+                return
+            uptime = time.monotonic() - started
+            if uptime > sup.stable_after:
+                backoff = sup.backoff_initial
+            active.restarts += 1
+            await self.registry.update_deployment(rec.id, status="crashed")
+            await self.record(Event(type="deployment.crashed", org=rec.org, deployment=rec.name, version=active.version,
+                                    status="failed", message=f"exited with code {code}; restarting in {backoff:.0f}s",
+                                    data={"exit_code": code, "restarts": active.restarts}), rec.id)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, sup.backoff_max)
+            if active.stopping:
+                return
+            try:
+                env = await self._env_for(rec, active.version)
+                instance = await self._start_instance(builder, active.artifact, env, rec.org, rec.name, active.version)
+                active.instance = instance
+                await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout,
+                                       alive=lambda: builder.is_alive(instance))
+            except Exception as exc:
+                await self.record(Event(type="deployment.restart_failed", org=rec.org, deployment=rec.name,
+                                        version=active.version, status="failed", message=str(exc)), rec.id)
+                continue
+            await self.registry.update_version(rec.id, active.version, instance=instance.model_dump(mode="json"))
+            await self.registry.update_deployment(rec.id, status="running")
+            await self.record(Event(type="deployment.restarted", org=rec.org, deployment=rec.name,
+                                    version=active.version, status="ok",
+                                    message=f"restarted (restart #{active.restarts})"), rec.id)
+
+    async def _env_for(self, record: DeploymentRecord, version: int) -> dict[str, str]:
+        ver = await self.registry.get_version(record.id, version)
+        manifest_env = ((ver.manifest or {}).get("env") or {}) if ver else {}
+        return dict(manifest_env)
+
+    async def _restore(self) -> None:
+        """After a platform restart: bring back every deployment that should be running."""
+        for record in await self.registry.list_deployments():
+            if record.desired_state != "running" or record.current_version is None:
+                continue
+            self._spawn(self._restore_one(record))
+
+    async def _restore_one(self, record: DeploymentRecord) -> None:
+        dq = f"{record.org}.{record.name}"
+        async with self.lock(dq):
+            try:
+                await self._activate(record, record.current_version, reason="restore")
+            except Exception as exc:
+                await self.registry.update_deployment(record.id, status="failed")
+                await self.record(Event(type="deployment.failed", org=record.org, deployment=record.name,
+                                        version=record.current_version, status="failed",
+                                        message=f"could not restore after restart: {exc}"), record.id)
+
+    async def _activate(self, record: DeploymentRecord, version: int, *, reason: str) -> None:
+        """Start (or adopt) an already-built version and switch traffic to it."""
+        ver = await self.registry.get_version(record.id, version)
+        if ver is None:
+            raise NotFoundError(f"{record.org}.{record.name} has no version {version}")
+        if record.kind == "remote":
+            url = (ver.options or {}).get("url") or record.spec.get("url")
+            instance = Instance(builder="remote", deployment=record.ref, version=version, url=url)
+            await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout)
+            await self._switch(record, version, None, instance, None)
+            return
+        if not ver.artifact:
+            raise ValidationFailed(f"version {version} of {record.org}.{record.name} was never built",
+                                   hint="deploy again, or roll back to a version that built")
+        artifact = Artifact.model_validate(ver.artifact)
+        builder = self.builder_for((ver.options or {}).get("builder"))
+        instance = None
+        if reason == "restore" and ver.instance:
+            adopted = await builder.adopt_existing([Instance.model_validate(ver.instance)])
+            instance = adopted[0] if adopted else None
+        if instance is None:
+            env = await self._env_for(record, version)
+            instance = await self._start_instance(builder, artifact, env, record.org, record.name, version)
+        try:
+            await self._health(builder, instance)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await builder.stop(instance, timeout=5)
+            raise
+        await self._switch(record, version, artifact, instance, builder)
+
+    # -- lifecycle operations ----------------------------------------------------------------------------------
+
+    async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
+        record = await self._writable(identity, name)
+        async with self.lock(f"{record.org}.{record.name}"):
+            active = self.active.pop(f"{record.org}.{record.name}", None)
+            if active is not None:
+                await self._stop_active(active)
+            record = await self.registry.update_deployment(record.id, status="stopped", desired_state="stopped")
+            await self.record(Event(type="deployment.stopped", org=record.org, deployment=record.name,
+                                    version=record.current_version), record.id)
+            return record
+
+    async def start_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
+        record = await self._writable(identity, name)
+        async with self.lock(f"{record.org}.{record.name}"):
+            if f"{record.org}.{record.name}" in self.active:
+                return record
+            if record.current_version is None:
+                raise ConflictError(f"{record.org}.{record.name} has no version that ever served",
+                                    hint="deploy it first")
+            await self._activate(record, record.current_version, reason="start")
+            return await self.registry.get_deployment_by_id(record.id)
+
+    async def rollback(self, identity: Identity, name: str, to: int | None) -> dict:
+        record = await self._writable(identity, name)
+        async with self.lock(f"{record.org}.{record.name}"):
+            versions = await self.registry.list_versions(record.id)
+            if to is None:
+                candidates = [v for v in versions if v.version != record.current_version and v.artifact
+                              and v.status in ("superseded", "stopped") and
+                              (record.current_version is None or v.version < record.current_version)]
+                if not candidates:
+                    raise ConflictError(f"{record.org}.{record.name} has no earlier version to roll back to",
+                                        hint="see `mcp-agent status NAME` for its versions")
+                to = max(v.version for v in candidates)
+            target = next((v for v in versions if v.version == to), None)
+            if target is None:
+                raise NotFoundError(f"{record.org}.{record.name} has no version {to}")
+            if to == record.current_version and f"{record.org}.{record.name}" in self.active:
+                raise ConflictError(f"version {to} is already serving")
+            await self._activate(record, to, reason="rollback")
+            await self.record(Event(type="deployment.rolled_back", org=record.org, deployment=record.name,
+                                    version=to, message=f"rolled back to version {to}"), record.id)
+            record = await self.registry.get_deployment_by_id(record.id)
+            return self.describe_result(record, to)
+
+    async def delete_deployment(self, identity: Identity, name: str) -> None:
+        record = await self._writable(identity, name)
+        async with self.lock(f"{record.org}.{record.name}"):
+            active = self.active.pop(f"{record.org}.{record.name}", None)
+            if active is not None:
+                await self._stop_active(active)
+            for ver in await self.registry.list_versions(record.id):
+                if ver.artifact:
+                    with contextlib.suppress(Exception):
+                        b = self.builder_for((ver.options or {}).get("builder"))
+                        await b.remove(Artifact.model_validate(ver.artifact))
+            await self.registry.delete_deployment(record.id)
+            shutil.rmtree(self._dep_dir(record.org, record.name), ignore_errors=True)
+            await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
+                                    message=f"deleted {record.org}.{record.name}"), record.id)
+
+    async def _writable(self, identity: Identity, name: str) -> DeploymentRecord:
+        record = await self.find(identity, name)
+        if not identity.can("write"):
+            raise ForbiddenError("your role may not change deployments")
+        return record
+
+    async def status(self, record: DeploymentRecord) -> dict:
+        out = record.model_dump(mode="json")
+        out["endpoint"] = self.endpoint(record)
+        active = self.active.get(f"{record.org}.{record.name}")
+        out["serving_version"] = active.version if active else None
+        out["restarts"] = active.restarts if active else 0
+        stats = {}
+        if active is not None and getattr(active, "builder", None) is not None:
+            with contextlib.suppress(Exception):
+                stats = await active.builder.stats(active.instance)
+        out["stats"] = stats
+        out["versions"] = [v.model_dump(mode="json", include={"version", "status", "package_sha256", "error",
+                                                              "created_at"})
+                           for v in await self.registry.list_versions(record.id)]
+        return out
