@@ -438,6 +438,70 @@ def register(cli: click.Group) -> None:
             return emit_json(data)
         out.print(f"{name}: serving version {data['version']} at {data['endpoint']}", highlight=False)
 
+    # -- talking MCP to a deployment -----------------------------------------------------------------------------
+    def _endpoint(api_url, name):
+        client = _client(api_url)
+        return client, client.status(name)["endpoint"]
+
+    @cli.command()
+    @click.argument("name")
+    @api_options
+    @json_option
+    @handle_errors
+    def tools(name, api_url, as_json):
+        """List the MCP tools of a deployment (an MCP client session through the gateway)."""
+        import anyio
+
+        from ..client import mcp_session_call
+
+        client, endpoint = _endpoint(api_url, name)
+        found = anyio.run(mcp_session_call, endpoint, client.token, "list")
+        rows = [{"name": t.name, "description": (t.description or "").strip().splitlines()[0] if t.description
+                 else "", "input_schema": t.input_schema} for t in found]
+        if as_json:
+            return emit_json(rows)
+        table(rows, [("name", "TOOL"), ("description", "DESCRIPTION")])
+
+    @cli.command()
+    @click.argument("name")
+    @click.argument("tool")
+    @click.option("-a", "--arg", "args", multiple=True, metavar="KEY=VALUE",
+                  help="A tool argument; VALUE is parsed as JSON when it can be (repeatable).")
+    @click.option("--args-json", help="All arguments as one JSON object.")
+    @api_options
+    @json_option
+    @handle_errors
+    def call(name, tool, args, args_json, api_url, as_json):
+        """Call TOOL on deployment NAME and print its result.
+
+        \b
+          mcp-agent call hello greet -a name=Ada
+          mcp-agent call hello add --args-json '{"a": 1, "b": 2}'
+        """
+        import anyio
+
+        from ..client import mcp_session_call
+
+        arguments = json.loads(args_json) if args_json else {}
+        for pair in args:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--arg")
+            try:
+                arguments[key] = json.loads(value)
+            except ValueError:
+                arguments[key] = value
+        client, endpoint = _endpoint(api_url, name)
+        result = anyio.run(mcp_session_call, endpoint, client.token, "call", tool, arguments)
+        texts = [getattr(c, "text", None) for c in result.content]
+        if as_json:
+            return emit_json(result.model_dump(mode="json", by_alias=True, exclude_none=True))
+        for text in texts:
+            if text is not None:
+                out.print(text, markup=False, highlight=False)
+        if result.is_error:
+            sys.exit(1)
+
     # -- local helpers ------------------------------------------------------------------------------------------
     @cli.command()
     @click.argument("directory", default="hello", type=click.Path(file_okay=False))
@@ -537,6 +601,53 @@ def register(cli: click.Group) -> None:
         if as_json:
             return emit_json({"valid": True, "file": str(loaded.path) if loaded.path else None})
         out.print(f"{loaded.path or '(defaults)'}: valid", highlight=False)
+
+    @cli.group()
+    def admin():
+        """Administer the platform on its own host (works on the data dir of the platform config)."""
+
+    @admin.command("token")
+    @click.option("--org", required=True, help="Org the token belongs to (created if new).")
+    @click.option("--subject", default="admin", show_default=True, help="Who the token is for.")
+    @click.option("--role", type=click.Choice(["owner", "developer", "viewer"]), default="developer",
+                  show_default=True)
+    @click.option("--name", default="", help="A label for the token.")
+    @click.option("--expires-in", type=float, help="Lifetime in seconds (default: no expiry).")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_token(org, subject, role, name, expires_in, config_path, as_json):
+        """Create a bearer token for an org. The token is printed once and stored only as a hash."""
+        import anyio
+
+        from ..config import load_config
+        from ..hookspecs.types import PluginContext
+        from ..manager import load_plugin_manager
+        from ..names import validate_name
+
+        validate_name(org, what="org name")
+        cfg = load_config(config_path).config
+        pm = load_plugin_manager(disable=cfg.plugins.disable)
+
+        async def create():
+            ctx = PluginContext(data_dir=cfg.data_dir)
+            registry = pm.build(pm.get_registry(cfg.registry.name), cfg.registry.options, ctx)
+            await registry.start()
+            try:
+                await registry.ensure_org(org)
+                ctx.registry = registry
+                auth = pm.build(pm.get_auth_provider("builtin"), {}, ctx)
+                return await auth.issue_token(org=org, subject=subject, roles=[role], name=name,
+                                              expires_in=expires_in)
+            finally:
+                await registry.aclose()
+
+        token, record = anyio.run(create)
+        if as_json:
+            return emit_json({"token": token, "id": record.id, "org": org, "roles": record.roles})
+        out.print(token, markup=False, highlight=False)
+        err.print(f"token {record.id} for {subject} in org {org} (role {role}); it is shown only once",
+                  highlight=False)
 
     @cli.command(hidden=True, context_settings={"ignore_unknown_options": True})
     @click.option("--host", default="127.0.0.1")

@@ -157,3 +157,18 @@ class PlatformClient:
         params = {"tail": tail, "follow": "1" if follow else "0"}
         for resp in self._stream("GET", f"/api/v1/deployments/{name}/logs", params=params):
             yield from resp.iter_text()
+
+
+async def mcp_session_call(endpoint: str, token: str | None, action: str, tool: str | None = None,
+                           arguments: dict | None = None) -> Any:
+    """List or call tools on a deployment through the gateway with the mcp SDK client."""
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http:
+        async with Client(streamable_http_client(endpoint, http_client=http)) as client:
+            if action == "list":
+                return (await client.list_tools()).tools
+            return await client.call_tool(tool, arguments or {})

@@ -1,0 +1,147 @@
+"""Shared fixtures: a real `mcp-agent serve` process and the real CLI, each test in its own home and data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "mcp-agent")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_envs(tmp_path_factory) -> Path:
+    """One venv cache for the whole run: the process builder keys venvs by requirements hash."""
+    return tmp_path_factory.mktemp("envs")
+
+
+class PlatformProcess:
+    """A real platform process on a free port, with the CLI pointed at it through its own home directory."""
+
+    def __init__(self, root: Path, envs_dir: Path, extra_config: str = "") -> None:
+        self.root = root
+        self.home = root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = root / "mcp_agent_cloud.config.yaml"
+        self.config_path.write_text(
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"data_dir: {root / 'data'}\n"
+            f"builder: {{name: process, envs_dir: {envs_dir}}}\n"
+            "supervisor: {backoff_initial: 0.5, backoff_max: 2}\n"
+            "telemetry: [jsonl]\n" + extra_config
+        )
+        self.log_path = root / "platform.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_AGENT_CLOUD_")}
+        env.update({"MCP_AGENT_CLOUD_HOME": str(self.home), "MCP_AGENT_CLOUD_CONFIG": str(self.config_path),
+                    "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+        return env
+
+    def start(self, timeout: float = 30) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([CLI, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.root, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"platform exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"platform not healthy in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the platform alone (its apps get SIGTERM from the kernel through PDEATHSIG)."""
+        self.stop(signal.SIGKILL)
+
+    @property
+    def token(self) -> str:
+        return json.loads((self.home / "auth.json").read_text())["access_token"]
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 600, cwd: Path | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([CLI, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                                timeout=timeout, cwd=cwd or self.root)
+        if check and result.returncode != 0:
+            raise AssertionError(f"mcp-agent {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    def cli_json(self, *args: str, **kw) -> dict | list:
+        result = self.cli(*args, "--json", check=True, **kw)
+        return json.loads(result.stdout)
+
+    def api(self, method: str, path: str, token: str | None = "default", **kw) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if token == "default":
+            token = self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+
+@pytest.fixture
+def platform(tmp_path, shared_envs):
+    p = PlatformProcess(tmp_path, shared_envs)
+    p.start()
+    yield p
+    p.stop()
+
+
+async def call_tool(url: str, token: str | None, tool: str, arguments: dict) -> str:
+    """Call a tool with the real mcp SDK client over Streamable HTTP; returns the text of the result."""
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
