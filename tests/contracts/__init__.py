@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import pytest
+from pydantic import ValidationError
 
 
 def async_test(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -30,3 +32,12 @@ async def eventually(predicate: Callable[[], Any], *, timeout: float = 5.0, what
                 await anyio.sleep(0.005)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def assert_registers(hook: Callable[[], Any], spec_type: type, name: str, backend: type, config_model: type) -> None:
+    """The registration ``hook`` yields exactly one ``spec_type`` named ``name``, and the config refuses typos."""
+    (spec,) = list(hook())
+    assert isinstance(spec, spec_type)
+    assert (spec.name, spec.backend, spec.config_model) == (name, backend, config_model)
+    with pytest.raises(ValidationError):
+        config_model(no_such_option_typo=1)

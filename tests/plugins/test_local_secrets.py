@@ -14,13 +14,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from pydantic import ValidationError
 
 from mcp_agent_cloud.errors import NotFoundError, ValidationFailed
 from mcp_agent_cloud.hookspecs.types import PluginContext, SecretsSpec
 from mcp_agent_cloud.plugins import local_secrets as plugin
 from mcp_agent_cloud.plugins.local_secrets import LocalSecrets, LocalSecretsConfig, SecretsStoreError
-from tests.contracts import async_test
+from tests.contracts import assert_registers, async_test
 
 SCOPE = "acme/app"
 PLAINTEXT = "sk-live-Very-Secret-Value-0123456789"
@@ -37,11 +36,7 @@ def mode(path: Path) -> int:
 
 
 def test_hook_registers_local() -> None:
-    (spec,) = list(plugin.mcp_agent_cloud_secrets_backends())
-    assert isinstance(spec, SecretsSpec)
-    assert (spec.name, spec.backend, spec.config_model) == ("local", LocalSecrets, LocalSecretsConfig)
-    with pytest.raises(ValidationError):
-        LocalSecretsConfig(keyfile="typo")
+    assert_registers(plugin.mcp_agent_cloud_secrets_backends, SecretsSpec, "local", LocalSecrets, LocalSecretsConfig)
 
 
 @async_test
@@ -308,3 +303,23 @@ def test_sigkill_mid_write_leaves_the_last_committed_store(tmp_path: Path) -> No
         assert await (await open_store(tmp_path)).get(SCOPE, "COUNTER") == "after"
 
     anyio.run(check)
+
+
+def test_concurrent_puts_get_distinct_versions(tmp_path: Path) -> None:
+    # built outside any event loop, as the plugin manager does, then used inside one
+    store = LocalSecrets(LocalSecretsConfig(), PluginContext(data_dir=tmp_path))
+
+    async def main() -> list[int]:
+        await store.start()
+        numbers: list[int] = []
+
+        async def put(i: int) -> None:
+            numbers.append(await store.put(SCOPE, "K", f"value-{i}"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(put, i)
+        assert await store.get(SCOPE, "K", version=12) in {f"value-{i}" for i in range(12)}
+        return numbers
+
+    assert sorted(anyio.run(main)) == list(range(1, 13))

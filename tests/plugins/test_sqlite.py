@@ -8,13 +8,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from pydantic import ValidationError
 
 from mcp_agent_cloud.errors import MCPAgentCloudError
 from mcp_agent_cloud.hookspecs.types import PluginContext, RegistrySpec
 from mcp_agent_cloud.plugins import sqlite as sqlite_plugin
 from mcp_agent_cloud.plugins.sqlite import MIGRATIONS, SqliteConfig, SqliteRegistry
-from tests.contracts import async_test
+from tests.contracts import assert_registers, async_test
 from tests.contracts.registry_contract import RegistryContract, deployment, opened
 
 
@@ -35,11 +34,7 @@ class TestSqliteRegistry(RegistryContract):
 
 
 def test_hook_registers_sqlite() -> None:
-    (spec,) = list(sqlite_plugin.mcp_agent_cloud_registries())
-    assert isinstance(spec, RegistrySpec)
-    assert (spec.name, spec.backend, spec.config_model) == ("sqlite", SqliteRegistry, SqliteConfig)
-    with pytest.raises(ValidationError):
-        SqliteConfig(pth="typo")
+    assert_registers(sqlite_plugin.mcp_agent_cloud_registries, RegistrySpec, "sqlite", SqliteRegistry, SqliteConfig)
 
 
 @async_test
