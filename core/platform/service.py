@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -458,6 +459,9 @@ class Platform:
                     raise ValidationFailed("the package names no entrypoint",
                                            hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
                 env = {**(manifest.env if manifest else {}), **req.env}
+                if req.env:
+                    # --env values may be secrets: they live in the secrets backend, never in the registry.
+                    await self.secrets.put(f"{org}/{short}", f"_deploy_env_v{version}", json.dumps(req.env))
                 if req.kind == "remote":
                     artifact = None
                     instance = Instance(builder="remote", deployment=ref, version=version, url=req.url)
@@ -590,8 +594,10 @@ class Platform:
 
     async def _env_for(self, record: DeploymentRecord, version: int) -> dict[str, str]:
         ver = await self.registry.get_version(record.id, version)
-        manifest_env = ((ver.manifest or {}).get("env") or {}) if ver else {}
-        return dict(manifest_env)
+        env = dict(((ver.manifest or {}).get("env") or {}) if ver else {})
+        if ver is not None and (ver.options or {}).get("env_keys"):
+            env.update(json.loads(await self.secrets.get(f"{record.org}/{record.name}", f"_deploy_env_v{version}")))
+        return env
 
     async def _restore(self) -> None:
         """After a platform restart: bring back every deployment that should be running."""
@@ -700,6 +706,11 @@ class Platform:
                     with contextlib.suppress(Exception):
                         b = self.builder_for((ver.options or {}).get("builder"))
                         await b.remove(Artifact.model_validate(ver.artifact))
+            scope = f"{record.org}/{record.name}"
+            with contextlib.suppress(Exception):
+                for info in await self.secrets.list(scope):
+                    if info.key.startswith("_deploy_env_v"):
+                        await self.secrets.delete(scope, info.key)
             await self.registry.delete_deployment(record.id)
             shutil.rmtree(self._dep_dir(record.org, record.name), ignore_errors=True)
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
