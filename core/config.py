@@ -171,14 +171,22 @@ def load_yaml(text: str, source: str) -> LocatedYaml:
     return LocatedYaml(data, lines, source)
 
 
-def format_validation_error(exc: ValidationError, located: LocatedYaml | None = None, prefix: tuple = ()) -> str:
+def format_validation_error(
+    exc: ValidationError, located: LocatedYaml | None = None, prefix: tuple = (),
+    env: dict[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line per error: ``file:line: dotted.key: message``. ``env`` maps key paths set by environment
+    overrides to the variable's name, so such errors blame the variable instead of a file line."""
     out = []
     for err in exc.errors():
         loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before",)))
         # pydantic adds the validator name for union/model_validator branches; drop non-key parts
         key = ".".join(str(p) for p in loc) or "(top level)"
         where = ""
-        if located is not None:
+        env_name = next((name for kp, name in (env or {}).items() if loc[:len(kp)] == kp), None)
+        if env_name is not None:
+            where = f"env {env_name}: "
+        elif located is not None:
             line = located.line_of(loc)
             where = f"{located.source}:{line}: " if line else f"{located.source}: "
         msg = err["msg"]
@@ -246,6 +254,18 @@ def _env_overrides() -> dict[tuple[str, ...], tuple[str, str]]:
     return out
 
 
+def _backend_ref_mapping(key: str, value: Any) -> Any:
+    """``process`` -> ``{name: process}`` for a single-backend key; the field's default name when unset."""
+    field = PlatformConfig.model_fields.get(key)
+    if field is None or field.annotation is not BackendRef:
+        return value
+    if isinstance(value, str):
+        return {"name": value}
+    if value is None and isinstance(field.default, BackendRef):
+        return {"name": field.default.name}
+    return value
+
+
 class LoadedConfig:
     """The effective config plus where each top-level value came from."""
 
@@ -269,6 +289,7 @@ def load_config(explicit: str | Path | None = None, *, cwd: Path | None = None) 
     for key in data:
         line = located.lines.get((key,))
         sources[key] = f"{located.source}:{line}" if line else located.source
+    env_keys: dict[tuple[str, ...], str] = {}
     for keypath, (env_name, raw) in sorted(_env_overrides().items()):
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
@@ -277,17 +298,21 @@ def load_config(explicit: str | Path | None = None, *, cwd: Path | None = None) 
         if keypath == ("data_dir",) or keypath == ("listen",) or keypath == ("public_url",):
             value = raw  # never reinterpret paths and addresses
         target = data
-        for part in keypath[:-1]:
+        for depth, part in enumerate(keypath[:-1]):
             nxt = target.get(part)
+            if depth == 0 and not isinstance(nxt, dict):
+                # BUILDER__X=1 on top of `builder: process` (or the default) must keep the backend's name
+                nxt = _backend_ref_mapping(part, nxt)
             target[part] = dict(nxt) if isinstance(nxt, dict) else {}
             target = target[part]
         target[keypath[-1]] = value
         sources[keypath[0]] = f"env {env_name}"
+        env_keys[keypath] = env_name
     try:
         config = PlatformConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            f"invalid config in {located.source}:\n{format_validation_error(exc, located)}",
+            f"invalid config in {located.source}:\n{format_validation_error(exc, located, env=env_keys)}",
             hint="fix the keys named above (environment overrides are named MCP_AGENT_CLOUD_<KEY>); see docs/config.md",
         ) from None
     for key in PlatformConfig.model_fields:

@@ -114,7 +114,7 @@ class PluginManager:
                 continue
             if ep.name in self.plugins:
                 prev = self.plugins[ep.name]
-                if prev.module == ep.value:
+                if _canon(prev.distribution) == _canon(dist_name):
                     continue  # the same distribution seen twice on sys.path
                 self._warn(f"plugin {ep.name!r} from {dist_name} is ignored: the name is taken by {prev.distribution}")
                 continue
@@ -124,7 +124,12 @@ class PluginManager:
                 self._warn(f"plugin {ep.name!r} ({dist_name} {dist_version}) failed to load and is skipped: "
                            f"{type(exc).__name__}: {exc}")
                 continue
-            self.register(obj, name=ep.name, distribution=dist_name, version=dist_version, builtin=builtin)
+            try:
+                self.register(obj, name=ep.name, distribution=dist_name, version=dist_version, builtin=builtin)
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                # pluggy rejects e.g. a hookimpl whose arguments do not match its hookspec
+                self._warn(f"plugin {ep.name!r} ({dist_name} {dist_version}) was rejected and is skipped: "
+                           f"{type(exc).__name__}: {exc}")
 
     def register(
         self, plugin: object, *, name: str | None = None, distribution: str = "(registered in code)",
@@ -170,6 +175,9 @@ class PluginManager:
                 info = self.plugins.get(impl.plugin_name) or PluginInfo(
                     impl.plugin_name, impl.plugin_name, "(registered in code)", "", False
                 )
+                # called directly (not through pm.hook) so one failing plugin cannot hide the others' specs;
+                # so trace it by hand for MCP_AGENT_CLOUD_TRACE_PLUGINS
+                self.pm.trace.root.get("index")(hook_name, impl.plugin_name)
                 try:
                     specs = list(impl.function() or ())
                 except Exception as exc:

@@ -1,0 +1,33 @@
+"""The ``recorder`` telemetry exporter: one JSON object per line, one line per event."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_agent_cloud.hookspecs.types import Event, TelemetryExporter
+
+
+class RecorderConfig(BaseModel):
+    """Options of ``{name: recorder, ...}`` in the platform config."""
+
+    # Forbid unknown keys so a typo in the YAML is reported instead of silently ignored.
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="file to append events to; relative paths are under the platform's data_dir")
+
+
+class RecorderExporter(TelemetryExporter):
+    def __init__(self, config: RecorderConfig, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, ctx)
+        path = Path(config.path).expanduser()
+        self.path = path if path.is_absolute() else Path(ctx.data_dir) / path
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, event: Event) -> None:
+        # One short append per event keeps the template simple and every line complete even if the platform
+        # is killed; an exporter that talks to the network should buffer here and flush in aclose().
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(event.model_dump_json() + "\n")
