@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 from ..hookspecs import hookimpl
+from rich.markup import escape
+
 from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, table
 
 PROCESS_WARNING = ("The `process` builder runs app code directly on the platform host, with no isolation. "
@@ -80,21 +82,31 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
                    verbose: bool, packager_name: str = "tarball") -> dict:
     from ..appspec import load_app
-    from ..hookspecs.types import PackageHints, PluginContext
+    from ..hookspecs.types import PluginContext
     from ..manager import load_plugin_manager
 
     progress = DeployProgress(quiet=as_json)
     progress.step("validate", "started")
     t0 = time.monotonic()
+    org_prefix = ""
+    if name and "." in name:  # org.name: the app is named by its short part, the platform checks the org
+        from ..names import validate_name
+
+        org_prefix, _, name = name.rpartition(".")
+        validate_name(org_prefix, what="org name")
     app = load_app(Path(directory), name=name, entrypoint=entrypoint)
     progress.step("validate", "ok", (time.monotonic() - t0) * 1000)
+    if not as_json:
+        err.print(f"  [dim]{escape(app.name)}: entrypoint {escape(app.entrypoint)} ({escape(app.detected)}), "
+                  f"{len(app.requirements)} requirement(s)[/]", markup=True, highlight=False)
+        for warning in app.warnings:
+            err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
     client = _client(api_url)
     pm = load_plugin_manager()
     spec = pm.get_packager(packager_name)
     with tempfile.TemporaryDirectory(prefix="mcpac-pkg-") as tmp:
         packager = pm.build(spec, {}, PluginContext(data_dir=Path(tmp)))
-        hints = PackageHints(name=app.name, entrypoint=app.entrypoint, requirements=app.requirements,
-                             description=app.description, env=app.env)
+        hints = app.to_hints()
         progress.step("package", "started")
         t0 = time.monotonic()
         import anyio
@@ -122,7 +134,8 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
     body = {"kind": "app", "package_sha256": package.sha256, "package_format": spec.name,
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
             "description": app.description or None, "region": region, "public": public or None}
-    return _run_deploy(client, app.name, body, as_json=as_json, verbose=verbose)
+    target = f"{org_prefix}.{app.name}" if org_prefix else app.name
+    return _run_deploy(client, target, body, as_json=as_json, verbose=verbose)
 
 
 def _deploy_app_options(fn):
@@ -164,7 +177,7 @@ def register(cli: click.Group) -> None:
             os.environ["MCP_AGENT_CLOUD_DATA_DIR"] = str(Path(data_dir).resolve())
         loaded = load_config(config_path)
         cfg = loaded.config
-        err.print(f"mcp-agent-cloud platform on [bold]{cfg.base_url}[/] (data: {cfg.data_dir}, "
+        err.print(f"mcp-agent-cloud platform on [bold]{cfg.base_url}[/] (data: {escape(str(cfg.data_dir))}, "
                   f"builder: {cfg.builder.name}, registry: {cfg.registry.name})", markup=True, highlight=False)
         run(loaded)
 

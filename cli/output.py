@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import MCPAgentCloudError
@@ -47,9 +48,9 @@ def handle_errors(fn: Callable) -> Callable:
                     payload["log_tail"] = data["log_tail"]
                 emit_json(payload)
             else:
-                err.print(f"[bold red]Error:[/] {exc.message}", markup=True, highlight=False)
+                err.print(f"[bold red]Error:[/] {escape(exc.message)}", markup=True, highlight=False)
                 if exc.hint:
-                    err.print(f"  [yellow]hint:[/] {exc.hint}", markup=True, highlight=False)
+                    err.print(f"  [yellow]hint:[/] {escape(exc.hint)}", markup=True, highlight=False)
                 tail = data.get("log_tail") or getattr(exc, "log_tail", "")
                 if tail:
                     err.print("  last lines of the log:", highlight=False)
@@ -108,9 +109,9 @@ class DeployProgress:
         if self.quiet:
             return
         if self.verbose:
-            err.print(f"  [dim]{line}[/]", markup=True, highlight=False)
+            err.print(f"  [dim]{escape(line)}[/]", markup=True, highlight=False)
         elif self.status is not None:
-            self.status.update(f"build ... [dim]{line[:100]}[/]")
+            self.status.update(f"build ... [dim]{escape(line[:100])}[/]")
 
     def on_event(self, event: dict) -> None:
         if event.get("type") == "step":
