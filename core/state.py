@@ -61,11 +61,16 @@ def save_auth(*, api_url: str, access_token: str, org: str | None = None, **extr
 
 
 def clear_auth() -> bool:
+    """Forget the token, but remember which platform it was for (session.json), so later commands still
+    talk to it and can say "log in" rather than "cannot connect"."""
+    api_url = load_auth().get("api_url")
     try:
         auth_path().unlink()
-        return True
     except FileNotFoundError:
         return False
+    if api_url:
+        save_session(api_url=api_url)
+    return True
 
 
 def load_session() -> dict[str, Any]:
