@@ -1,1 +1,425 @@
-"""placeholder: being written"""
+"""Built-in builder ``process``: each deployment runs as a plain process on the platform host.
+
+Apps get a virtualenv keyed by the hash of their requirements and shared by every deployment with the same
+requirements (``DATA/envs/{hash}``). An app is served by ``runtime/launcher.py`` running inside that venv; a stdio
+server is wrapped by ``python -m mcp_agent_cloud.runtime.adapter``. There is no isolation: the code runs as the
+platform's user with full access to its files and network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_agent_cloud import runtime
+from mcp_agent_cloud.errors import BuildError
+from mcp_agent_cloud.hookspecs import hookimpl
+from mcp_agent_cloud.hookspecs.types import Artifact, Builder, BuilderSpec, BuildRequest, Instance, LogSink
+from mcp_agent_cloud.names import requirements_hash
+from mcp_agent_cloud.runtime.ports import free_port
+
+LAUNCHER = Path(runtime.__file__).with_name("launcher.py")
+ADAPTER_MODULE = "mcp_agent_cloud.runtime.adapter"
+ENV_MARKER = ".mcp-agent-cloud-env.json"  # written last: an env without it is incomplete
+MCP_LIBRARIES = frozenset({"mcp", "mcp-agent", "fastmcp"})
+DEFAULT_MCP = "mcp>=2.3,<3"
+TAIL_LINES = 40
+PLATFORM_ENV_PREFIX = "MCP_AGENT_CLOUD_"
+PR_SET_PDEATHSIG = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PIP_HINT = (
+    "check the requirement names and versions (pip's output is above); a private index goes in the builder's "
+    "pip_args, e.g. ['--extra-index-url', 'https://...']"
+)
+
+
+class ProcessConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    python: str | None = Field(None, description="interpreter that creates app virtualenvs (default: the platform's)")
+    pip_args: list[str] = Field(default_factory=list, description="extra arguments for every `pip install`")
+    envs_dir: Path | None = Field(None, description="where the shared virtualenvs live (default DATA/envs)")
+    stop_timeout: float = Field(10.0, gt=0, description="seconds between SIGTERM and SIGKILL when stopping")
+    host: str = Field("127.0.0.1", description="interface instances listen on")
+
+
+# -- /proc helpers ---------------------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> dict[str, Any] | None:
+    """Fields of /proc/{pid}/stat, or None when the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields after the last ')' are fixed.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return {"state": fields[0], "ppid": int(fields[1]), "pgrp": int(fields[2]),
+            "utime": int(fields[11]), "stime": int(fields[12])}
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    if Path("/proc").is_dir():
+        stat = proc_stat(pid)
+        return stat is not None and stat["state"] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)  # no /proc (macOS): ask the kernel
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit() and (stat := proc_stat(int(entry.name))) is not None:
+            children.setdefault(stat["ppid"], []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the platform dies (even by SIGKILL) the app gets SIGTERM.
+    # The kernel ties this to the *thread* that forked, so the platform must spawn from a long-lived thread.
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+async def emit(log: LogSink, line: str) -> None:
+    result = log(line)
+    if inspect.isawaitable(result):
+        await result
+
+
+def requirement_name(line: str) -> str | None:
+    """The normalised project name a requirement line installs (``MCP[cli]>=1`` -> ``mcp``), if it names one."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    if not match or line.lstrip().startswith("-"):
+        return None
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def app_requirements(requirements: list[str]) -> list[str]:
+    """The app's requirements, plus an MCP library for the launcher when the app names none."""
+    reqs = [r for r in requirements if r.strip()]
+    if not any(requirement_name(r) in MCP_LIBRARIES for r in reqs):
+        reqs.append(DEFAULT_MCP)
+    return reqs
+
+
+def child_env(env: Mapping[str, str], venv: Path | None) -> dict[str, str]:
+    """The instance's environment: the platform's minus its own settings, plus the deployment's."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(PLATFORM_ENV_PREFIX)}
+    out["PYTHONUNBUFFERED"] = "1"
+    if venv is not None:
+        out["VIRTUAL_ENV"] = str(venv)
+        out["PATH"] = os.pathsep.join(p for p in (str(venv / "bin"), out.get("PATH")) if p)
+    out.update(env)
+    return out
+
+
+async def run_logged(cmd: list[str], log: LogSink, *, cwd: Path | None = None) -> tuple[int, list[str]]:
+    """Run ``cmd``, streaming each output line to ``log``; return the exit code and the last lines."""
+    await emit(log, "$ " + shlex.join(cmd))
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd, limit=1 << 20,
+    )
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            await emit(log, line)
+        return await proc.wait(), list(tail)
+    finally:
+        if proc.returncode is None:  # cancelled: don't leave pip running
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock shared with other platform processes on the same data dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# -- the builder ---------------------------------------------------------------------------------------------------
+
+
+class ProcessBuilder(Builder):
+    config: ProcessConfig
+
+    def __init__(self, config: ProcessConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self._env_locks: dict[str, asyncio.Lock] = {}
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+
+    @property
+    def envs_dir(self) -> Path:
+        # Read at use time: the platform may hand the backend its final ctx after constructing it.
+        return (self.config.envs_dir or Path(self.ctx.data_dir) / "envs").expanduser().absolute()
+
+    @property
+    def python(self) -> str:
+        return self.config.python or sys.executable
+
+    # -- build --------------------------------------------------------------------------------------------------
+
+    async def build(self, request: BuildRequest, log: LogSink) -> Artifact:
+        data: dict[str, Any] = {"kind": request.kind, "npm": request.npm, "venv": None}
+        if request.kind == "app":
+            entrypoint = request.entrypoint or (request.manifest.entrypoint if request.manifest else None)
+            source = request.source_dir
+            if source is None or not Path(source).is_dir():
+                raise BuildError(f"the app source directory {source} does not exist", hint="deploy the package again")
+            if not entrypoint or ":" not in entrypoint:
+                raise BuildError(f"invalid entrypoint {entrypoint!r}: expected module:attr",
+                                 hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
+            reqs = app_requirements(request.manifest.requirements if request.manifest else [])
+            venv = await self.ensure_env(reqs, log, cwd=Path(source))
+            data.update(venv=str(venv), entrypoint=entrypoint, source_dir=str(source),
+                        requirements_hash=requirements_hash(reqs))
+        elif request.kind == "stdio":
+            if not request.command:
+                raise BuildError("a stdio deployment needs a command", hint="pass --command, e.g. --command npx")
+            reqs = [r for r in request.pip if r.strip()]
+            venv = await self.ensure_env(reqs, log) if reqs else None
+            if shutil.which(request.command, path=child_env({}, venv).get("PATH")) is None:
+                raise BuildError(
+                    f"command {request.command!r} not found" + (f" in {venv}/bin or on PATH" if venv else " on PATH"),
+                    hint="install it on the platform host, or name the PyPI package that provides it with --pip",
+                )
+            data.update(venv=str(venv) if venv else None, command=request.command, args=list(request.args),
+                        cwd=str(request.work_dir), requirements_hash=requirements_hash(reqs) if reqs else None)
+        else:
+            raise BuildError(f"the process builder does not build {request.kind!r} deployments",
+                             hint="remote deployments are proxied by the platform and need no builder")
+        return Artifact(builder=self.spec_name or "process", deployment=request.deployment, version=request.version,
+                        kind=request.kind, data=data)
+
+    async def ensure_env(self, reqs: list[str], log: LogSink, *, cwd: Path | None = None) -> Path:
+        """The virtualenv for ``reqs``: reused when complete, else built once however many builds ask at once."""
+        digest = requirements_hash(reqs)
+        target = self.envs_dir / digest
+        # The venv is built in place, not in a temp dir renamed after: scripts pip installs embed the absolute
+        # interpreter path, so a moved venv would have broken console scripts. The marker is the commit point.
+        lock = self._env_locks.setdefault(digest, asyncio.Lock())
+        async with lock, file_lock(self.envs_dir / f".{digest}.lock"):
+            if (target / ENV_MARKER).is_file():
+                await emit(log, f"environment cached: {digest[:12]}")
+                return target
+            if target.exists():
+                await emit(log, f"removing incomplete environment {digest[:12]}")
+                shutil.rmtree(target)
+            started = time.monotonic()
+            await emit(log, f"creating environment {digest[:12]} for: {', '.join(reqs)}")
+            try:
+                await self._create_env(target, reqs, log, cwd)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            marker = {"requirements": reqs, "python": self.python, "created_at": time.time()}
+            (target / ENV_MARKER).write_text(json.dumps(marker, indent=2))
+            await emit(log, f"environment ready: {digest[:12]} ({time.monotonic() - started:.1f}s)")
+            return target
+
+    async def _create_env(self, target: Path, reqs: list[str], log: LogSink, cwd: Path | None) -> None:
+        # With pip in the platform's environment, a pip-less venv plus `pip --python` is seconds faster.
+        platform_pip = importlib.util.find_spec("pip") is not None
+        venv_cmd = [self.python, "-m", "venv", *(["--without-pip"] if platform_pip else []), str(target)]
+        code, tail = await run_logged(venv_cmd, log)
+        if code != 0:
+            raise BuildError(f"could not create a virtualenv with {self.python} (exit {code})",
+                             hint="the builder's python must be Python 3 with the venv module (e.g. python3-venv)",
+                             log_tail="\n".join(tail))
+        req_file = target / "requirements.txt"
+        req_file.write_text("".join(f"{r}\n" for r in reqs))
+        python = target / "bin" / "python"
+        pip = [sys.executable, "-m", "pip", "--python", str(python)] if platform_pip else [str(python), "-m", "pip"]
+        cmd = [*pip, "install", "--disable-pip-version-check", "--no-input", *self.config.pip_args, "-r", str(req_file)]
+        code, tail = await run_logged(cmd, log, cwd=cwd)
+        if code != 0:
+            raise BuildError(f"pip could not install the requirements (exit {code})", hint=PIP_HINT,
+                             log_tail="\n".join(tail))
+
+    # -- run ----------------------------------------------------------------------------------------------------
+
+    def command_for(self, artifact: Artifact, port: int) -> tuple[list[str], Path | None, Path | None]:
+        """The instance's argv, working directory and venv."""
+        data = artifact.data
+        venv = Path(data["venv"]) if data.get("venv") else None
+        host = self.config.host
+        if artifact.kind == "app":
+            assert venv is not None
+            cmd = [str(venv / "bin" / "python"), str(LAUNCHER), "--entrypoint", data["entrypoint"],
+                   "--host", host, "--port", str(port)]
+            return cmd, Path(data["source_dir"]), venv
+        cmd = [sys.executable, "-m", ADAPTER_MODULE, "--host", host, "--port", str(port),
+               "--", data["command"], *data.get("args", [])]
+        return cmd, Path(data["cwd"]) if data.get("cwd") else None, venv
+
+    async def start(  # type: ignore[override]
+        self, artifact: Artifact | None = None, *, env: Mapping[str, str] | None = None, log_path: Path | None = None
+    ) -> Instance | None:
+        """Without arguments: the backend lifecycle hook (nothing to open). With an artifact: start an instance."""
+        if artifact is None:
+            return None
+        if log_path is None:
+            raise TypeError("start(artifact) needs log_path")
+        port = free_port(self.config.host)
+        cmd, cwd, venv = self.command_for(artifact, port)
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=child_env(env or {}, venv),
+                # Own process group: stop() signals the whole group, and a Ctrl-C at the platform's terminal
+                # reaches the platform only, which then stops apps in order.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        for pid in [p for p, known in self._procs.items() if known.returncode is not None]:
+            del self._procs[pid]  # exited on their own and never stopped
+        self._procs[proc.pid] = proc
+        # Listening on every interface still means the platform reaches the instance over loopback.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.config.host, self.config.host)
+        url_host = f"[{host}]" if ":" in host else host
+        return Instance(builder=self.spec_name or "process", deployment=artifact.deployment,
+                        version=artifact.version, url=f"http://{url_host}:{port}/mcp",
+                        data={"pid": proc.pid, "pgid": proc.pid, "port": port, "cmd": cmd})
+
+    def _identifies(self, instance: Instance) -> bool:
+        """True when the instance's pid is still the process we (or an earlier platform) started."""
+        pid, port = instance.data.get("pid"), instance.data.get("port")
+        if not isinstance(pid, int) or not pid_alive(pid):
+            return False
+        if pid in self._procs:
+            return True
+        argv = proc_cmdline(pid)
+        ours = any(a == ADAPTER_MODULE or a.endswith("launcher.py") for a in argv)
+        return ours and "--port" in argv[:-1] and argv[argv.index("--port") + 1] == str(port)
+
+    async def wait(self, instance: Instance) -> int:
+        pid = instance.data["pid"]
+        proc = self._procs.get(pid)
+        if proc is not None:
+            return await proc.wait()
+        while pid_alive(pid):  # adopted: not our child, so nothing to wait() on
+            await asyncio.sleep(0.5)
+        return -1
+
+    async def stop(self, instance: Instance, *, timeout: float | None = None) -> None:
+        timeout = self.config.stop_timeout if timeout is None else timeout
+        pid = instance.data.get("pid")
+        pgid = instance.data.get("pgid", pid)
+        proc = self._procs.get(pid) if isinstance(pid, int) else None
+        if proc is None and not self._identifies(instance):
+            return  # gone already, or the pid now belongs to someone else
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (proc.returncode is None if proc else pid_alive(pid)):
+            await asyncio.sleep(0.05)
+        # Also takes down whatever the app left behind in its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        if proc is not None:
+            await proc.wait()
+            self._procs.pop(pid, None)
+
+    async def is_alive(self, instance: Instance) -> bool:
+        proc = self._procs.get(instance.data.get("pid"))
+        if proc is not None:
+            return proc.returncode is None
+        return self._identifies(instance)
+
+    async def stats(self, instance: Instance) -> dict[str, Any]:
+        pid = instance.data.get("pid")
+        if not isinstance(pid, int) or not await self.is_alive(instance):
+            return {}
+        pids = [pid, *descendants(pid)]  # the adapter's stdio child runs in a session of its own
+        cpu, rss = 0.0, 0
+        for p in pids:
+            if (stat := proc_stat(p)) is not None:
+                cpu += (stat["utime"] + stat["stime"]) / CLK_TCK
+                rss += _rss_bytes(p)
+        return {"pid": pid, "processes": len(pids), "rss_bytes": rss, "cpu_seconds": round(cpu, 3)}
+
+    async def adopt_existing(self, instances: list[Instance]) -> list[Instance]:
+        # Unidentifiable pids are left alone: after a reboot they may belong to anyone.
+        return [i for i in instances if self._identifies(i)]
+
+    async def remove(self, artifact: Artifact) -> None:
+        """Nothing: virtualenvs are a cache shared by every deployment with the same requirements."""
+
+
+@hookimpl
+def mcp_agent_cloud_builders():
+    yield BuilderSpec(
+        name="process",
+        backend=ProcessBuilder,
+        config_model=ProcessConfig,
+        description="runs each deployment as a local process in a cached virtualenv; NO isolation: app code runs "
+        "as the platform's user with its files and network",
+    )

@@ -1,0 +1,386 @@
+"""The ``process`` builder end to end: real virtualenvs from PyPI, real processes, real MCP clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from pydantic import ValidationError
+
+from mcp_agent_cloud.errors import BuildError
+from mcp_agent_cloud.hookspecs.types import (
+    Artifact,
+    BuildRequest,
+    DeploymentRef,
+    Instance,
+    Manifest,
+    PluginContext,
+)
+from mcp_agent_cloud.names import requirements_hash
+from mcp_agent_cloud.plugins import process
+from mcp_agent_cloud.plugins.process import ENV_MARKER, ProcessBuilder, ProcessConfig, descendants, pid_alive
+from mcp_agent_cloud.runtime.ports import wait_port
+
+HELLO = textwrap.dedent(
+    """
+    import importlib.util
+    import os
+
+    from mcp.server.mcpserver import MCPServer
+
+    mcp = MCPServer("hello")
+
+    @mcp.tool()
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    @mcp.tool()
+    def env(name: str) -> str:
+        return os.environ.get(name, "<unset>")
+
+    @mcp.tool()
+    def importable(module: str) -> bool:
+        return importlib.util.find_spec(module) is not None
+    """
+)
+
+MCP_1X = textwrap.dedent(
+    """
+    from mcp.server.fastmcp import FastMCP
+
+    server = FastMCP("old")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        return a + b
+    """
+)
+
+DEFAULT_HASH = requirements_hash([process.DEFAULT_MCP])
+
+
+class Logs(list):
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+class AsyncLogs(Logs):
+    async def __call__(self, line: str) -> None:  # the platform's sink may be async
+        await anyio.sleep(0)
+        self.append(line)
+
+
+@pytest.fixture(scope="module")
+def envs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("envs")
+
+
+def make_builder(envs_dir: Path, data_dir: Path, **options) -> ProcessBuilder:
+    return ProcessBuilder(ProcessConfig(envs_dir=envs_dir, stop_timeout=5, **options), PluginContext(data_dir=data_dir))
+
+
+def app_request(work: Path, source: str, requirements: list[str] | None = None, entrypoint: str = "main:mcp"):
+    (work / "app").mkdir(parents=True, exist_ok=True)
+    (work / "app" / "main.py").write_text(source)
+    manifest = Manifest(format="tarball", name="hello", entrypoint=entrypoint, requirements=requirements or [])
+    return BuildRequest(deployment=DeploymentRef(id="d-hello", org="acme", name="hello"), version=1, kind="app",
+                        work_dir=work, source_dir=work / "app", manifest=manifest)
+
+
+def stdio_request(work: Path, command: str, pip: list[str]) -> BuildRequest:
+    return BuildRequest(deployment=DeploymentRef(id="d-time", org="acme", name="time"), version=1, kind="stdio",
+                        work_dir=work, command=command, pip=pip)
+
+
+@pytest.fixture(scope="module")
+def hello(envs_dir: Path, tmp_path_factory) -> tuple[BuildRequest, Artifact, Logs]:
+    """The hello app, built once for the module (the first build creates the shared environment)."""
+    work = tmp_path_factory.mktemp("hello")
+    request = app_request(work, HELLO)
+    logs = Logs()
+
+    async def build() -> Artifact:
+        return await make_builder(envs_dir, work).build(request, logs)
+
+    return request, anyio.run(build), logs
+
+
+async def started(builder: ProcessBuilder, artifact: Artifact, log_path: Path, env=None) -> Instance:
+    instance = await builder.start(artifact, env=env or {}, log_path=log_path)
+    if not await wait_port("127.0.0.1", instance.data["port"], 60):
+        await builder.stop(instance)
+        pytest.fail("instance did not listen:\n" + log_path.read_text())
+    return instance
+
+
+def gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# -- builds ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_first_build_creates_the_environment_and_the_second_reuses_it(hello, envs_dir: Path, tmp_path: Path) -> None:
+    request, artifact, first = hello
+    assert f"creating environment {DEFAULT_HASH[:12]}" in first.text()
+    assert any("Successfully installed" in line for line in first), "pip output is streamed to the log"
+    assert artifact.data["venv"] == str(envs_dir / DEFAULT_HASH)
+    assert (envs_dir / DEFAULT_HASH / ENV_MARKER).is_file()
+    assert artifact.data["entrypoint"] == "main:mcp" and artifact.kind == "app"
+
+    again = Logs()
+    second = anyio.run(make_builder(envs_dir, tmp_path).build, request, again)
+    assert f"environment cached: {DEFAULT_HASH[:12]}" in again
+    assert not any("pip" in line for line in again)
+    assert second.data["venv"] == artifact.data["venv"]
+
+
+@pytest.mark.network
+def test_concurrent_builds_of_one_environment_build_it_once(envs_dir: Path, tmp_path: Path) -> None:
+    reqs = ["tzdata"]  # small: this is about the locking
+    logs = [Logs(), AsyncLogs()]
+
+    async def main() -> list[Path]:
+        builder = make_builder(envs_dir, tmp_path)
+        out: list[Path] = []
+
+        async def build(i: int) -> None:
+            out.append(await builder.ensure_env(reqs, logs[i]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(build, 0)
+            tg.start_soon(build, 1)
+        return out
+
+    envs = anyio.run(main)
+    texts = [log.text() for log in logs]
+    assert sum("creating environment" in t for t in texts) == 1
+    assert sum("environment cached" in t for t in texts) == 1
+    assert envs[0] == envs[1] == envs_dir / requirements_hash(reqs)
+
+
+@pytest.mark.network
+def test_pip_failure_raises_build_error_with_the_log_tail(envs_dir: Path, tmp_path: Path) -> None:
+    missing = "this-package-does-not-exist-mcpac==0.0.0"
+    request = stdio_request(tmp_path, "whatever", [missing])
+    with pytest.raises(BuildError) as caught:
+        anyio.run(make_builder(envs_dir, tmp_path).build, request, AsyncLogs())
+    assert "this-package-does-not-exist-mcpac" in caught.value.log_tail
+    assert caught.value.hint
+    assert not (envs_dir / requirements_hash([missing])).exists(), "a failed environment is not left behind"
+
+
+def test_remote_deployments_are_not_built(tmp_path: Path) -> None:
+    request = BuildRequest(deployment=DeploymentRef(id="d", org="acme", name="r"), version=1, kind="remote",
+                           work_dir=tmp_path, url="https://example.com/mcp")
+    with pytest.raises(BuildError, match="remote"):
+        anyio.run(make_builder(tmp_path, tmp_path).build, request, Logs())
+
+
+def test_stdio_command_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="no-such-command-mcpac"):
+        anyio.run(make_builder(tmp_path, tmp_path).build, stdio_request(tmp_path, "no-such-command-mcpac", []), Logs())
+
+
+def test_app_requirements_add_an_mcp_library_only_when_missing() -> None:
+    assert process.app_requirements(["requests"]) == ["requests", process.DEFAULT_MCP]
+    assert process.app_requirements(["MCP[cli]>=1.9"]) == ["MCP[cli]>=1.9"]
+    assert process.app_requirements(["mcp_agent==0.1"]) == ["mcp_agent==0.1"]
+    assert process.app_requirements(["fastmcp>=2", ""]) == ["fastmcp>=2"]
+    assert process.app_requirements(["--index-url https://mcp.example"]) == [
+        "--index-url https://mcp.example", process.DEFAULT_MCP]
+
+
+def test_spec_and_config() -> None:
+    (spec,) = list(process.mcp_agent_cloud_builders())
+    assert spec.name == "process" and spec.backend is ProcessBuilder and spec.config_model is ProcessConfig
+    assert "isolation" in spec.description.lower()
+    with pytest.raises(ValidationError):
+        ProcessConfig(unknown=1)
+    builder = ProcessBuilder(ProcessConfig(), PluginContext(data_dir=Path("/data")))
+    assert builder.envs_dir == Path("/data/envs")
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_app_runs_in_its_own_env_and_stops_cleanly(hello, envs_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    _, artifact, _ = hello
+    monkeypatch.setenv("MCP_AGENT_CLOUD_SECRET_KEY", "platform-only")
+    log_path = tmp_path / "logs" / "hello.log"
+
+    async def main() -> None:
+        builder = make_builder(envs_dir, tmp_path)
+        await builder.start()  # the backend lifecycle hook, without arguments
+        instance = await started(builder, artifact, log_path, env={"GREETING": "hi"})
+        pid = instance.data["pid"]
+        assert instance.url == f"http://127.0.0.1:{instance.data['port']}/mcp"
+        try:
+            async with Client(instance.url) as client:
+                assert (await client.call_tool("greet", {"name": "ada"})).content[0].text == "hello ada"
+                assert (await client.call_tool("env", {"name": "GREETING"})).content[0].text == "hi"
+                leaked = await client.call_tool("env", {"name": "MCP_AGENT_CLOUD_SECRET_KEY"})
+                assert leaked.content[0].text == "<unset>"
+                assert (await client.call_tool("env", {"name": "PYTHONUNBUFFERED"})).content[0].text == "1"
+                mine = await client.call_tool("importable", {"module": "mcp_agent_cloud"})
+                assert mine.structured_content == {"result": False}, "the app env must not see the platform"
+            assert await builder.is_alive(instance)
+            stats = await builder.stats(instance)
+            assert stats["rss_bytes"] > 10_000_000 and stats["cpu_seconds"] > 0
+        finally:
+            await builder.stop(instance)
+        assert not pid_alive(pid)
+        assert not await builder.is_alive(instance)
+        assert await builder.stats(instance) == {}
+        await builder.stop(instance)  # idempotent
+        assert await builder.wait(instance) in (0, -1)
+
+    anyio.run(main)
+    assert "launcher: serving main:mcp" in log_path.read_text()
+
+
+@pytest.mark.network
+def test_wait_returns_when_the_app_is_killed(hello, envs_dir: Path, tmp_path: Path) -> None:
+    _, artifact, _ = hello
+
+    async def main() -> int:
+        builder = make_builder(envs_dir, tmp_path)
+        instance = await started(builder, artifact, tmp_path / "app.log")
+        os.kill(instance.data["pid"], signal.SIGKILL)
+        with anyio.fail_after(10):
+            code = await builder.wait(instance)
+        await builder.stop(instance)
+        return code
+
+    assert anyio.run(main) == -signal.SIGKILL
+
+
+PLATFORM = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import anyio
+    from mcp_agent_cloud.hookspecs.types import Artifact, PluginContext
+    from mcp_agent_cloud.plugins.process import ProcessBuilder, ProcessConfig
+
+    async def main():
+        builder = ProcessBuilder(ProcessConfig(), PluginContext(data_dir=Path(sys.argv[2])))
+        artifact = Artifact.model_validate_json(Path(sys.argv[1]).read_text())
+        instance = await builder.start(artifact, env={}, log_path=Path(sys.argv[2]) / "app.log")
+        print(instance.data["pid"], flush=True)
+        await anyio.sleep_forever()
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.network
+def test_apps_die_with_a_killed_platform(hello, tmp_path: Path) -> None:
+    _, artifact, _ = hello
+    (tmp_path / "artifact.json").write_text(artifact.model_dump_json())
+    platform = subprocess.Popen([sys.executable, "-c", PLATFORM, str(tmp_path / "artifact.json"), str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        app_pid = int(platform.stdout.readline())
+        deadline = time.monotonic() + 60
+        while "serving" not in (tmp_path / "app.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_alive(app_pid)
+    finally:
+        platform.kill()  # SIGKILL: the platform gets no chance to stop anything
+        platform.wait()
+    survived = not gone_within([app_pid], 10)
+    if survived:
+        os.killpg(app_pid, signal.SIGKILL)
+    assert not survived, "the app outlived a SIGKILLed platform"
+
+
+@pytest.mark.network
+def test_a_restarted_platform_adopts_only_what_it_can_identify(hello, envs_dir: Path, tmp_path: Path) -> None:
+    _, artifact, _ = hello
+
+    async def main() -> None:
+        instance = await started(make_builder(envs_dir, tmp_path), artifact, tmp_path / "app.log")
+        pid = instance.data["pid"]
+        later = make_builder(envs_dir, tmp_path)  # knows nothing but the recorded instances
+        wrong_port = instance.model_copy(update={"data": {**instance.data, "port": instance.data["port"] + 1}})
+        stranger = instance.model_copy(update={"data": {**instance.data, "pid": os.getpid(), "pgid": os.getpid()}})
+        try:
+            adopted = await later.adopt_existing([instance, wrong_port, stranger])
+            assert adopted == [instance]
+            assert await later.is_alive(instance) and not await later.is_alive(stranger)
+            assert (await later.stats(instance))["pid"] == pid
+            await later.stop(stranger)  # not ours: must not be touched (it is this test process)
+            async with anyio.create_task_group() as tg:
+                codes: list[int] = []
+
+                async def waiter() -> None:
+                    codes.append(await later.wait(instance))
+
+                tg.start_soon(waiter)
+                await anyio.sleep(0.3)
+                await later.stop(instance)
+            assert codes == [-1]
+        finally:
+            await later.stop(instance)
+        assert not pid_alive(pid)
+
+    anyio.run(main)
+
+
+@pytest.mark.network
+def test_stdio_server_from_pypi_through_the_adapter(envs_dir: Path, tmp_path: Path) -> None:
+    logs = Logs()
+
+    async def main() -> None:
+        builder = make_builder(envs_dir, tmp_path)
+        artifact = await builder.build(stdio_request(tmp_path / "work", "mcp-server-time", ["mcp-server-time"]), logs)
+        assert artifact.data["command"] == "mcp-server-time" and artifact.data["venv"]
+        instance = await started(builder, artifact, tmp_path / "time.log")
+        pids = [instance.data["pid"], *descendants(instance.data["pid"])]
+        assert len(pids) == 2, "the adapter and its stdio child"
+        try:
+            async with Client(instance.url) as client:
+                result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+                assert not result.is_error and result.structured_content["timezone"] == "UTC"
+        finally:
+            await builder.stop(instance)
+        assert gone_within(pids, 5), "no process may outlive stop()"
+
+    anyio.run(main)
+    assert "mcp-time" in (tmp_path / "time.log").read_text()
+
+
+@pytest.mark.network
+def test_an_mcp_1x_fastmcp_app(envs_dir: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        builder = make_builder(envs_dir, tmp_path)
+        request = app_request(tmp_path / "old", MCP_1X, ["mcp>=1.10,<2"], entrypoint="main:server")
+        artifact = await builder.build(request, Logs())
+        instance = await started(builder, artifact, tmp_path / "old.log")
+        try:
+            async with Client(instance.url) as client:
+                assert (await client.call_tool("add", {"a": 2, "b": 2})).content[0].text == "4"
+        finally:
+            await builder.stop(instance)
+
+    anyio.run(main)
