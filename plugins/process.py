@@ -33,7 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from mcp_agent_cloud import runtime
 from mcp_agent_cloud.errors import BuildError
 from mcp_agent_cloud.hookspecs import hookimpl
-from mcp_agent_cloud.hookspecs.types import Artifact, Builder, BuilderSpec, BuildRequest, Instance, LogSink
+from mcp_agent_cloud.hookspecs.types import (
+    Artifact,
+    Builder,
+    BuilderSpec,
+    BuildRequest,
+    Instance,
+    LogSink,
+    PluginContext,
+)
 from mcp_agent_cloud.names import requirements_hash
 from mcp_agent_cloud.runtime.ports import free_port
 
@@ -208,7 +216,7 @@ async def file_lock(path: Path) -> AsyncIterator[None]:
 class ProcessBuilder(Builder):
     config: ProcessConfig
 
-    def __init__(self, config: ProcessConfig, ctx: Any) -> None:
+    def __init__(self, config: ProcessConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
         self._env_locks: dict[str, asyncio.Lock] = {}
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -264,11 +272,13 @@ class ProcessBuilder(Builder):
         # interpreter path, so a moved venv would have broken console scripts. The marker is the commit point.
         lock = self._env_locks.setdefault(digest, asyncio.Lock())
         async with lock, file_lock(self.envs_dir / f".{digest}.lock"):
-            if (target / ENV_MARKER).is_file():
+            complete = (target / ENV_MARKER).is_file()
+            if complete and (target / "bin" / "python").exists():
                 await emit(log, f"environment cached: {digest[:12]}")
                 return target
             if target.exists():
-                await emit(log, f"removing incomplete environment {digest[:12]}")
+                # No marker: a build died half-way. A dangling bin/python: its base interpreter was removed.
+                await emit(log, f"removing {'broken' if complete else 'incomplete'} environment {digest[:12]}")
                 shutil.rmtree(target)
             started = time.monotonic()
             await emit(log, f"creating environment {digest[:12]} for: {', '.join(reqs)}")
@@ -376,14 +386,20 @@ class ProcessBuilder(Builder):
         proc = self._procs.get(pid) if isinstance(pid, int) else None
         if proc is None and not self._identifies(instance):
             return  # gone already, or the pid now belongs to someone else
+        # Noted first: the adapter's stdio child runs in a session of its own, out of reach of killpg.
+        family = descendants(pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (proc.returncode is None if proc else pid_alive(pid)):
             await asyncio.sleep(0.05)
-        # Also takes down whatever the app left behind in its group.
+        # Also takes down whatever the app left behind, in its group or not.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+        for child in family:
+            if pid_alive(child):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child, signal.SIGKILL)
         if proc is not None:
             await proc.wait()
             self._procs.pop(pid, None)

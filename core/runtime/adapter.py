@@ -150,7 +150,9 @@ class Bridge:
 
     async def on_child_message(self, message: Any) -> None:
         if isinstance(message, types.ResourceUpdatedNotification):
-            keys = list(self._subscribers.get(message.params.uri, ()))
+            subscribers = self._subscribers.get(message.params.uri, set())
+            subscribers.intersection_update(self._sessions)  # forget sessions that are gone
+            keys = list(subscribers)
         elif isinstance(
             message,
             types.ToolListChangedNotification

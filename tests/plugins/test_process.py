@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -150,6 +151,18 @@ def test_first_build_creates_the_environment_and_the_second_reuses_it(hello, env
     assert f"environment cached: {DEFAULT_HASH[:12]}" in again
     assert not any("pip" in line for line in again)
     assert second.data["venv"] == artifact.data["venv"]
+
+
+def test_incomplete_environments_are_rebuilt(tmp_path: Path) -> None:
+    reqs = ["--no-index"]  # installs nothing: no registry needed
+    half_built = tmp_path / requirements_hash(reqs)
+    (half_built / "bin").mkdir(parents=True)
+    (half_built / "leftover").write_text("from a build that died")
+    logs = Logs()
+    env = anyio.run(make_builder(tmp_path, tmp_path).ensure_env, reqs, logs)
+    assert env == half_built and (env / ENV_MARKER).is_file() and not (env / "leftover").exists()
+    assert f"removing incomplete environment {half_built.name[:12]}" in logs
+    assert (env / "bin" / "python").exists()
 
 
 @pytest.mark.network
@@ -368,6 +381,43 @@ def test_stdio_server_from_pypi_through_the_adapter(envs_dir: Path, tmp_path: Pa
 
     anyio.run(main)
     assert "mcp-time" in (tmp_path / "time.log").read_text()
+
+
+STUBBORN = textwrap.dedent(
+    """
+    from mcp.server.mcpserver import MCPServer
+
+    mcp = MCPServer("stubborn")
+
+    @mcp.tool()
+    def ping() -> str:
+        return "pong"
+
+    mcp.run()
+    """
+)
+
+
+def test_stop_leaves_no_process_even_when_the_stdio_server_ignores_sigterm(tmp_path: Path) -> None:
+    # No pip requirements: the command comes from PATH, so this needs no registry.
+    (tmp_path / "server.py").write_text(STUBBORN)
+    stubborn = f"trap '' TERM; {shlex.quote(sys.executable)} {shlex.quote(str(tmp_path / 'server.py'))}; sleep 60"
+
+    async def main() -> None:
+        builder = make_builder(tmp_path / "envs", tmp_path)
+        request = stdio_request(tmp_path / "work", "sh", [])
+        request.args = ["-c", stubborn]
+        artifact = await builder.build(request, Logs())
+        assert artifact.data["venv"] is None
+        instance = await started(builder, artifact, tmp_path / "stubborn.log")
+        family = [instance.data["pid"], *descendants(instance.data["pid"])]
+        async with Client(instance.url) as client:
+            assert (await client.call_tool("ping", {})).content[0].text == "pong"
+        # Shorter than the adapter's own bounded shutdown of a child that ignores EOF and SIGTERM.
+        await builder.stop(instance, timeout=0.5)
+        assert gone_within(family, 5), [p for p in family if pid_alive(p)]
+
+    anyio.run(main)
 
 
 @pytest.mark.network
