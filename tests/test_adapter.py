@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -239,8 +238,6 @@ def test_advertises_only_what_the_child_does_and_relays_resource_updates(tmp_pat
     assert "child: subscribe file:///a" in adapter.log() and "child: unsubscribe file:///a" in adapter.log()
 
 
-@pytest.mark.skipif(shutil.which("mcp-server-time", path=str(Path(sys.executable).parent)) is None,
-                    reason="mcp-server-time is not installed (pip install -e '.[dev]')")
 def test_mcp_server_time_and_sigterm_takes_the_child_down(tmp_path: Path) -> None:
     adapter = Adapter(tmp_path, str(Path(sys.executable).parent / "mcp-server-time")).ready()
     child = adapter.child()
