@@ -296,9 +296,14 @@ def register(cli: click.Group) -> None:
         url = resolve_api_url(api_url)
         with PlatformClient(url, token) as client:
             who = client.whoami()
-        path = save_auth(api_url=url, access_token=token, org=who["org"])
+        from ..state import resolve_auth_url
+
+        auth_url = resolve_auth_url(url)
+        extra = {"auth_url": auth_url} if auth_url != url else {}
+        path = save_auth(api_url=url, access_token=token, org=who["org"], **extra)
         if as_json:
-            return emit_json({"api_url": url, "subject": who["subject"], "org": who["org"], "path": str(path)})
+            return emit_json({"api_url": url, "auth_url": auth_url, "subject": who["subject"], "org": who["org"],
+                              "path": str(path)})
         out.print(f"Logged in to {url} as {who['subject']} (org {who['org']}); credentials in {path}",
                   highlight=False)
 
@@ -313,8 +318,10 @@ def register(cli: click.Group) -> None:
             from ..errors import AuthError
             raise AuthError(f"not logged in to {client.api_url}", hint="mcp-agent deploy auth login --token T")
         who = client.whoami()
+        from ..state import resolve_auth_url
+
         if as_json:
-            return emit_json({"api_url": client.api_url, **who})
+            return emit_json({"api_url": client.api_url, "auth_url": resolve_auth_url(client.api_url), **who})
         out.print(f"{client.api_url}: {who['subject']} in org {who['org']} (roles: {', '.join(who['roles'])}, "
                   f"provider: {who['provider']})", highlight=False)
 

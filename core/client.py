@@ -23,6 +23,15 @@ class PlatformClient:
         self.http = httpx.Client(base_url=self.api_url, headers=headers,
                                  timeout=httpx.Timeout(timeout, read=None if timeout is None else timeout))
 
+    def _qualify(self, name: str) -> str:
+        """A short name means the org chosen with `mcp-agent configure`, when that differs from the token's org."""
+        from .state import load_auth, load_session
+
+        org = load_session().get("org")
+        if "." in name or not org or org == load_auth().get("org"):
+            return name
+        return f"{org}.{name}"
+
     def close(self) -> None:
         self.http.close()
 
@@ -110,7 +119,7 @@ class PlatformClient:
     def deploy(self, name: str, body: dict, on_event: Callable[[dict], None] | None = None) -> dict:
         """Create a version and follow its progress; returns the result event or raises the error event."""
         result: dict | None = None
-        for resp in self._stream("POST", f"/api/v1/deployments/{name}/versions", json=body):
+        for resp in self._stream("POST", f"/api/v1/deployments/{self._qualify(name)}/versions", json=body):
             for line in resp.iter_lines():
                 if not line.strip():
                     continue
@@ -131,31 +140,31 @@ class PlatformClient:
         return self.request("GET", "/api/v1/deployments")["deployments"]
 
     def status(self, name: str) -> dict:
-        return self.request("GET", f"/api/v1/deployments/{name}")
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}")
 
     def versions(self, name: str) -> list[dict]:
-        return self.request("GET", f"/api/v1/deployments/{name}/versions")["versions"]
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/versions")["versions"]
 
     def events(self, name: str, after: int = 0, limit: int = 100) -> list[dict]:
-        return self.request("GET", f"/api/v1/deployments/{name}/events",
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/events",
                             params={"after": after, "limit": limit})["events"]
 
     def stop(self, name: str) -> dict:
-        return self.request("POST", f"/api/v1/deployments/{name}/stop")
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/stop")
 
     def start(self, name: str) -> dict:
-        return self.request("POST", f"/api/v1/deployments/{name}/start", timeout=httpx.Timeout(30.0, read=300.0))
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/start", timeout=httpx.Timeout(30.0, read=300.0))
 
     def rollback(self, name: str, to: int | None = None) -> dict:
-        return self.request("POST", f"/api/v1/deployments/{name}/rollback", json={"to": to} if to else {},
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/rollback", json={"to": to} if to else {},
                             timeout=httpx.Timeout(30.0, read=300.0))
 
     def delete(self, name: str) -> dict:
-        return self.request("DELETE", f"/api/v1/deployments/{name}")
+        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}")
 
     def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
         params = {"tail": tail, "follow": "1" if follow else "0"}
-        for resp in self._stream("GET", f"/api/v1/deployments/{name}/logs", params=params):
+        for resp in self._stream("GET", f"/api/v1/deployments/{self._qualify(name)}/logs", params=params):
             yield from resp.iter_text()
 
 

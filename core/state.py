@@ -89,6 +89,11 @@ def resolve_api_url(explicit: str | None = None) -> str:
             or load_session().get("api_url") or DEFAULT_API_URL).rstrip("/")
 
 
+def resolve_auth_url(api_url: str) -> str:
+    """Where login flows live: ``$MCP_AGENT_CLOUD_AUTH_URL``, then auth.json, else the API URL itself."""
+    return (os.environ.get(ENV_PREFIX + "AUTH_URL") or load_auth().get("auth_url") or api_url).rstrip("/")
+
+
 def resolve_token(api_url: str, explicit: str | None = None) -> str | None:
     """A token applies only to the platform it was issued for."""
     if explicit:

@@ -34,6 +34,9 @@ def test_auth_login_status_logout(platform):
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
     assert json.loads(auth.read_text())["access_token"] == token
     assert platform.cli_json("list") == []
+    env = {"MCP_AGENT_CLOUD_AUTH_URL": "http://auth.example.internal"}
+    assert platform.cli_json("auth", "status", env=env)["auth_url"] == "http://auth.example.internal"
+    assert platform.cli_json("auth", "status")["auth_url"] == platform.url
     # `mcp-agent auth` is the same group.
     assert platform.cli_json("auth", "status")["subject"] == "admin"
 
