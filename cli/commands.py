@@ -652,7 +652,7 @@ def register(cli: click.Group) -> None:
         async def create():
             ctx = PluginContext(data_dir=cfg.data_dir)
             registry = pm.build(pm.get_registry(cfg.registry.name), cfg.registry.options, ctx)
-            await registry.start()
+            await registry.setup()
             try:
                 await registry.ensure_org(org)
                 ctx.registry = registry

@@ -326,7 +326,10 @@ class PluginContext:
 
 
 class Backend(abc.ABC):
-    """Base of every backend. ``start`` runs once after construction inside the event loop; ``aclose`` at shutdown."""
+    """Base of every backend. ``setup`` runs once after construction inside the event loop; ``aclose`` at shutdown.
+
+    (Not ``start``: builders use that name for starting an instance.)
+    """
 
     spec_name: ClassVar[str] = ""
 
@@ -334,11 +337,11 @@ class Backend(abc.ABC):
         self.config = config
         self.ctx = ctx
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def setup(self) -> None:  # noqa: B027 - optional hook
         """Open connections, create files. Default: nothing."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release what ``start`` opened. Default: nothing."""
+        """Release what ``setup`` opened. Default: nothing."""
 
 
 class Packager(Backend):
@@ -369,7 +372,7 @@ class Builder(Backend):
         """Prepare the artifact (a virtualenv, an image). Stream human-readable progress lines to ``log``."""
 
     @abc.abstractmethod
-    async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:  # type: ignore[override]
+    async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:
         """Start the artifact; its stdout and stderr go to ``log_path``. Returns when the process or container exists
         (readiness is the platform's health check)."""
 

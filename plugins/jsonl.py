@@ -23,7 +23,7 @@ class JsonlExporter(TelemetryExporter):
         self.path = Path(config.path) if config.path else ctx.data_dir / "events.jsonl"
         self._fh = None
 
-    async def start(self) -> None:
+    async def setup(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 

@@ -147,7 +147,7 @@ class LocalSecrets(SecretsBackend):
 
     # -- lifecycle and files ----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def setup(self) -> None:
         async with self._lock:
             await anyio.to_thread.run_sync(self._load, True)
 

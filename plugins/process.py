@@ -327,14 +327,7 @@ class ProcessBuilder(Builder):
                "--", data["command"], *data.get("args", [])]
         return cmd, Path(data["cwd"]) if data.get("cwd") else None, venv
 
-    async def start(  # type: ignore[override]
-        self, artifact: Artifact | None = None, *, env: Mapping[str, str] | None = None, log_path: Path | None = None
-    ) -> Instance | None:
-        """Without arguments: the backend lifecycle hook (nothing to open). With an artifact: start an instance."""
-        if artifact is None:
-            return None
-        if log_path is None:
-            raise TypeError("start(artifact) needs log_path")
+    async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:
         port = free_port(self.config.host)
         cmd, cwd, venv = self.command_for(artifact, port)
         if cwd is not None:

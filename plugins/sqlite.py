@@ -165,7 +165,7 @@ class SqliteRegistry(Registry):
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def setup(self) -> None:
         await anyio.to_thread.run_sync(self._open)
 
     async def aclose(self) -> None:

@@ -63,7 +63,7 @@ def test_selected_by_config_built_and_exports(installed, tmp_path):
     assert isinstance(spec, TelemetryExporterSpec)
     exporter = pm.build(spec, ref.options, PluginContext(data_dir=tmp_path / "data"))
     assert exporter.spec_name == "recorder"
-    asyncio.run(exporter.start())
+    asyncio.run(exporter.setup())
     exporter.export(Event(type="deployment.created", org="acme", deployment="hello", version=1, message="first"))
     exporter.export(Event(type="deployment.started", org="acme", deployment="hello", version=1, status="ok"))
     asyncio.run(exporter.aclose())
@@ -77,7 +77,7 @@ def test_relative_path_is_under_data_dir(installed, tmp_path):
     pm = load_plugin_manager()
     exporter = pm.build(pm.get_telemetry_exporter("recorder"), {"path": "ev.jsonl"},
                         PluginContext(data_dir=tmp_path))
-    asyncio.run(exporter.start())
+    asyncio.run(exporter.setup())
     exporter.export(Event(type="x"))
     assert json.loads((tmp_path / "ev.jsonl").read_text())["type"] == "x"
 

@@ -176,12 +176,12 @@ class Platform:
         self._builders[cfg.builder.name] = self.builder
         self.executor = self._build("executor", cfg.executor)
         self.secrets = self._build("secrets", cfg.secrets)
-        await self.registry.start()
+        await self.registry.setup()
         ctx = self._ctx()
         providers = [self._build("auth", ref) for ref in cfg.auth]
         for backend in (*exporters, self.packager, self.builder, self.executor, self.secrets, *providers):
             backend.ctx = ctx
-            await backend.start()
+            await backend.setup()
         self.exporters = exporters
         self.auth_providers = providers
         self.pm.hook.mcp_agent_cloud_configure.call_historic(kwargs={"config": cfg})

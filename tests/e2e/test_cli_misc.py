@@ -128,3 +128,14 @@ def test_env_var_points_cli_at_platform(platform, tmp_path):
     bad = platform.cli("list", env={**env, "MCP_AGENT_CLOUD_API_URL": "http://127.0.0.1:9"})
     assert bad.returncode == 1 and "cannot reach the platform" in bad.stderr
     assert os.environ.get("MCP_AGENT_CLOUD_API_URL") is None
+
+
+def test_configure_sets_url_and_default_org(platform):
+    data = platform.cli_json("configure", "--api-url", platform.url, "--org", "acme")
+    assert data["api_url"] == platform.url and data["org"] == "acme"
+    # The token is for org `default`; short names now mean acme's deployments, which it may not see.
+    r = platform.cli("status", "hello")
+    assert r.returncode == 1 and "belongs to org 'acme'" in r.stderr
+    platform.cli_json("configure", "--org", "default")
+    r = platform.cli("status", "hello")
+    assert r.returncode == 1 and "no deployment default.hello" in r.stderr

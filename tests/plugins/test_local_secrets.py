@@ -27,7 +27,7 @@ PLAINTEXT = "sk-live-Very-Secret-Value-0123456789"
 
 async def open_store(data_dir: Path, **options) -> LocalSecrets:
     store = LocalSecrets(LocalSecretsConfig(**options), PluginContext(data_dir=data_dir))
-    await store.start()
+    await store.setup()
     return store
 
 
@@ -267,7 +267,7 @@ CHILD = textwrap.dedent("""
     async def main():
         global cut
         store = LocalSecrets(LocalSecretsConfig(), PluginContext(data_dir=Path(sys.argv[1])))
-        await store.start()
+        await store.setup()
         await store.put("acme/app", "PADDING", "x" * 100_000)
         for i in range(1, 1000):
             await store.put("acme/app", "COUNTER", str(i))
@@ -310,7 +310,7 @@ def test_concurrent_puts_get_distinct_versions(tmp_path: Path) -> None:
     store = LocalSecrets(LocalSecretsConfig(), PluginContext(data_dir=tmp_path))
 
     async def main() -> list[int]:
-        await store.start()
+        await store.setup()
         numbers: list[int] = []
 
         async def put(i: int) -> None:

@@ -242,7 +242,7 @@ def test_app_runs_in_its_own_env_and_stops_cleanly(hello, envs_dir: Path, tmp_pa
 
     async def main() -> None:
         builder = make_builder(envs_dir, tmp_path)
-        await builder.start()  # the backend lifecycle hook, without arguments
+        await builder.setup()  # the backend lifecycle hook
         instance = await started(builder, artifact, log_path, env={"GREETING": "hi"})
         pid = instance.data["pid"]
         assert instance.url == f"http://127.0.0.1:{instance.data['port']}/mcp"

@@ -19,7 +19,7 @@ from tests.contracts.registry_contract import RegistryContract, deployment, open
 
 async def open_sqlite(where: Path, **options) -> SqliteRegistry:
     registry = SqliteRegistry(SqliteConfig(**options), PluginContext(data_dir=where / "data"))
-    await registry.start()
+    await registry.setup()
     return registry
 
 

@@ -23,7 +23,7 @@ class RecorderExporter(TelemetryExporter):
         path = Path(config.path).expanduser()
         self.path = path if path.is_absolute() else Path(ctx.data_dir) / path
 
-    async def start(self) -> None:
+    async def setup(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, event: Event) -> None:
