@@ -204,7 +204,7 @@ def mcp_agent_cloud_configure(config: Any) -> None:
 
 @hookspec
 def mcp_agent_cloud_pipeline_step(step: str, deployment: str, version: int) -> Any:
-    """Wrap a deploy pipeline step (validate, build, start, health_check, route) for tracing or timing.
+    """Wrap a deploy pipeline step (unpack, build, start, health_check, route) for tracing or timing.
 
     Return a context manager (or ``None``); the platform enters every returned one around the step, which is
     async, so a plain ``wrapper=True`` hook could not span it. An exception raised by the step is visible in

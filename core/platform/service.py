@@ -78,11 +78,13 @@ class DeployRequest(BaseModel):
 class Active:
     """The instance currently serving a deployment, and the task that supervises it."""
 
-    def __init__(self, record: DeploymentRecord, version: int, artifact: Artifact | None, instance: Instance) -> None:
+    def __init__(self, record: DeploymentRecord, version: int, artifact: Artifact | None, instance: Instance,
+                 builder: Any = None) -> None:
         self.record = record
         self.version = version
         self.artifact = artifact
         self.instance = instance
+        self.builder = builder  # None for remote servers: nothing to supervise
         self.stopping = False
         self.task: asyncio.Task | None = None
         self.restarts = 0
@@ -526,8 +528,7 @@ class Platform:
         """Move traffic to the new instance, then retire the old one. Only called after a passing health check."""
         dq = f"{record.org}.{record.name}"
         old = self.active.get(dq)
-        new = Active(record, version, artifact, instance)
-        new.builder = builder
+        new = Active(record, version, artifact, instance, builder)
         self.active[dq] = new
         await self.registry.update_version(record.id, version, status="serving",
                                            instance=instance.model_dump(mode="json"))
@@ -543,10 +544,9 @@ class Platform:
 
     async def _stop_active(self, active: Active) -> None:
         active.stopping = True
-        builder = getattr(active, "builder", None)
-        if builder is not None:
+        if active.builder is not None:
             with contextlib.suppress(Exception):
-                await builder.stop(active.instance)
+                await active.builder.stop(active.instance)
         if active.task is not None and active.task is not asyncio.current_task():
             active.task.cancel()
             with contextlib.suppress(BaseException):
@@ -653,9 +653,7 @@ class Platform:
     async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
         record = await self._writable(identity, name)
         async with self.lock(f"{record.org}.{record.name}"):
-            active = self.active.pop(f"{record.org}.{record.name}", None)
-            if active is not None:
-                await self._stop_active(active)
+            await self._retire(record)
             record = await self.registry.update_deployment(record.id, status="stopped", desired_state="stopped")
             await self.record(Event(type="deployment.stopped", org=record.org, deployment=record.name,
                                     version=record.current_version), record.id)
@@ -698,9 +696,7 @@ class Platform:
     async def delete_deployment(self, identity: Identity, name: str) -> None:
         record = await self._writable(identity, name)
         async with self.lock(f"{record.org}.{record.name}"):
-            active = self.active.pop(f"{record.org}.{record.name}", None)
-            if active is not None:
-                await self._stop_active(active)
+            await self._retire(record)
             for ver in await self.registry.list_versions(record.id):
                 if ver.artifact:
                     with contextlib.suppress(Exception):
@@ -716,6 +712,12 @@ class Platform:
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
                                     message=f"deleted {record.org}.{record.name}"), record.id)
 
+    async def _retire(self, record: DeploymentRecord) -> None:
+        """Take a deployment out of the gateway and stop its instance."""
+        active = self.active.pop(f"{record.org}.{record.name}", None)
+        if active is not None:
+            await self._stop_active(active)
+
     async def _writable(self, identity: Identity, name: str) -> DeploymentRecord:
         record = await self.find(identity, name)
         if not identity.can("write"):
@@ -729,7 +731,7 @@ class Platform:
         out["serving_version"] = active.version if active else None
         out["restarts"] = active.restarts if active else 0
         stats = {}
-        if active is not None and getattr(active, "builder", None) is not None:
+        if active is not None and active.builder is not None:
             with contextlib.suppress(Exception):
                 stats = await active.builder.stats(active.instance)
         out["stats"] = stats

@@ -117,6 +117,11 @@ def test_third_party_plugin_selected_by_name(tmp_path, shared_envs):
             e["type"] for e in recorded}
         steps = {e["step"] for e in recorded if e["type"] == "deploy.step" and e["status"] == "ok"}
         assert steps == {"unpack", "build", "start", "health_check", "route"}
+        # The call-all hooks ran in the platform: lifecycle events and a context manager around every step.
+        hooks = (tmp_path / "data" / "example-plugin-hooks.log").read_text().splitlines()
+        assert "lifecycle deployment.created hello" in hooks and "lifecycle deployment.started hello" in hooks
+        wrapped = [line.split()[1] for line in hooks if line.startswith("step ") and line.endswith("s")]
+        assert wrapped == ["unpack", "build", "start", "health_check", "route"], hooks
 
 
 def test_env_var_points_cli_at_platform(platform, tmp_path):
