@@ -18,8 +18,8 @@ from rich.markup import escape
 from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, table
 
 PROCESS_WARNING = ("The `process` builder runs app code directly on the platform host, with no isolation. "
-                   "Use it for code you trust; for untrusted code select a container builder "
-                   "(builder: docker or podman).")
+                   "Use it only for code you trust. Untrusted code needs a container builder "
+                   "(the docker and podman builder plugins are planned; see docs/concepts.md).")
 
 
 def _client(api_url: str | None):
@@ -56,7 +56,10 @@ def _print_result(result: dict, as_json: bool) -> None:
     out.print(f"  status:     {result['status']}", highlight=False)
     if result.get("tools"):
         out.print(f"  tools:      {', '.join(result['tools'])}", highlight=False)
-    out.print("\nMCP client configuration (set MCP_AGENT_CLOUD_TOKEN to your token, see ~/.mcp-agent-cloud/auth.json):")
+    from ..state import auth_path
+
+    out.print(f"\nMCP client configuration (set MCP_AGENT_CLOUD_TOKEN to your token, from {auth_path()}):",
+              highlight=False)
     out.print(json.dumps(_client_snippet(result["name"], result["endpoint"]), indent=2), markup=False,
               highlight=False)
 
@@ -102,7 +105,10 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
         for warning in app.warnings:
             err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
     client = _client(api_url)
-    pm = load_plugin_manager()
+    ctx = click.get_current_context(silent=True)
+    # The CLI loaded the plugins once at start-up; reuse that manager.
+    pm = getattr(ctx.find_root().command, "plugin_manager", None) if ctx else None
+    pm = pm or load_plugin_manager()
     spec = pm.get_packager(packager_name)
     with tempfile.TemporaryDirectory(prefix="mcpac-pkg-") as tmp:
         packager = pm.build(spec, {}, PluginContext(data_dir=Path(tmp)))

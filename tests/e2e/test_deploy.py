@@ -6,13 +6,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from tests.conftest import ROOT, call_tool, wait_for
+from tests.conftest import CLI, ROOT, call_tool, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -61,6 +63,28 @@ def test_deploy_call_and_auth(platform):
         assert step in plain.stderr, plain.stderr
     assert "endpoint:" in plain.stdout and "mcpServers" in plain.stdout
     assert "no isolation" in plain.stderr  # the process builder warns the first time
+    assert "already on the platform" in plain.stderr  # unchanged code: the upload is skipped
+    again = platform.cli("deploy", "app", str(HELLO), "--name", "hello", check=True)
+    assert "no isolation" not in again.stderr  # ... only the first time
+
+
+def test_logs_follow(platform):
+    result = deploy_hello(platform)
+    follower = subprocess.Popen([CLI, "logs", "hello", "--follow", "--tail", "1"], env=platform.env,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        anyio.run(call_tool, result["endpoint"], platform.token, "add", {"a": 1, "b": 2})
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = follower.stdout.readline()
+            seen.append(line)
+            if "POST /mcp" in line:  # the app's own access log, written after the follow started
+                break
+        assert any("POST /mcp" in line for line in seen), seen
+    finally:
+        follower.kill()
+        follower.wait()
 
 
 def test_stdio_server_from_pypi(platform):
