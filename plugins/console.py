@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -13,8 +14,7 @@ from mcp_agent_cloud.hookspecs.types import Event, TelemetryExporter, TelemetryE
 
 class ConsoleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    min_status: str = "info"
-    stream: str = "stderr"
+    stream: Literal["stderr", "stdout"] = "stderr"
 
 
 class ConsoleExporter(TelemetryExporter):
