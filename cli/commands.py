@@ -386,17 +386,18 @@ def register(cli: click.Group) -> None:
     @click.argument("name")
     @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
     @click.option("-n", "--tail", default=100, show_default=True, help="Lines from the end to start with.")
+    @click.option("--version", "version", type=int, help="A version's log (default: the serving version's).")
     @api_options
     @json_option
     @handle_errors
-    def logs(name, follow, tail, api_url, as_json):
-        """Print a deployment's app log (stdout and stderr of its process)."""
+    def logs(name, follow, tail, version, api_url, as_json):
+        """Print a deployment's app log (stdout and stderr of its process). Each version has its own log."""
         client = _client(api_url)
         try:
             if as_json:
-                text = "".join(client.logs(name, tail=tail, follow=False))
+                text = "".join(client.logs(name, tail=tail, follow=False, version=version))
                 return emit_json({"name": name, "lines": text.splitlines()})
-            for chunk in client.logs(name, tail=tail, follow=follow):
+            for chunk in client.logs(name, tail=tail, follow=follow, version=version):
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
         except KeyboardInterrupt:
@@ -466,8 +467,14 @@ def register(cli: click.Group) -> None:
 
     # -- talking MCP to a deployment -----------------------------------------------------------------------------
     def _endpoint(api_url, name):
+        from ..errors import ConflictError
+
         client = _client(api_url)
-        return client, client.status(name)["endpoint"]
+        status = client.status(name)
+        if status.get("serving_version") is None:  # say why here, rather than as an MCP transport error
+            raise ConflictError(f"{name} is {status['status']}, not serving",
+                                hint=f"`mcp-agent start {name}`, or `mcp-agent logs {name}` to see why it stopped")
+        return client, status["endpoint"]
 
     @cli.command()
     @click.argument("name")

@@ -13,6 +13,10 @@ from .errors import ApiError, AuthError, MCPAgentCloudError
 from .state import resolve_api_url, resolve_token
 
 
+# Stop, start, rollback and delete wait behind a deploy of the same deployment: no read deadline.
+LIFECYCLE_TIMEOUT = httpx.Timeout(30.0, read=None)
+
+
 class PlatformClient:
     def __init__(self, api_url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
         self.api_url = resolve_api_url(api_url)
@@ -56,13 +60,25 @@ class PlatformClient:
         raise ApiError(resp.status_code, body.get("error", "error"), body.get("message", resp.text[:500]),
                        hint=body.get("hint"), data=body)
 
+    def _transport_error(self, exc: httpx.HTTPError) -> MCPAgentCloudError:
+        if isinstance(exc, httpx.ConnectError):
+            return MCPAgentCloudError(f"cannot reach the platform at {self.api_url}: {exc}",
+                                      hint="start it with `mcp-agent serve`, or point the CLI elsewhere with "
+                                           "--api-url or MCP_AGENT_CLOUD_API_URL")
+        if isinstance(exc, httpx.TimeoutException):
+            return MCPAgentCloudError(f"the platform at {self.api_url} did not answer in time ({type(exc).__name__})",
+                                      hint="it may still be working on it: check `mcp-agent status NAME`")
+        return MCPAgentCloudError(f"the connection to {self.api_url} failed: {type(exc).__name__}: {exc}",
+                                  hint="check that the platform is still running, then `mcp-agent status NAME`")
+
     def request(self, method: str, path: str, **kw: Any) -> Any:
+        if not self.token and path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
+            raise AuthError(f"not logged in to {self.api_url}",
+                            hint=f"mcp-agent deploy auth login --api-url {self.api_url} --token TOKEN")
         try:
             resp = self.http.request(method, path, **kw)
-        except httpx.ConnectError as exc:
-            raise MCPAgentCloudError(f"cannot reach the platform at {self.api_url}: {exc}",
-                                     hint="start it with `mcp-agent serve`, or point the CLI elsewhere with "
-                                          "--api-url or MCP_AGENT_CLOUD_API_URL") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
         self._raise(resp)
         return resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") \
             else resp
@@ -74,9 +90,8 @@ class PlatformClient:
                     resp.read()
                     self._raise(resp)
                 yield resp
-        except httpx.ConnectError as exc:
-            raise MCPAgentCloudError(f"cannot reach the platform at {self.api_url}: {exc}",
-                                     hint="start it with `mcp-agent serve`") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
 
     # -- API ---------------------------------------------------------------------------------------------------
 
@@ -150,20 +165,22 @@ class PlatformClient:
                             params={"after": after, "limit": limit})["events"]
 
     def stop(self, name: str) -> dict:
-        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/stop")
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/stop", timeout=LIFECYCLE_TIMEOUT)
 
     def start(self, name: str) -> dict:
-        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/start", timeout=httpx.Timeout(30.0, read=300.0))
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/start", timeout=LIFECYCLE_TIMEOUT)
 
     def rollback(self, name: str, to: int | None = None) -> dict:
         return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/rollback", json={"to": to} if to else {},
-                            timeout=httpx.Timeout(30.0, read=300.0))
+                            timeout=LIFECYCLE_TIMEOUT)
 
     def delete(self, name: str) -> dict:
-        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}")
+        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}", timeout=LIFECYCLE_TIMEOUT)
 
-    def logs(self, name: str, tail: int = 100, follow: bool = False) -> Iterator[str]:
+    def logs(self, name: str, tail: int = 100, follow: bool = False, version: int | None = None) -> Iterator[str]:
         params = {"tail": tail, "follow": "1" if follow else "0"}
+        if version:
+            params["version"] = version
         for resp in self._stream("GET", f"/api/v1/deployments/{self._qualify(name)}/logs", params=params):
             yield from resp.iter_text()
 
@@ -176,8 +193,16 @@ async def mcp_session_call(endpoint: str, token: str | None, action: str, tool: 
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http:
-        async with Client(streamable_http_client(endpoint, http_client=http)) as client:
-            if action == "list":
-                return (await client.list_tools()).tools
-            return await client.call_tool(tool, arguments or {})
+    try:
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http:
+            async with Client(streamable_http_client(endpoint, http_client=http)) as client:
+                if action == "list":
+                    return (await client.list_tools()).tools
+                return await client.call_tool(tool, arguments or {})
+    except Exception as exc:  # the SDK raises exception groups; show the innermost cause
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        raise MCPAgentCloudError(f"MCP request to {endpoint} failed: {type(leaf).__name__}: {leaf}",
+                                 hint="check that it is serving: `mcp-agent status NAME` and `mcp-agent logs NAME`") \
+            from None

@@ -63,6 +63,13 @@ class SupervisorConfig(BaseModel):
     stable_after: float = Field(30.0, gt=0, description="uptime after which the backoff resets")
 
 
+class RemoteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    allow_private: bool = Field(False, description="allow `deploy server --url` to loopback, private and link-local "
+                                "addresses (where the platform's own instances listen)")
+    allow_hosts: list[str] = Field(default_factory=list, description="host names or IPs always allowed as remotes")
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +87,7 @@ class PlatformConfig(BaseModel):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    remote: RemoteConfig = Field(default_factory=RemoteConfig)
     log_level: str = "info"
 
     @field_validator("listen")

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 
 from .. import __version__
 from ..errors import MCPAgentCloudError, NotFoundError, ValidationFailed
@@ -26,8 +26,8 @@ from .service import DeployRequest, Platform
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
-PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json")
-PUBLIC_PREFIXES = ("/.well-known/", "/auth/")
+PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers")
+PUBLIC_PREFIXES = ("/auth/",)  # login flows of auth providers: they are how a caller gets a token
 # Headers that describe one hop, or carry the platform's own credentials: never forwarded upstream.
 HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie", "origin"}
@@ -96,6 +96,9 @@ def build_app(platform: Platform) -> Starlette:
     async def plugins(request: Request) -> Response:
         return JSONResponse({"plugins": platform.pm.describe(), "warnings": platform.pm.warnings})
 
+    async def auth_providers(request: Request) -> Response:
+        return JSONResponse({"providers": [{"name": p.spec_name, **p.metadata()} for p in platform.auth_providers]})
+
     async def server_types(request: Request) -> Response:
         return JSONResponse({"server_types": [
             {"name": r.spec.name, "description": r.spec.description, "command": r.spec.command,
@@ -144,12 +147,7 @@ def build_app(platform: Platform) -> Starlette:
             raise ValidationFailed(f"invalid deploy request: {exc}") from None
         name = request.path_params["name"]
         # Fail with a proper status before the response starts streaming.
-        org, short = platform.qualify(identity, name)
-        from ..names import validate_name
-        validate_name(short)
-        platform._resolve_request(req)
-        if req.kind != "remote":
-            platform.builder_for(req.builder)
+        await platform.check_deploy(identity, name, req)
         queue: asyncio.Queue = asyncio.Queue()
 
         async def run() -> None:
@@ -189,24 +187,31 @@ def build_app(platform: Platform) -> Starlette:
     async def rollback(request: Request) -> Response:
         body = {}
         if await request.body():
-            with contextlib.suppress(ValueError):
+            try:
                 body = await request.json()
+            except ValueError:
+                raise ValidationFailed("the body must be JSON, e.g. {\"to\": 2}") from None
         to = body.get("to") if isinstance(body, dict) else None
-        if to is not None and not isinstance(to, int):
-            raise ValidationFailed("'to' must be a version number")
+        if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
+            raise ValidationFailed("'to' must be a version number (1, 2, ...)")
         return JSONResponse(await platform.rollback(identity_of(request), request.path_params["name"], to))
 
     async def events(request: Request) -> Response:
         rec = await platform.find(identity_of(request), request.path_params["name"])
-        after = int(request.query_params.get("after", 0) or 0)
-        limit = min(int(request.query_params.get("limit", 100) or 100), 1000)
+        after = int_param(request, "after", 0)
+        limit = min(int_param(request, "limit", 100), 1000)
         rows = await platform.registry.list_events(org=rec.org, deployment_id=rec.id, after_id=after, limit=limit)
         return JSONResponse({"events": [e.model_dump(mode="json") for e in rows]})
 
     async def logs(request: Request) -> Response:
         rec = await platform.find(identity_of(request), request.path_params["name"])
-        path = platform.app_log(rec.org, rec.name)
-        tail = int(request.query_params.get("tail", 100) or 100)
+        active = platform.active.get(f"{rec.org}.{rec.name}")
+        version = int_param(request, "version", 0) or (active.version if active else None) or rec.current_version
+        if not version:
+            versions = await platform.registry.list_versions(rec.id)
+            version = versions[-1].version if versions else 1
+        path = platform.app_log(rec.org, rec.name, version)
+        tail = int_param(request, "tail", 100)
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
 
@@ -236,6 +241,8 @@ def build_app(platform: Platform) -> Starlette:
         Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
         Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
         Endpoint("GET", "/api/v1/plugins", plugins, "Installed plugins and the backends they provide"),
+        Endpoint("GET", "/api/v1/auth/providers", auth_providers, "Configured auth providers, in the order tried",
+                 public=True),
         Endpoint("GET", "/api/v1/server-types", server_types, "Known utility servers for `deploy server --type`"),
         Endpoint("HEAD", "/api/v1/packages/{sha256}", package_exists, "Whether a package was uploaded already"),
         Endpoint("POST", "/api/v1/packages", upload_package,
@@ -253,7 +260,8 @@ def build_app(platform: Platform) -> Starlette:
                  "Move traffic back to an earlier version (body: {\"to\": N})"),
         Endpoint("GET", "/api/v1/deployments/{name}/events", events, "Lifecycle and pipeline events",
                  response=EventRecord),
-        Endpoint("GET", "/api/v1/deployments/{name}/logs", logs, "App log (?tail=N&follow=1)", stream="text/plain"),
+        Endpoint("GET", "/api/v1/deployments/{name}/logs", logs,
+                 "App log of the serving version, or ?version=N (?tail=N&follow=1)", stream="text/plain"),
     ]
 
     async def openapi(request: Request) -> Response:
@@ -274,11 +282,26 @@ def build_app(platform: Platform) -> Starlette:
             await platform.stop()
             await http.aclose()
 
+    # Providers' login routes are built lazily: the providers exist only once the platform has started.
+    routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(AuthMiddleware, platform=platform)
     app.state.platform = platform
     app.state.endpoints = endpoints
     return app
+
+
+def int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"query parameter {name!r} must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise ValidationFailed(f"query parameter {name!r} must not be negative")
+    return value
 
 
 def _wrap(handler):
@@ -289,6 +312,20 @@ def _wrap(handler):
             return error_response(exc)
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+class _ProviderRoutes:
+    """``/auth/{provider}/...``: each configured auth provider's own routes (login pages, callbacks)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.router: Router | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.router is None:
+            self.router = Router([Mount(f"/{p.spec_name}", routes=p.routes())
+                                  for p in self.platform.auth_providers if p.routes()])
+        await self.router(scope, receive, send)
 
 
 async def _log_stream(path: Path, tail: int, follow: bool):

@@ -91,6 +91,8 @@ class Active:
 
 
 def tail_file(path: Path, lines: int = 40) -> str:
+    if lines <= 0:
+        return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -328,9 +330,15 @@ class Platform:
     def builder_for(self, choice: str | dict | None):
         if choice is None:
             return self.builder
+        from pydantic import ValidationError
+
         from ..config import BackendRef
 
-        ref = BackendRef.model_validate(choice)
+        try:
+            ref = BackendRef.model_validate(choice)
+        except ValidationError as exc:
+            raise ValidationFailed(f"invalid builder choice {choice!r}: {exc.errors()[0]['msg']}",
+                                   hint="give a builder name, or {name: NAME, ...options}") from None
         if ref.name == self.config.builder.name and not ref.options:
             return self.builder
         key = ref.model_dump_json()
@@ -343,8 +351,9 @@ class Platform:
     def _dep_dir(self, org: str, name: str) -> Path:
         return self.data_dir / "deployments" / f"{org}.{name}"
 
-    def app_log(self, org: str, name: str) -> Path:
-        return self._dep_dir(org, name) / "logs" / "app.log"
+    def app_log(self, org: str, name: str, version: int) -> Path:
+        """Each version has its own log, so a failed deploy's tail never mixes in the serving version's lines."""
+        return self._dep_dir(org, name) / f"v{version}" / "app.log"
 
     def _resolve_request(self, req: DeployRequest) -> DeployRequest:
         """Check the request and expand server types, before any state changes."""
@@ -364,29 +373,58 @@ class Platform:
             raise ValidationFailed("an app deploy needs an uploaded package", hint="upload it with POST /api/v1/packages")
         if req.kind == "stdio" and not req.command:
             raise ValidationFailed("a stdio server deploy needs a command", hint="pass --command CMD (and --arg A ...)")
-        if req.kind == "remote":
-            if not req.url or not req.url.startswith(("http://", "https://")):
-                raise ValidationFailed("a remote server needs an http(s) URL", hint="pass --url https://host/mcp")
         for key in req.env:
             if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
                 raise ValidationFailed(f"invalid environment variable name {key!r}")
         return req
 
-    async def deploy(self, identity: Identity, name: str, req: DeployRequest, progress: Progress = _no_progress) -> dict:
+    async def check_deploy(self, identity: Identity, name: str, req: DeployRequest) -> tuple[str, str, DeployRequest]:
+        """Every check that needs no work, so a bad request fails with a plain error before anything changes."""
         if not identity.can("write"):
             raise ForbiddenError("your role may not deploy", hint="ask an owner of the org for the developer role")
         org, short = self.qualify(identity, name)
         validate_name(short)
-        await self.registry.ensure_org(org)
         req = self._resolve_request(req)
+        if req.kind != "remote":
+            self.builder_for(req.builder)
+        else:
+            await self._check_remote_url(req.url)
+        if req.kind == "app" and not self.package_path(org, req.package_sha256).is_file():
+            raise NotFoundError(f"package {req.package_sha256[:12]} was not uploaded to org {org}",
+                                hint="upload it first with POST /api/v1/packages")
+        return org, short, req
+
+    async def _check_remote_url(self, url: str | None) -> None:
+        """Instances listen on loopback without auth: a remote URL must not be a way into them (or into other
+        internal services). Private, loopback and link-local targets need ``remote.allow_private`` or the host in
+        ``remote.allow_hosts``."""
+        import ipaddress
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationFailed("a remote server needs an http(s) URL", hint="pass --url https://host/mcp")
+        rules = self.config.remote
+        if rules.allow_private or parts.hostname in rules.allow_hosts:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
+        except OSError as exc:
+            raise ValidationFailed(f"cannot resolve {parts.hostname}: {exc}", hint="check the URL") from None
+        for info in infos:
+            addr = ipaddress.ip_address(info[4][0].split("%")[0])
+            if not addr.is_global:
+                raise ForbiddenError(
+                    f"{parts.hostname} resolves to {addr}, a private, loopback or link-local address",
+                    hint="an operator can allow it with `remote: {allow_hosts: [HOST]}` or "
+                         "`remote: {allow_private: true}` in the platform config")
+
+    async def deploy(self, identity: Identity, name: str, req: DeployRequest, progress: Progress = _no_progress) -> dict:
+        org, short, req = await self.check_deploy(identity, name, req)
+        await self.registry.ensure_org(org)
         builder = self.builder_for(req.builder) if req.kind != "remote" else None
         manifest: Manifest | None = None
-        archive = None
-        if req.kind == "app":
-            archive = self.package_path(org, req.package_sha256)
-            if not archive.is_file():
-                raise NotFoundError(f"package {req.package_sha256[:12]} was not uploaded to org {org}",
-                                    hint="upload it first with POST /api/v1/packages")
+        archive = self.package_path(org, req.package_sha256) if req.kind == "app" else None
         async with self.lock(f"{org}.{short}"):
             record = await self.registry.get_deployment(org, short)
             spec_update = {k: v for k, v in {"description": req.description, "region": req.region,
@@ -398,9 +436,8 @@ class Platform:
                 await self.record(Event(type="deployment.created", org=org, deployment=short,
                                         message=f"created {org}.{short}"), record.id)
             else:
-                record = await self.registry.update_deployment(
-                    record.id, kind=req.kind, builder=builder.spec_name if builder else "remote",
-                    spec={**record.spec, **spec_update}, desired_state="running")
+                # kind, builder and desired state change only when the new version serves (in _switch).
+                record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
             ver = await self.registry.create_version(record.id, status="building", package_sha256=req.package_sha256,
                                                      options=req.model_dump(exclude={"env"}) | {"env_keys": sorted(req.env)})
             version = ver.version
@@ -481,10 +518,13 @@ class Platform:
                 message = str(getattr(exc, "message", None) or exc) if not isinstance(exc, asyncio.CancelledError) else "cancelled"
                 log_tail = getattr(exc, "log_tail", "") or "\n".join(
                     t for t in (tail_file(build_log, 30) if not isinstance(exc, BuildError) or not instance else "",
-                                tail_file(self.app_log(org, short), 30) if instance else "") if t)
+                                tail_file(self.app_log(org, short, version), 30) if instance else "") if t)
                 await self.registry.update_version(record.id, version, status="failed", error=message)
                 current = self.active.get(dq)
-                await self.registry.update_deployment(record.id, status="running" if current else "failed")
+                fresh = await self.registry.get_deployment_by_id(record.id)
+                after = "running" if current else ("stopped" if fresh and fresh.desired_state == "stopped"
+                                                   and fresh.current_version is not None else "failed")
+                await self.registry.update_deployment(record.id, status=after)
                 await self.record(Event(type="deployment.failed", org=org, deployment=short, version=version,
                                         status="failed", message=message,
                                         data={"serving_version": current.version if current else None}), record.id)
@@ -507,7 +547,7 @@ class Platform:
         return f"{self.config.base_url}/servers/{name}/mcp"
 
     async def _start_instance(self, builder, artifact: Artifact, env: dict, org: str, short: str, version: int) -> Instance:
-        path = self.app_log(org, short)
+        path = self.app_log(org, short, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---\n")
@@ -528,17 +568,22 @@ class Platform:
         """Move traffic to the new instance, then retire the old one. Only called after a passing health check."""
         dq = f"{record.org}.{record.name}"
         old = self.active.get(dq)
+        fresh = await self.registry.get_deployment_by_id(record.id) or record
         new = Active(record, version, artifact, instance, builder)
         self.active[dq] = new
         await self.registry.update_version(record.id, version, status="serving",
                                            instance=instance.model_dump(mode="json"))
+        ver = await self.registry.get_version(record.id, version)
+        kind = (ver.options or {}).get("kind", record.kind) if ver else record.kind
         await self.registry.update_deployment(record.id, current_version=version, status="running",
-                                              desired_state="running")
+                                              desired_state="running", kind=kind,
+                                              builder=builder.spec_name if builder is not None else "remote")
         if builder is not None:
             new.task = self._spawn(self._supervise(new))
-        if old is not None and old.version != version:
+        if old is not None:  # whatever served before stops, even the same version number (a restart)
             await self._stop_active(old)
-            await self.registry.update_version(record.id, old.version, status="superseded")
+        for previous in {fresh.current_version, old.version if old else None} - {None, version}:
+            await self.registry.update_version(record.id, previous, status="superseded")
         await self.record(Event(type="deployment.started", org=record.org, deployment=record.name, version=version,
                                 message=f"serving at {self.endpoint(record)}"), record.id)
 
@@ -555,6 +600,7 @@ class Platform:
     # -- supervisor --------------------------------------------------------------------------------------------
 
     async def _supervise(self, active: Active) -> None:
+        """Restart the instance when it exits on its own, with exponential backoff, until it is stopped."""
         builder = active.builder
         rec = active.record
         sup = self.config.supervisor
@@ -564,33 +610,43 @@ class Platform:
             code = await builder.wait(active.instance)
             if active.stopping:
                 return
-            uptime = time.monotonic() - started
-            if uptime > sup.stable_after:
+            if time.monotonic() - started > sup.stable_after:
                 backoff = sup.backoff_initial
-            active.restarts += 1
             await self.registry.update_deployment(rec.id, status="crashed")
             await self.record(Event(type="deployment.crashed", org=rec.org, deployment=rec.name, version=active.version,
                                     status="failed", message=f"exited with code {code}; restarting in {backoff:.0f}s",
                                     data={"exit_code": code, "restarts": active.restarts}), rec.id)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, sup.backoff_max)
-            if active.stopping:
-                return
-            try:
-                env = await self._env_for(rec, active.version)
-                instance = await self._start_instance(builder, active.artifact, env, rec.org, rec.name, active.version)
+            while not active.stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, sup.backoff_max)
+                if active.stopping:
+                    return
+                instance = None
+                try:
+                    env = await self._env_for(rec, active.version)
+                    instance = await self._start_instance(builder, active.artifact, env, rec.org, rec.name,
+                                                          active.version)
+                    # Traffic moves to the new process only once it answers MCP.
+                    await self._health(builder, instance)
+                except BaseException as exc:
+                    if instance is not None:  # never leave an unhealthy (or, on cancel, orphaned) process behind
+                        with contextlib.suppress(Exception):
+                            await builder.stop(instance, timeout=5)
+                    if not isinstance(exc, Exception):
+                        raise
+                    await self.record(Event(type="deployment.restart_failed", org=rec.org, deployment=rec.name,
+                                            version=active.version, status="failed",
+                                            message=f"{getattr(exc, 'message', exc)}; next try in {backoff:.0f}s"),
+                                      rec.id)
+                    continue
                 active.instance = instance
-                await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout,
-                                       alive=lambda: builder.is_alive(instance))
-            except Exception as exc:
-                await self.record(Event(type="deployment.restart_failed", org=rec.org, deployment=rec.name,
-                                        version=active.version, status="failed", message=str(exc)), rec.id)
-                continue
-            await self.registry.update_version(rec.id, active.version, instance=instance.model_dump(mode="json"))
-            await self.registry.update_deployment(rec.id, status="running")
-            await self.record(Event(type="deployment.restarted", org=rec.org, deployment=rec.name,
-                                    version=active.version, status="ok",
-                                    message=f"restarted (restart #{active.restarts})"), rec.id)
+                active.restarts += 1
+                await self.registry.update_version(rec.id, active.version, instance=instance.model_dump(mode="json"))
+                await self.registry.update_deployment(rec.id, status="running")
+                await self.record(Event(type="deployment.restarted", org=rec.org, deployment=rec.name,
+                                        version=active.version, status="ok",
+                                        message=f"restarted (restart #{active.restarts})"), rec.id)
+                break
 
     async def _env_for(self, record: DeploymentRecord, version: int) -> dict[str, str]:
         ver = await self.registry.get_version(record.id, version)
@@ -600,9 +656,19 @@ class Platform:
         return env
 
     async def _restore(self) -> None:
-        """After a platform restart: bring back every deployment that should be running."""
+        """After a platform restart: close out deploys the restart interrupted, then bring back every deployment
+        that should be running."""
         for record in await self.registry.list_deployments():
+            for ver in await self.registry.list_versions(record.id):
+                if ver.status in ("building", "starting"):
+                    await self.registry.update_version(record.id, ver.version, status="failed",
+                                                       error="interrupted by a platform restart")
+                elif ver.status == "serving" and ver.version != record.current_version:
+                    await self.registry.update_version(record.id, ver.version, status="superseded")
             if record.desired_state != "running" or record.current_version is None:
+                if record.status in ("building", "running", "crashed"):
+                    status = "stopped" if record.current_version is not None else "failed"
+                    await self.registry.update_deployment(record.id, status=status)
                 continue
             self._spawn(self._restore_one(record))
 
@@ -622,7 +688,7 @@ class Platform:
         ver = await self.registry.get_version(record.id, version)
         if ver is None:
             raise NotFoundError(f"{record.org}.{record.name} has no version {version}")
-        if record.kind == "remote":
+        if (ver.options or {}).get("kind", record.kind) == "remote":  # the version's kind, not the latest deploy's
             url = (ver.options or {}).get("url") or record.spec.get("url")
             instance = Instance(builder="remote", deployment=record.ref, version=version, url=url)
             await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout)
@@ -650,18 +716,29 @@ class Platform:
 
     # -- lifecycle operations ----------------------------------------------------------------------------------
 
-    async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
+    @contextlib.asynccontextmanager
+    async def _locked(self, identity: Identity, name: str):
+        """The deployment, read again once its lock is held: an operation that waited behind a deploy must act on
+        what that deploy left, not on what was true when it started waiting."""
         record = await self._writable(identity, name)
         async with self.lock(f"{record.org}.{record.name}"):
+            fresh = await self.registry.get_deployment_by_id(record.id)
+            if fresh is None:
+                raise NotFoundError(f"{record.org}.{record.name} was deleted meanwhile")
+            yield fresh
+
+    async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
+        async with self._locked(identity, name) as record:
             await self._retire(record)
+            if record.current_version is not None:
+                await self.registry.update_version(record.id, record.current_version, status="stopped")
             record = await self.registry.update_deployment(record.id, status="stopped", desired_state="stopped")
             await self.record(Event(type="deployment.stopped", org=record.org, deployment=record.name,
                                     version=record.current_version), record.id)
             return record
 
     async def start_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
-        record = await self._writable(identity, name)
-        async with self.lock(f"{record.org}.{record.name}"):
+        async with self._locked(identity, name) as record:
             if f"{record.org}.{record.name}" in self.active:
                 return record
             if record.current_version is None:
@@ -671,11 +748,11 @@ class Platform:
             return await self.registry.get_deployment_by_id(record.id)
 
     async def rollback(self, identity: Identity, name: str, to: int | None) -> dict:
-        record = await self._writable(identity, name)
-        async with self.lock(f"{record.org}.{record.name}"):
+        async with self._locked(identity, name) as record:
             versions = await self.registry.list_versions(record.id)
             if to is None:
-                candidates = [v for v in versions if v.version != record.current_version and v.artifact
+                candidates = [v for v in versions if v.version != record.current_version
+                              and (v.artifact or (v.options or {}).get("kind") == "remote")
                               and v.status in ("superseded", "stopped") and
                               (record.current_version is None or v.version < record.current_version)]
                 if not candidates:
@@ -694,8 +771,7 @@ class Platform:
             return self.describe_result(record, to)
 
     async def delete_deployment(self, identity: Identity, name: str) -> None:
-        record = await self._writable(identity, name)
-        async with self.lock(f"{record.org}.{record.name}"):
+        async with self._locked(identity, name) as record:
             await self._retire(record)
             for ver in await self.registry.list_versions(record.id):
                 if ver.artifact:

@@ -102,27 +102,25 @@ def test_stdio_server_from_pypi(platform):
 
 
 def test_remote_http_server(platform):
-    hello = deploy_hello(platform)
-    instance_url = platform.cli_json("status", "hello")  # the app's own loopback URL is recorded in versions
-    assert instance_url["serving_version"] == 1
-    # Register the gateway endpoint of `hello` itself as a remote server is not possible without a token, so
-    # register the app's upstream URL directly.
-    upstream = _upstream_url(platform, "hello")
+    from tests.e2e.test_lifecycle_edges import serving_instance_url
+
+    deploy_hello(platform)
+    upstream = serving_instance_url(platform, "hello")
+    # Loopback (where every instance listens, without auth) is refused unless the operator allows it.
+    refused = platform.cli("deploy", "server", "mirror", "--url", upstream)
+    assert refused.returncode == 1 and "private, loopback or link-local" in refused.stderr
+    assert "allow_hosts" in refused.stderr
+    assert [d["name"] for d in platform.cli_json("list")] == ["hello"]
+
+    platform.stop()
+    platform.config_path.write_text(platform.config_path.read_text() + "remote: {allow_hosts: [127.0.0.1]}\n")
+    platform.start()
+    wait_for(lambda: platform.cli_json("status", "hello")["serving_version"] == 1, timeout=90, what="hello back")
+    upstream = serving_instance_url(platform, "hello")
     result = platform.cli_json("deploy", "server", "mirror", "--url", upstream)
     assert result["status"] == "running" and "greet" in result["tools"]
     text = anyio.run(call_tool, result["endpoint"], platform.token, "add", {"a": 2, "b": 3})
     assert text == "5"
-    assert hello["endpoint"] != result["endpoint"]
-
-
-def _upstream_url(platform, name: str) -> str:
-    import sqlite3
-
-    db = sqlite3.connect(platform.root / "data" / "registry.db")
-    rows = db.execute("select instance from versions where status='serving'").fetchall()
-    urls = [json.loads(r[0])["url"] for r in rows if r[0]]
-    assert urls
-    return urls[0]
 
 
 def test_redeploy_then_rollback(platform, tmp_path):
