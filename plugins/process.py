@@ -1,9 +1,11 @@
 """Built-in builder ``process``: each deployment runs as a plain process on the platform host.
 
 Apps get a virtualenv keyed by the hash of their requirements and shared by every deployment with the same
-requirements (``DATA/envs/{hash}``). An app is served by ``runtime/launcher.py`` running inside that venv; a stdio
-server is wrapped by ``python -m mcp_agent_cloud.runtime.adapter``. There is no isolation: the code runs as the
-platform's user with full access to its files and network.
+requirements (``DATA/envs/{hash}``). A requirement on a path inside the app also keys the env by the packaged files
+under that path and by the org, so changed code is never served from the cache nor shared across orgs. An app is
+served by ``runtime/launcher.py`` running inside that venv; a stdio server is wrapped by
+``python -m mcp_agent_cloud.runtime.adapter``. There is no isolation: the code runs as the platform's user with full
+access to its files and network.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -24,9 +27,10 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +62,15 @@ PIP_HINT = (
     "check the requirement names and versions (pip's output is above); a private index goes in the builder's "
     "pip_args, e.g. ['--extra-index-url', 'https://...']"
 )
+# Options whose value may hold credentials; pip also takes a scheme-less `user:pass@host:port` proxy.
+CREDENTIAL_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--proxy"})
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+_LEADING_USERINFO = re.compile(r"^[^/?#\s]*@")
+# Requirement-line options whose value is a path (or a URL) pip installs from.
+PATH_OPTIONS = frozenset({"-e", "--editable", "-f", "--find-links"})
+ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz")
+OUTSIDE_HINT = "vendor the package into the app directory and require it by a relative path, e.g. ./vendor/mylib"
+EnvScope = Literal["shared", "org", "source"]
 
 
 class ProcessConfig(BaseModel):
@@ -161,6 +174,87 @@ def app_requirements(requirements: list[str]) -> list[str]:
     return reqs
 
 
+def redact(text: str) -> str:
+    """``text`` with the userinfo of every URL in it (``scheme://user:pass@host``) replaced by ``***``."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
+
+def redact_command(cmd: Sequence[str]) -> str:
+    """``cmd`` as a shell line fit for logs: URL userinfo, and a scheme-less ``user:pass@`` after an index or
+    proxy option, become ``***``; hosts stay visible."""
+    out: list[str] = []
+    for i, arg in enumerate(cmd):
+        option, eq, value = arg.partition("=")
+        if i and cmd[i - 1] in CREDENTIAL_OPTIONS:
+            arg = _LEADING_USERINFO.sub("***@", arg)
+        elif eq and option in CREDENTIAL_OPTIONS:
+            arg = f"{option}={_LEADING_USERINFO.sub('***@', value)}"
+        out.append(redact(arg))
+    return shlex.join(out)
+
+
+def local_path(line: str) -> tuple[str, bool] | None:
+    """The path a requirement line installs from and whether it is editable; None for index, VCS and remote URLs.
+
+    Covers ``./lib``, ``/abs``, ``dir/x.whl``, ``x.tar.gz``, ``file:...``, ``name @ file:...``, ``-e PATH`` and
+    ``-f PATH``, like pip does."""
+    target, editable, is_path = line.strip(), False, False
+    if target.startswith("-"):
+        match = re.match(r"(--[A-Za-z][A-Za-z-]*|-[A-Za-z])\s*=?\s*(.*)$", target)
+        if match is None or match.group(1) not in PATH_OPTIONS:
+            return None
+        option, target = match.groups()
+        editable, is_path = option in ("-e", "--editable"), True
+    else:
+        target = re.split(r"\s+-", target, maxsplit=1)[0]  # per-requirement options, split off as pip does
+    target = target.split(";", 1)[0].strip()  # environment markers
+    if match := re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*\s*(?:\[[^\]]*\])?\s*@\s*(\S+)$", target):
+        target, is_path = match.group(1), False  # name @ url
+    if target.lower().startswith("file:"):
+        url = urlsplit(target)
+        path = unquote(url.path)
+        return (path if url.netloc in ("", "localhost") else f"//{url.netloc}{path}"), editable
+    if "://" in target:
+        return None
+    target = re.sub(r"\[[^\]]*\]$", "", target)  # extras
+    if is_path or target.startswith((".", "/")) or "/" in target or target.lower().endswith(ARCHIVE_SUFFIXES):
+        return target, editable
+    return None
+
+
+def app_env_key(reqs: list[str], request: BuildRequest) -> tuple[str, EnvScope, list[str]]:
+    """The cache key of an app's environment, its scope and the local paths it covers.
+
+    Index requirements share one env across orgs ("shared"). Paths in the app add the sha256 of their packaged
+    files and the org ("org"); an editable install points into this version's source dir, which joins the key
+    too ("source"). A path outside the app fails the build."""
+    digest = requirements_hash(reqs)
+    local = [(line, ref) for line in reqs if (ref := local_path(line)) is not None]
+    if not local:
+        return digest, "shared", []
+    files = request.manifest.files if request.manifest else []
+    root = Path(request.source_dir or ".").resolve()
+    covered: dict[str, str] = {}
+    paths: list[str] = []
+    editable = False
+    for line, (path, is_editable) in local:
+        rel = PurePosixPath(os.path.normpath(path))
+        if rel.is_absolute() or rel.parts[:1] == ("..",) or not (root / rel).resolve().is_relative_to(root):
+            raise BuildError(f"requirement {redact(line)!r} points outside the app directory", hint=OUTSIDE_HINT)
+        prefix = "" if rel == PurePosixPath(".") else rel.as_posix()
+        found = {f.path: f.sha256 for f in files if not prefix or f.path == prefix or f.path.startswith(prefix + "/")}
+        if not found:
+            raise BuildError(f"requirement {redact(line)!r}: the package has no files under ./{prefix}",
+                             hint="check the path, and that .gitignore or .mcpacignore do not exclude it")
+        covered.update(found)
+        paths.append(f"./{prefix}")
+        editable |= is_editable
+    scope: EnvScope = "source" if editable else "org"
+    parts = {"requirements": digest, "org": request.deployment.org, "files": sorted(covered.items()),
+             "source": str(root) if editable else None}
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest(), scope, paths
+
+
 def child_env(env: Mapping[str, str], venv: Path | None) -> dict[str, str]:
     """The instance's environment: the platform's minus its own settings, plus the deployment's."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(PLATFORM_ENV_PREFIX)}
@@ -173,8 +267,10 @@ def child_env(env: Mapping[str, str], venv: Path | None) -> dict[str, str]:
 
 
 async def run_logged(cmd: list[str], log: LogSink, *, cwd: Path | None = None) -> tuple[int, list[str]]:
-    """Run ``cmd``, streaming each output line to ``log``; return the exit code and the last lines."""
-    await emit(log, "$ " + shlex.join(cmd))
+    """Run ``cmd``, streaming each output line to ``log``; return the exit code and the last lines.
+
+    The command line and output are logged with credentials redacted; the environment is never logged."""
+    await emit(log, "$ " + redact_command(cmd))
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         cwd=cwd, limit=1 << 20,
@@ -183,7 +279,7 @@ async def run_logged(cmd: list[str], log: LogSink, *, cwd: Path | None = None) -
     try:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
+            line = redact(raw.decode(errors="replace").rstrip())
             tail.append(line)
             await emit(log, line)
         return await proc.wait(), list(tail)
@@ -243,9 +339,15 @@ class ProcessBuilder(Builder):
                 raise BuildError(f"invalid entrypoint {entrypoint!r}: expected module:attr",
                                  hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
             reqs = app_requirements(request.manifest.requirements if request.manifest else [])
-            venv = await self.ensure_env(reqs, log, cwd=Path(source))
+            key, scope, paths = app_env_key(reqs, request)
+            await emit(log, f"environment key {key[:12]}: " + {
+                "shared": "requirements only, shared",
+                "org": f"requirements + files under {', '.join(paths)}, org {request.deployment.org} only",
+                "source": f"requirements + files under {', '.join(paths)}, this version only (editable)"}[scope])
+            # pip resolves relative paths in the requirements against its cwd: the app's source dir.
+            venv = await self.ensure_env(reqs, log, cwd=Path(source), key=key)
             data.update(venv=str(venv), entrypoint=entrypoint, source_dir=str(source),
-                        requirements_hash=requirements_hash(reqs))
+                        requirements_hash=requirements_hash(reqs), env_key=key, env_scope=scope)
         elif request.kind == "stdio":
             if not request.command:
                 raise BuildError("a stdio deployment needs a command", hint="pass --command, e.g. --command npx")
@@ -264,9 +366,11 @@ class ProcessBuilder(Builder):
         return Artifact(builder=self.spec_name or "process", deployment=request.deployment, version=request.version,
                         kind=request.kind, data=data)
 
-    async def ensure_env(self, reqs: list[str], log: LogSink, *, cwd: Path | None = None) -> Path:
-        """The virtualenv for ``reqs``: reused when complete, else built once however many builds ask at once."""
-        digest = requirements_hash(reqs)
+    async def ensure_env(self, reqs: list[str], log: LogSink, *, cwd: Path | None = None,
+                         key: str | None = None) -> Path:
+        """The virtualenv for ``reqs`` (cached under ``key``, default their hash): reused when complete, else built
+        once however many builds ask at once."""
+        digest = key or requirements_hash(reqs)
         target = self.envs_dir / digest
         # The venv is built in place, not in a temp dir renamed after: scripts pip installs embed the absolute
         # interpreter path, so a moved venv would have broken console scripts. The marker is the commit point.
@@ -281,7 +385,7 @@ class ProcessBuilder(Builder):
                 await emit(log, f"removing {'broken' if complete else 'incomplete'} environment {digest[:12]}")
                 shutil.rmtree(target)
             started = time.monotonic()
-            await emit(log, f"creating environment {digest[:12]} for: {', '.join(reqs)}")
+            await emit(log, f"creating environment {digest[:12]} for: {', '.join(map(redact, reqs))}")
             try:
                 await self._create_env(target, reqs, log, cwd)
             except BaseException:
@@ -420,7 +524,12 @@ class ProcessBuilder(Builder):
         return [i for i in instances if self._identifies(i)]
 
     async def remove(self, artifact: Artifact) -> None:
-        """Nothing: virtualenvs are a cache shared by every deployment with the same requirements."""
+        """Removes an env bound to the artifact's source dir (editable local requirements); others are a cache
+        shared by every deployment with the same requirements (and local files)."""
+        venv = artifact.data.get("venv")
+        if artifact.data.get("env_scope") == "source" and venv:
+            async with file_lock(Path(venv).parent / f".{Path(venv).name}.lock"):
+                shutil.rmtree(venv, ignore_errors=True)
 
 
 @hookimpl

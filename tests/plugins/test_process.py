@@ -21,13 +21,16 @@ from mcp_agent_cloud.hookspecs.types import (
     Artifact,
     BuildRequest,
     DeploymentRef,
+    FileEntry,
     Instance,
     Manifest,
+    PackageHints,
     PluginContext,
 )
 from mcp_agent_cloud.names import requirements_hash
 from mcp_agent_cloud.plugins import process
 from mcp_agent_cloud.plugins.process import ENV_MARKER, ProcessBuilder, ProcessConfig, descendants, pid_alive
+from mcp_agent_cloud.plugins.tarball import TarballConfig, TarballPackager
 from mcp_agent_cloud.runtime.ports import wait_port
 
 HELLO = textwrap.dedent(
@@ -198,6 +201,112 @@ def test_pip_failure_raises_build_error_with_the_log_tail(envs_dir: Path, tmp_pa
     assert "this-package-does-not-exist-mcpac" in caught.value.log_tail
     assert caught.value.hint
     assert not (envs_dir / requirements_hash([missing])).exists(), "a failed environment is not left behind"
+
+
+def test_command_lines_are_logged_without_credentials() -> None:
+    cmd = ["pip", "install", "--extra-index-url", "https://deploybot:s3cr3t@pkgs.example:8443/simple",
+           "--index-url=https://tok3n@idx.example/simple", "-ihttps://u:p%40ss@short.example",
+           "--proxy", "me:pw@proxy:3128",
+           "--proxy=me:pw@proxy2:3128", "git+https://ghp_secret@github.com/a/b", "-i", "https://public.example/simple",
+           "pkg @ https://files.example/p.whl", "name@example.com"]
+    line = process.redact_command(cmd)
+    for secret in ("deploybot", "s3cr3t", "tok3n", "p%40ss", "me:pw", "ghp_secret"):
+        assert secret not in line
+    for kept in ("https://***@pkgs.example:8443/simple", "--index-url=https://***@idx.example/simple",
+                 "-ihttps://***@short.example", "***@proxy:3128", "--proxy=***@proxy2:3128",
+                 "git+https://***@github.com/a/b", "https://public.example/simple", "pkg @ https://files.example/p.whl",
+                 "name@example.com"):
+        assert kept in line, kept
+    assert process.redact("Looking in indexes: https://a:b@h/simple, https://h2/x") == (
+        "Looking in indexes: https://***@h/simple, https://h2/x")
+
+
+@pytest.mark.network
+def test_pip_args_credentials_never_reach_the_logs(tmp_path: Path) -> None:
+    index = "https://deploybot:s3cr3t-token@127.0.0.1:9/simple"
+    builder = make_builder(tmp_path / "envs", tmp_path, pip_args=["--retries", "0", "--timeout", "2",
+                                                                  "--extra-index-url", index])
+    logs = Logs()
+    try:  # nothing listens on port 9: pip warns and takes tzdata from PyPI
+        output = anyio.run(builder.build, stdio_request(tmp_path / "work", "sh", ["tzdata"]), logs).model_dump_json()
+    except BuildError as exc:
+        output = f"{exc} {exc.hint} {exc.log_tail}"
+    assert any(line.startswith("$ ") and "https://***@127.0.0.1:9/simple" in line for line in logs), logs.text()
+    assert not [line for line in logs if "s3cr3t-token" in line]
+    assert "s3cr3t-token" not in output
+
+
+def test_requirements_on_local_paths_are_recognised() -> None:
+    local = {
+        "./mylib": ("./mylib", False), "-e ./mylib": ("./mylib", True), "--editable=./mylib": ("./mylib", True),
+        "-e .": (".", True), "./mylib[extra] ; python_version > '3'": ("./mylib", False),
+        "file:///srv/x": ("/srv/x", False), "mylib @ file:///srv/x.whl": ("/srv/x.whl", False),
+        "mylib[a] @ file:./mylib": ("./mylib", False), "mylib-1.0.tar.gz": ("mylib-1.0.tar.gz", False),
+        "dist/mylib-1.0-py3-none-any.whl": ("dist/mylib-1.0-py3-none-any.whl", False),
+        "-f ./wheels": ("./wheels", False), "../outside": ("../outside", False), "/abs/lib": ("/abs/lib", False),
+    }
+    for line, expected in local.items():
+        assert process.local_path(line) == expected, line
+    for line in ("requests>=2", "mcp>=2.3,<3", "Django>=4; sys_platform == 'linux'", "x @ https://h/p.whl",
+                 "git+https://github.com/a/b", "-e git+https://github.com/a/b#egg=b", "--index-url https://x/simple",
+                 "-f https://h/links", "pkg==1 --hash=sha256:ab"):
+        assert process.local_path(line) is None, line
+
+
+def keyed_request(reqs: list[str], files: dict[str, str], org: str = "acme", source: str = "/data/app"):
+    manifest = Manifest(format="tarball", name="a", requirements=reqs,
+                        files=[FileEntry(path=p, sha256=h, size=1) for p, h in files.items()])
+    return BuildRequest(deployment=DeploymentRef(id="d", org=org, name="a"), version=1, kind="app",
+                        work_dir=Path("/data"), source_dir=Path(source), manifest=manifest)
+
+
+def test_env_key_covers_local_files_and_org_but_not_for_index_requirements() -> None:
+    files = {"main.py": "m1", "mylib/pyproject.toml": "p1", "mylib/mylib.py": "v1", "mylibextra/x.py": "x"}
+
+    def key(reqs, files=files, **kw):
+        return process.app_env_key(reqs, keyed_request(reqs, files, **kw))
+
+    assert key(["requests"]) == (requirements_hash(["requests"]), "shared", [])
+    assert key(["requests"], org="other")[0] == requirements_hash(["requests"]), "index envs stay shared"
+
+    base, scope, paths = key(["./mylib", "requests"])
+    assert scope == "org" and paths == ["./mylib"] and base != requirements_hash(["./mylib", "requests"])
+    assert key(["./mylib", "requests"], {**files, "mylib/mylib.py": "v2"})[0] != base
+    assert key(["./mylib", "requests"], org="other")[0] != base
+    # Files outside the path, and where this version was unpacked, do not matter: the install is a copy.
+    assert key(["./mylib", "requests"], {**files, "main.py": "m2", "mylibextra/x.py": "y"}, source="/v2")[0] == base
+    assert key(["mylib @ file:./mylib", "requests"])[0] != base, "the requirement lines are part of the key"
+
+    editable, scope, _ = key(["-e ./mylib", "requests"])
+    assert scope == "source" and key(["-e ./mylib", "requests"], source="/v2")[0] != editable
+
+    for outside in ("../outside", "./mylib/../../x", "/srv/lib", "file:///srv/lib", "mylib @ file:///srv/lib.whl",
+                    "-e ../x", "mylib @ file://user:pw@host/share/lib"):
+        with pytest.raises(BuildError, match="outside the app directory") as caught:
+            key([outside])
+        assert "vendor" in caught.value.hint and "pw@" not in str(caught.value)
+    with pytest.raises(BuildError, match="no files under ./missing"):
+        key(["./missing"])
+
+
+def test_a_requirement_outside_the_app_fails_the_build(tmp_path: Path) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "pyproject.toml").write_text("[project]\nname = 'outside'\n")
+    request = app_request(tmp_path / "work", HELLO, ["../../outside"])
+    with pytest.raises(BuildError, match="outside the app directory"):
+        anyio.run(make_builder(tmp_path / "envs", tmp_path).build, request, Logs())
+    assert not (tmp_path / "envs").exists() or not any((tmp_path / "envs").iterdir())
+
+
+def test_remove_deletes_only_envs_bound_to_one_source_dir(tmp_path: Path) -> None:
+    ref = DeploymentRef(id="d", org="acme", name="a")
+    for scope, survives in (("source", False), ("org", True), ("shared", True), (None, True)):
+        venv = tmp_path / f"env-{scope}"
+        (venv / "bin").mkdir(parents=True)
+        artifact = Artifact(builder="process", deployment=ref, version=1, kind="app",
+                            data={"venv": str(venv), "env_scope": scope})
+        anyio.run(make_builder(tmp_path, tmp_path).remove, artifact)
+        assert venv.exists() == survives, scope
 
 
 def test_remote_deployments_are_not_built(tmp_path: Path) -> None:
@@ -432,5 +541,73 @@ def test_an_mcp_1x_fastmcp_app(envs_dir: Path, tmp_path: Path) -> None:
                 assert (await client.call_tool("add", {"a": 2, "b": 2})).content[0].text == "4"
         finally:
             await builder.stop(instance)
+
+    anyio.run(main)
+
+
+MYLIB_PYPROJECT = textwrap.dedent(
+    """
+    [build-system]
+    requires = ["setuptools>=61"]
+    build-backend = "setuptools.build_meta"
+
+    [project]
+    name = "mylib"
+    version = "0.1"
+
+    [tool.setuptools]
+    py-modules = ["mylib"]
+    """
+)
+
+USES_MYLIB = textwrap.dedent(
+    """
+    import mylib
+    from mcp.server.mcpserver import MCPServer
+
+    mcp = MCPServer("uses-mylib")
+
+    @mcp.tool()
+    def value() -> str:
+        return mylib.VALUE
+    """
+)
+
+
+@pytest.mark.network
+def test_a_local_package_changed_between_versions_is_reinstalled(envs_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "mylib").mkdir(parents=True)
+    (src / "mylib" / "pyproject.toml").write_text(MYLIB_PYPROJECT)
+    (src / "main.py").write_text(USES_MYLIB)
+    hints = PackageHints(name="uses-mylib", entrypoint="main:mcp", requirements=["./mylib", "mcp>=2.3,<3"])
+    packager = TarballPackager(TarballConfig(), PluginContext(data_dir=tmp_path))
+
+    async def deploy(version: int, value: str) -> tuple[Artifact, Logs, str]:
+        (src / "mylib" / "mylib.py").write_text(f"VALUE = {value!r}\n")
+        package = await packager.package(src, hints, tmp_path / "packages")
+        work = tmp_path / f"v{version}"
+        manifest = await packager.unpack(package.path, work / "app")
+        request = BuildRequest(deployment=DeploymentRef(id="d-mylib", org="acme", name="uses-mylib"),
+                               version=version, kind="app", work_dir=work, source_dir=work / "app", manifest=manifest)
+        builder, logs = make_builder(envs_dir, tmp_path), Logs()
+        artifact = await builder.build(request, logs)
+        instance = await started(builder, artifact, work / "app.log")
+        try:
+            async with Client(instance.url) as client:
+                return artifact, logs, (await client.call_tool("value", {})).content[0].text
+        finally:
+            await builder.stop(instance)
+
+    async def main() -> None:
+        first, logs, value = await deploy(1, "v1")
+        assert value == "v1" and first.data["env_scope"] == "org"
+        assert f"environment key {first.data['env_key'][:12]}" in logs.text() and "org acme only" in logs.text()
+        second, logs, value = await deploy(2, "v2")
+        assert not any("environment cached" in line for line in logs), logs.text()
+        assert value == "v2", "the changed package must not come from the cached environment"
+        assert second.data["venv"] != first.data["venv"]
+        _, logs, value = await deploy(3, "v2")  # unchanged files: the cache still serves
+        assert f"environment cached: {second.data['env_key'][:12]}" in logs and value == "v2"
 
     anyio.run(main)
