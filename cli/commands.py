@@ -485,10 +485,15 @@ def register(cli: click.Group) -> None:
         """List the MCP tools of a deployment (an MCP client session through the gateway)."""
         import anyio
 
-        from ..client import mcp_session_call
+        from ..client import mcp_client
 
         client, endpoint = _endpoint(api_url, name)
-        found = anyio.run(mcp_session_call, endpoint, client.token, "list")
+
+        async def list_tools():
+            async with mcp_client(endpoint, client.token) as mcp:
+                return (await mcp.list_tools()).tools
+
+        found = anyio.run(list_tools)
         rows = [{"name": t.name, "description": (t.description or "").strip().splitlines()[0] if t.description
                  else "", "input_schema": t.input_schema} for t in found]
         if as_json:
@@ -513,7 +518,7 @@ def register(cli: click.Group) -> None:
         """
         import anyio
 
-        from ..client import mcp_session_call
+        from ..client import mcp_client
 
         arguments = json.loads(args_json) if args_json else {}
         for pair in args:
@@ -525,7 +530,12 @@ def register(cli: click.Group) -> None:
             except ValueError:
                 arguments[key] = value
         client, endpoint = _endpoint(api_url, name)
-        result = anyio.run(mcp_session_call, endpoint, client.token, "call", tool, arguments)
+
+        async def call_tool():
+            async with mcp_client(endpoint, client.token) as mcp:
+                return await mcp.call_tool(tool, arguments)
+
+        result = anyio.run(call_tool)
         texts = [getattr(c, "text", None) for c in result.content]
         if as_json:
             return emit_json(result.model_dump(mode="json", by_alias=True, exclude_none=True))

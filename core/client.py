@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,24 +186,28 @@ class PlatformClient:
             yield from resp.iter_text()
 
 
-async def mcp_session_call(endpoint: str, token: str | None, action: str, tool: str | None = None,
-                           arguments: dict | None = None) -> Any:
-    """List or call tools on a deployment through the gateway with the mcp SDK client."""
+@contextlib.asynccontextmanager
+async def mcp_client(url: str, token: str | None = None, *, mode: str = "auto", read_timeout: float = 300.0):
+    """A connected mcp SDK ``Client`` over Streamable HTTP, optionally with a bearer token.
+
+    Used by the CLI (through the gateway), by the platform's health check (straight to an instance) and by tests.
+    The SDK raises exception groups; they come out as one error naming the innermost cause.
+    """
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http:
-            async with Client(streamable_http_client(endpoint, http_client=http)) as client:
-                if action == "list":
-                    return (await client.list_tools()).tools
-                return await client.call_tool(tool, arguments or {})
-    except Exception as exc:  # the SDK raises exception groups; show the innermost cause
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=read_timeout)) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+                yield client
+    except Exception as exc:
         leaf = exc
         while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
             leaf = leaf.exceptions[0]
-        raise MCPAgentCloudError(f"MCP request to {endpoint} failed: {type(leaf).__name__}: {leaf}",
+        if leaf is exc and isinstance(exc, MCPAgentCloudError):
+            raise
+        raise MCPAgentCloudError(f"MCP request to {url} failed: {type(leaf).__name__}: {leaf}",
                                  hint="check that it is serving: `mcp-agent status NAME` and `mcp-agent logs NAME`") \
             from None

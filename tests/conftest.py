@@ -124,14 +124,10 @@ def platform(tmp_path, shared_envs):
 
 async def call_tool(url: str, token: str | None, tool: str, arguments: dict) -> str:
     """Call a tool with the real mcp SDK client over Streamable HTTP; returns the text of the result."""
-    import httpx2
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
+    from mcp_agent_cloud.client import mcp_client
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
-        async with Client(streamable_http_client(url, http_client=http)) as client:
-            result = await client.call_tool(tool, arguments)
+    async with mcp_client(url, token, read_timeout=60.0) as client:
+        result = await client.call_tool(tool, arguments)
     assert not result.is_error, result
     return "".join(getattr(c, "text", "") for c in result.content)
 
