@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
 
 from .. import __version__
-from ..errors import MCPAgentCloudError, NotFoundError, ValidationFailed
+from ..errors import ForbiddenError, MCPAgentCloudError, NotFoundError, ValidationFailed
 from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
 from .service import DeployRequest, Platform
 
@@ -65,6 +65,23 @@ class AuthMiddleware:
 
 def identity_of(request: Request) -> Identity:
     return request.state.identity
+
+
+class DeploymentList(BaseModel):
+    deployments: list[DeploymentRecord]
+
+
+class VersionList(BaseModel):
+    versions: list[VersionRecord]
+
+
+class EventList(BaseModel):
+    events: list[EventRecord]
+
+
+class Uploaded(BaseModel):
+    sha256: str
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -112,8 +129,8 @@ def build_app(platform: Platform) -> Starlette:
     async def upload_package(request: Request) -> Response:
         identity = identity_of(request)
         if not identity.can("write"):
-            from ..errors import ForbiddenError
-            raise ForbiddenError("your role may not upload packages")
+            raise ForbiddenError("your role may not upload packages",
+                                 hint="ask an owner of the org for the developer role")
         sha = request.headers.get("x-package-sha256", "")
         length = request.headers.get("content-length")
         manifest = await platform.store_package(
@@ -147,12 +164,12 @@ def build_app(platform: Platform) -> Starlette:
             raise ValidationFailed(f"invalid deploy request: {exc}") from None
         name = request.path_params["name"]
         # Fail with a proper status before the response starts streaming.
-        await platform.check_deploy(identity, name, req)
+        checked = await platform.check_deploy(identity, name, req)
         queue: asyncio.Queue = asyncio.Queue()
 
         async def run() -> None:
             try:
-                result = await platform.deploy(identity, name, req, queue.put)
+                result = await platform.deploy(identity, name, req, queue.put, checked=checked)
                 await queue.put({"type": "result", **result})
             except MCPAgentCloudError as exc:
                 await queue.put({"type": "error", **exc.to_dict(), "log_tail": getattr(exc, "log_tail", "")})
@@ -246,20 +263,20 @@ def build_app(platform: Platform) -> Starlette:
         Endpoint("GET", "/api/v1/server-types", server_types, "Known utility servers for `deploy server --type`"),
         Endpoint("HEAD", "/api/v1/packages/{sha256}", package_exists, "Whether a package was uploaded already"),
         Endpoint("POST", "/api/v1/packages", upload_package,
-                 "Upload a package (raw body; headers X-Package-Sha256, X-Package-Format)", response=Manifest),
-        Endpoint("GET", "/api/v1/deployments", list_deployments, "The org's deployments", response=DeploymentRecord),
+                 "Upload a package (raw body; headers X-Package-Sha256, X-Package-Format)", response=Uploaded),
+        Endpoint("GET", "/api/v1/deployments", list_deployments, "The org's deployments", response=DeploymentList),
         Endpoint("GET", "/api/v1/deployments/{name}", get_deployment, "Status of one deployment"),
         Endpoint("DELETE", "/api/v1/deployments/{name}", delete_deployment, "Stop and delete a deployment"),
         Endpoint("POST", "/api/v1/deployments/{name}/versions", create_version,
                  "Deploy a new version; streams progress as NDJSON", request=DeployRequest,
                  stream="application/x-ndjson"),
-        Endpoint("GET", "/api/v1/deployments/{name}/versions", list_versions, "Versions", response=VersionRecord),
+        Endpoint("GET", "/api/v1/deployments/{name}/versions", list_versions, "Versions", response=VersionList),
         Endpoint("POST", "/api/v1/deployments/{name}/stop", stop, "Stop serving"),
         Endpoint("POST", "/api/v1/deployments/{name}/start", start, "Start the current version again"),
         Endpoint("POST", "/api/v1/deployments/{name}/rollback", rollback,
                  "Move traffic back to an earlier version (body: {\"to\": N})"),
         Endpoint("GET", "/api/v1/deployments/{name}/events", events, "Lifecycle and pipeline events",
-                 response=EventRecord),
+                 response=EventList),
         Endpoint("GET", "/api/v1/deployments/{name}/logs", logs,
                  "App log of the serving version, or ?version=N (?tail=N&follow=1)", stream="text/plain"),
     ]

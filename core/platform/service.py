@@ -106,11 +106,11 @@ def tail_file(path: Path, lines: int = 40) -> str:
 
 async def mcp_health_check(
     url: str, *, timeout: float, alive: Callable[[], Awaitable[bool]] | None = None,
-    headers: dict[str, str] | None = None,
 ) -> list[str]:
     """MCP initialize + tools/list against ``url`` until it answers; returns the tool names."""
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
+    import anyio
+
+    from ..client import mcp_client
 
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -118,29 +118,15 @@ async def mcp_health_check(
         if alive is not None and not await alive():
             raise BuildError("the app exited while starting", hint="read the log tail below; fix the app and deploy again")
         try:
-            with anyio_fail_after(min(15.0, max(1.0, deadline - time.monotonic()))):
-                if headers:
-                    import httpx2
-
-                    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(10.0, read=30.0))
-                    transport = streamable_http_client(url, http_client=http)
-                    async with http, Client(transport, mode="legacy") as client:
-                        result = await client.list_tools()
-                else:
-                    async with Client(url, mode="legacy") as client:
-                        result = await client.list_tools()
+            with anyio.fail_after(min(15.0, max(1.0, deadline - time.monotonic()))):
+                async with mcp_client(url, mode="legacy", read_timeout=30.0) as client:
+                    result = await client.list_tools()
             return [t.name for t in result.tools]
         except Exception as exc:  # keep trying until the deadline: the app may still be importing
             last = exc
             await asyncio.sleep(0.3)
-    raise BuildError(f"health check failed: no MCP answer from {url} within {timeout:.0f}s ({last!r})",
+    raise BuildError(f"health check failed: no MCP answer from {url} within {timeout:.0f}s ({last})",
                      hint="the app must serve MCP (initialize and tools/list); read the log tail below")
-
-
-def anyio_fail_after(seconds: float):
-    import anyio
-
-    return anyio.fail_after(seconds)
 
 
 class Platform:
@@ -151,7 +137,7 @@ class Platform:
         self.active: dict[str, Active] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._builders: dict[str, Any] = {}
+        self._backends: dict[str, Any] = {}
         self.exporters: list[Any] = []
         self.auth_providers: list[Any] = []
         self.started = False
@@ -177,7 +163,6 @@ class Platform:
         exporters = [self._build("telemetry", ref) for ref in cfg.telemetry]
         self.packager = self._build("packager", cfg.packager)
         self.builder = self._build("builder", cfg.builder)
-        self._builders[cfg.builder.name] = self.builder
         self.executor = self._build("executor", cfg.executor)
         self.secrets = self._build("secrets", cfg.secrets)
         await self.registry.setup()
@@ -219,7 +204,8 @@ class Platform:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
-        for backend in (*self.auth_providers, self.secrets, self.executor, *self._builders.values(), self.packager,
+        for backend in (*self.auth_providers, self.secrets, self.executor, self.builder, *self._backends.values(),
+                        self.packager,
                         *self.exporters, self.registry):
             with contextlib.suppress(Exception):
                 await backend.aclose()
@@ -310,7 +296,7 @@ class Platform:
             if digest.hexdigest() != sha256:
                 raise PackageError(f"checksum mismatch: the upload hashes to {digest.hexdigest()}, not {sha256}",
                                    hint="the archive was corrupted in transit; deploy again")
-            packager = self.packager_for(fmt)
+            packager = await self.packager_for(fmt)
             manifest = await packager.inspect(tmp)
             os.replace(tmp, final)
             (final.with_suffix(".format")).write_text(packager.spec_name)
@@ -318,16 +304,24 @@ class Platform:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def packager_for(self, fmt: str | None):
+    async def _backend_for(self, kind: str, ref) -> Any:
+        """A backend other than the configured one (a per-deploy builder, an archive's packager): built and set up
+        once, then reused; closed with the others at shutdown."""
+        key = f"{kind}:{ref.model_dump_json()}"
+        if key not in self._backends:
+            backend = self._build(kind, ref)
+            await backend.setup()
+            self._backends[key] = backend
+        return self._backends[key]
+
+    async def packager_for(self, fmt: str | None):
         if not fmt or fmt == self.packager.spec_name:
             return self.packager
-        key = f"packager:{fmt}"
-        if key not in self._builders:
-            backend = self.pm.build(self.pm.get_packager(fmt), {}, self._ctx())
-            self._builders[key] = backend
-        return self._builders[key]
+        from ..config import BackendRef
 
-    def builder_for(self, choice: str | dict | None):
+        return await self._backend_for("packager", BackendRef(name=fmt))
+
+    async def builder_for(self, choice: str | dict | None):
         if choice is None:
             return self.builder
         from pydantic import ValidationError
@@ -341,10 +335,7 @@ class Platform:
                                    hint="give a builder name, or {name: NAME, ...options}") from None
         if ref.name == self.config.builder.name and not ref.options:
             return self.builder
-        key = ref.model_dump_json()
-        if key not in self._builders:
-            self._builders[key] = self._build("builder", ref)
-        return self._builders[key]
+        return await self._backend_for("builder", ref)
 
     # -- the deploy pipeline -----------------------------------------------------------------------------------
 
@@ -386,7 +377,7 @@ class Platform:
         validate_name(short)
         req = self._resolve_request(req)
         if req.kind != "remote":
-            self.builder_for(req.builder)
+            await self.builder_for(req.builder)
         else:
             await self._check_remote_url(req.url)
         if req.kind == "app" and not self.package_path(org, req.package_sha256).is_file():
@@ -419,10 +410,12 @@ class Platform:
                     hint="an operator can allow it with `remote: {allow_hosts: [HOST]}` or "
                          "`remote: {allow_private: true}` in the platform config")
 
-    async def deploy(self, identity: Identity, name: str, req: DeployRequest, progress: Progress = _no_progress) -> dict:
-        org, short, req = await self.check_deploy(identity, name, req)
+    async def deploy(self, identity: Identity, name: str, req: DeployRequest, progress: Progress = _no_progress,
+                     *, checked: tuple[str, str, DeployRequest] | None = None) -> dict:
+        """Run the pipeline. ``checked`` is what :meth:`check_deploy` returned, when the caller ran it already."""
+        org, short, req = checked or await self.check_deploy(identity, name, req)
         await self.registry.ensure_org(org)
-        builder = self.builder_for(req.builder) if req.kind != "remote" else None
+        builder = await self.builder_for(req.builder) if req.kind != "remote" else None
         manifest: Manifest | None = None
         archive = self.package_path(org, req.package_sha256) if req.kind == "app" else None
         async with self.lock(f"{org}.{short}"):
@@ -484,7 +477,7 @@ class Platform:
                             shutil.rmtree(src)
                         fmt_file = archive.with_suffix(".format")
                         fmt = fmt_file.read_text().strip() if fmt_file.exists() else None
-                        return await self.packager_for(fmt).unpack(
+                        return await (await self.packager_for(fmt)).unpack(
                             archive, src, max_bytes=self.config.limits.max_unpacked_bytes)
                     manifest = await step("unpack", unpack)
                     await self.registry.update_version(record.id, version, manifest=manifest.model_dump(mode="json"))
@@ -687,7 +680,8 @@ class Platform:
         """Start (or adopt) an already-built version and switch traffic to it."""
         ver = await self.registry.get_version(record.id, version)
         if ver is None:
-            raise NotFoundError(f"{record.org}.{record.name} has no version {version}")
+            raise NotFoundError(f"{record.org}.{record.name} has no version {version}",
+                                hint=f"see `mcp-agent status {record.name}` for its versions")
         if (ver.options or {}).get("kind", record.kind) == "remote":  # the version's kind, not the latest deploy's
             url = (ver.options or {}).get("url") or record.spec.get("url")
             instance = Instance(builder="remote", deployment=record.ref, version=version, url=url)
@@ -698,7 +692,7 @@ class Platform:
             raise ValidationFailed(f"version {version} of {record.org}.{record.name} was never built",
                                    hint="deploy again, or roll back to a version that built")
         artifact = Artifact.model_validate(ver.artifact)
-        builder = self.builder_for((ver.options or {}).get("builder"))
+        builder = await self.builder_for((ver.options or {}).get("builder"))
         instance = None
         if reason == "restore" and ver.instance:
             adopted = await builder.adopt_existing([Instance.model_validate(ver.instance)])
@@ -724,7 +718,8 @@ class Platform:
         async with self.lock(f"{record.org}.{record.name}"):
             fresh = await self.registry.get_deployment_by_id(record.id)
             if fresh is None:
-                raise NotFoundError(f"{record.org}.{record.name} was deleted meanwhile")
+                raise NotFoundError(f"{record.org}.{record.name} was deleted meanwhile",
+                                    hint="deploy it again if you still need it")
             yield fresh
 
     async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
@@ -761,9 +756,11 @@ class Platform:
                 to = max(v.version for v in candidates)
             target = next((v for v in versions if v.version == to), None)
             if target is None:
-                raise NotFoundError(f"{record.org}.{record.name} has no version {to}")
+                raise NotFoundError(f"{record.org}.{record.name} has no version {to}",
+                                    hint=f"see `mcp-agent status {record.name}` for its versions")
             if to == record.current_version and f"{record.org}.{record.name}" in self.active:
-                raise ConflictError(f"version {to} is already serving")
+                raise ConflictError(f"version {to} is already serving",
+                                    hint="pick another version with --to N, or leave it as it is")
             await self._activate(record, to, reason="rollback")
             await self.record(Event(type="deployment.rolled_back", org=record.org, deployment=record.name,
                                     version=to, message=f"rolled back to version {to}"), record.id)
@@ -776,7 +773,7 @@ class Platform:
             for ver in await self.registry.list_versions(record.id):
                 if ver.artifact:
                     with contextlib.suppress(Exception):
-                        b = self.builder_for((ver.options or {}).get("builder"))
+                        b = await self.builder_for((ver.options or {}).get("builder"))
                         await b.remove(Artifact.model_validate(ver.artifact))
             scope = f"{record.org}/{record.name}"
             with contextlib.suppress(Exception):
@@ -797,7 +794,8 @@ class Platform:
     async def _writable(self, identity: Identity, name: str) -> DeploymentRecord:
         record = await self.find(identity, name)
         if not identity.can("write"):
-            raise ForbiddenError("your role may not change deployments")
+            raise ForbiddenError("your role may not change deployments",
+                                 hint="ask an owner of the org for the developer role")
         return record
 
     async def status(self, record: DeploymentRecord) -> dict:

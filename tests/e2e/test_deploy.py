@@ -100,6 +100,14 @@ def test_stdio_server_from_pypi(platform):
     text = anyio.run(call_tool, result["endpoint"], platform.token, "get_current_time", {"timezone": "Europe/Paris"})
     assert "Europe/Paris" in text
 
+    # A builder chosen per deploy, with options, through the API: a separate backend, set up and used.
+    r = platform.api("POST", "/api/v1/deployments/clock3/versions", json={
+        "kind": "stdio", "command": "mcp-server-time", "pip": ["mcp-server-time"],
+        "builder": {"name": "process", "stop_timeout": 3}})
+    events = [json.loads(line) for line in r.text.splitlines()]
+    assert events[-1]["type"] == "result", events[-1]
+    assert anyio.run(call_tool, events[-1]["endpoint"], platform.token, "get_current_time", {"timezone": "UTC"})
+
 
 def test_remote_http_server(platform):
     from tests.e2e.test_lifecycle_edges import serving_instance_url
