@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs mcp-agent-cloud (editable) with its test dependencies. Idempotent.
+# Creates .venv and installs mcp-agent-cloud (editable) with its test dependencies, plus the pinned npm tools the
+# e2e tests run (in .tools/node). Idempotent: stamps make a rerun take well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,3 +16,46 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi
+
+# npm tools the gateway e2e tests run for real (the "everything" reference server, the MCP Inspector CLI), pinned so
+# a new release cannot change what the tests see. Installed into .tools/node (gitignored); tests/conftest.py finds
+# them there. MCPAC_SKIP_NODE_TOOLS=1 skips this; the tests that need them then fail and point back here.
+EVERYTHING_VERSION=2026.8.31
+INSPECTOR_VERSION=2.12.0
+tools=.tools/node
+want="@modelcontextprotocol/server-everything@$EVERYTHING_VERSION @modelcontextprotocol/inspector@$INSPECTOR_VERSION"
+if [ -n "${MCPAC_SKIP_NODE_TOOLS:-}" ]; then
+  echo "==> MCPAC_SKIP_NODE_TOOLS set: not installing $want (the gateway e2e tests will fail without them)"
+  exit 0
+fi
+if [ -f "$tools/.mcpac-installed" ] && [ "$(cat "$tools/.mcpac-installed")" = "$want" ] \
+   && [ -f "$tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ]; then
+  exit 0
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> node/npm not found: installing them with apt-get"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }; then
+      echo "error: apt-get could not install nodejs and npm." >&2
+      echo "hint: install Node.js 20 or newer with npm yourself, then run scripts/setup.sh again" >&2
+      echo "      (or set MCPAC_SKIP_NODE_TOOLS=1 to skip; the gateway e2e tests then fail)." >&2
+      exit 1
+    fi
+  else
+    echo "error: node and npm are needed for the gateway e2e tests and were not found." >&2
+    echo "hint: install Node.js 20 or newer with npm (as root this script uses apt-get), then run scripts/setup.sh" >&2
+    echo "      again (or set MCPAC_SKIP_NODE_TOOLS=1 to skip; the gateway e2e tests then fail)." >&2
+    exit 1
+  fi
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  # The inspector declares node >= 22.19; the tests use its CLI, which we run on node 20.
+  echo "warning: node $(node --version) is older than 20; the MCP Inspector CLI may not run on it" >&2
+fi
+echo "==> installing $want into $tools"
+mkdir -p "$tools"
+# --prefix with its own package.json: the pins are recorded there and nothing leaks into a global prefix.
+[ -f "$tools/package.json" ] || echo '{"private": true}' > "$tools/package.json"
+npm install --prefix "$tools" --no-audit --no-fund --save-exact --loglevel=error $want
+echo "$want" > "$tools/.mcpac-installed"

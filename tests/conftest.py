@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "mcp-agent")
+NODE_TOOLS = ROOT / ".tools" / "node" / "node_modules"
 
 
 def free_port() -> int:
@@ -141,3 +142,37 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _node_tool(relpath: str, what: str) -> Path:
+    """A file of the pinned npm tools. Missing tools fail (never skip): CI must run these tests."""
+    path = NODE_TOOLS / relpath
+    if not path.is_file():
+        pytest.fail(f"{what} is not installed ({path} is missing): run scripts/setup.sh, which installs the pinned "
+                    "npm tools into .tools/node", pytrace=False)
+    return path
+
+
+def _node() -> str:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: run scripts/setup.sh (it installs Node.js with apt-get as root) or "
+                    "install Node.js 20+", pytrace=False)
+    return node
+
+
+@pytest.fixture(scope="session")
+def everything_cmd() -> list[str]:
+    """argv that starts the pinned @modelcontextprotocol/server-everything over stdio."""
+    index = _node_tool("@modelcontextprotocol/server-everything/dist/index.js", "@modelcontextprotocol/server-everything")
+    return [_node(), str(index), "stdio"]
+
+
+@pytest.fixture(scope="session")
+def inspector_cli() -> list[str]:
+    """argv prefix for the pinned MCP Inspector CLI; append e.g. URL --transport http --method tools/list."""
+    launcher = _node_tool("@modelcontextprotocol/inspector/clients/launcher/build/index.js",
+                          "@modelcontextprotocol/inspector")
+    return [_node(), str(launcher), "--cli"]
