@@ -247,6 +247,11 @@ def register(cli: click.Group) -> None:
     @click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment for the server (repeatable).")
     @click.option("--url", help="Register an MCP server that already speaks Streamable HTTP at this URL.")
     @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Directory for --type git/filesystem.")
+    @click.option("--session-mode", type=click.Choice(["isolated", "shared"]),
+                  help="Stdio servers only. isolated (the default): one child process per client session, so state "
+                       "never leaks between clients; costs one process per session. shared: one child for all "
+                       "sessions (requests multiplexed); choose it for stateless servers or children that are "
+                       "expensive to start.")
     @click.option("--builder", help="Builder for this deployment.")
     @click.option("--region")
     @click.option("--public", is_flag=True)
@@ -254,8 +259,8 @@ def register(cli: click.Group) -> None:
     @api_options
     @json_option
     @handle_errors
-    def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, builder, region, public,
-                      verbose, api_url, as_json):
+    def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, session_mode, builder, region,
+                      public, verbose, api_url, as_json):
         """Deploy an existing MCP server NAME: a stdio command behind the adapter, a known --type, or a --url."""
         given = [x for x in (server_type, command, url) if x]
         if len(given) != 1:
@@ -267,7 +272,8 @@ def register(cli: click.Group) -> None:
                     "dir": str(Path(directory).resolve()) if directory else None}
         else:
             body = {"kind": "stdio", "command": command, "args": list(args), "pip": list(pip_reqs)}
-        body.update({"env": _parse_env(env), "builder": builder, "region": region, "public": public or None})
+        body.update({"env": _parse_env(env), "builder": builder, "region": region, "public": public or None,
+                     "session_mode": session_mode})
         _run_deploy(_client(api_url), name, body, as_json=as_json, verbose=verbose)
 
     @deploy.command("server-types")

@@ -173,6 +173,8 @@ class BuildRequest(BaseModel):
     pip: list[str] = Field(default_factory=list, description="requirements to install (kind stdio)")
     npm: str | None = None
     url: str | None = Field(None, description="upstream URL (kind remote)")
+    session_mode: Literal["isolated", "shared"] | None = Field(
+        None, description="kind stdio: one child per client session, or one shared child (None: the adapter's default)")
     options: dict[str, Any] = Field(default_factory=dict, description="per-deployment builder overrides")
 
 

@@ -359,7 +359,8 @@ class ProcessBuilder(Builder):
                     hint="install it on the platform host, or name the PyPI package that provides it with --pip",
                 )
             data.update(venv=str(venv) if venv else None, command=request.command, args=list(request.args),
-                        cwd=str(request.work_dir), requirements_hash=requirements_hash(reqs) if reqs else None)
+                        cwd=str(request.work_dir), requirements_hash=requirements_hash(reqs) if reqs else None,
+                        session_mode=request.session_mode)
         else:
             raise BuildError(f"the process builder does not build {request.kind!r} deployments",
                              hint="remote deployments are proxied by the platform and need no builder")
@@ -427,8 +428,15 @@ class ProcessBuilder(Builder):
             cmd = [str(venv / "bin" / "python"), str(LAUNCHER), "--entrypoint", data["entrypoint"],
                    "--host", host, "--port", str(port)]
             return cmd, Path(data["source_dir"]), venv
-        cmd = [sys.executable, "-m", ADAPTER_MODULE, "--host", host, "--port", str(port),
-               "--", data["command"], *data.get("args", [])]
+        cmd = [sys.executable, "-m", ADAPTER_MODULE, "--host", host, "--port", str(port)]
+        if data.get("session_mode"):
+            cmd += ["--session-mode", data["session_mode"]]
+        idle = self.ctx.settings.get("session_idle_timeout")
+        if idle:
+            # The gateway reaps idle sessions first; the adapter's own timeout, a minute later, only catches
+            # sessions the gateway lost track of (a platform that crashed), so it never cuts a live one.
+            cmd += ["--idle-timeout", str(int(idle) + 60)]
+        cmd += ["--", data["command"], *data.get("args", [])]
         return cmd, Path(data["cwd"]) if data.get("cwd") else None, venv
 
     async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:

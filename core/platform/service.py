@@ -69,6 +69,9 @@ class DeployRequest(BaseModel):
     server_type: str | None = Field(None, description="a known utility server (see GET /api/v1/server-types)")
     dir: str | None = Field(None, description="directory for server types that need one (git, filesystem)")
     url: str | None = Field(None, description="upstream Streamable HTTP URL (kind remote)")
+    session_mode: Literal["isolated", "shared"] | None = Field(
+        None, description="stdio servers: one child per client session (isolated, the default) or one child "
+                          "shared by all sessions (shared)")
     builder: str | dict[str, Any] | None = None
     description: str | None = None
     region: str | None = None
@@ -146,8 +149,10 @@ class Platform:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def _ctx(self) -> PluginContext:
+        gateway = getattr(self.config, "gateway", None)  # PlatformConfig.gateway (being added with the gateway)
         return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=getattr(self, "registry", None),
-                             settings={"base_url": self.config.base_url})
+                             settings={"base_url": self.config.base_url,
+                                       "session_idle_timeout": getattr(gateway, "session_idle_timeout", None)})
 
     def _build(self, kind: str, ref) -> Any:
         spec = self.pm.get(kind, ref.name)
@@ -364,6 +369,9 @@ class Platform:
             raise ValidationFailed("an app deploy needs an uploaded package", hint="upload it with POST /api/v1/packages")
         if req.kind == "stdio" and not req.command:
             raise ValidationFailed("a stdio server deploy needs a command", hint="pass --command CMD (and --arg A ...)")
+        if req.session_mode is not None and req.kind != "stdio":
+            raise ValidationFailed(f"session mode applies to stdio servers only, not to a {req.kind} deployment",
+                                   hint="drop --session-mode: apps and remote servers manage their own sessions")
         for key in req.env:
             if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
                 raise ValidationFailed(f"invalid environment variable name {key!r}")
@@ -486,7 +494,7 @@ class Platform:
                     source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=manifest,
                     entrypoint=req.entrypoint or (manifest.entrypoint if manifest else None),
                     command=req.command, args=req.args, pip=req.pip, npm=req.npm, url=req.url,
-                    options=req.builder if isinstance(req.builder, dict) else {})
+                    session_mode=req.session_mode, options=req.builder if isinstance(req.builder, dict) else {})
                 if req.kind == "app" and not request.entrypoint:
                     raise ValidationFailed("the package names no entrypoint",
                                            hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
@@ -804,6 +812,8 @@ class Platform:
         active = self.active.get(f"{record.org}.{record.name}")
         out["serving_version"] = active.version if active else None
         out["restarts"] = active.restarts if active else 0
+        if record.kind == "stdio" and active is not None and active.artifact is not None:
+            out["session_mode"] = active.artifact.data.get("session_mode") or "isolated"  # the adapter's default
         stats = {}
         if active is not None and active.builder is not None:
             with contextlib.suppress(Exception):
