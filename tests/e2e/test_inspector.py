@@ -33,10 +33,11 @@ def inspect(platform_m, inspector_cli, tmp_path):
     """Run the inspector CLI against a deployment; returns (exit code, parsed stdout or None, stdout + stderr)."""
 
     def run(url: str, *args: str, token: str | None = "default", transport: str = "http"):
-        headers = [] if token is None else ["--header", f"Authorization: Bearer {platform_m.token if token == 'default' else token}"]
+        token = platform_m.token if token == "default" else token
+        headers = [] if token is None else ["--header", f"Authorization: Bearer {token}"]
         # Its own HOME: the inspector writes a catalog under ~/.mcp-inspector.
         env = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin", "NO_COLOR": "1"}
-        result = subprocess.run([*inspector_cli, "--cli", url, "--transport", transport, *headers, *args],
+        result = subprocess.run([*inspector_cli, url, "--transport", transport, *headers, *args],
                                 capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
         try:
             parsed = json.loads(result.stdout)
@@ -89,8 +90,3 @@ def test_inspector_without_a_valid_token_or_deployment_is_refused(platform_m, in
     assert code != 0, text
     assert "404" in text and "no deployment default.nope" in text, text
 
-
-@pytest.fixture(scope="session")
-def inspector_cli():  # TEMPORARY until tests/conftest.py has it (owner C)
-    path = ROOT / ".tools/node/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
-    return ["node", str(path)]
