@@ -1,0 +1,543 @@
+"""Legacy HTTP+SSE transport and the REST convenience surface of the gateway.
+
+Both end at the gateway and talk to the instance over Streamable HTTP with the mcp SDK's client transport:
+
+- SSE: ``GET /servers/{name}/sse`` + ``POST /servers/{name}/messages/?session_id=...``. The SDK's
+  SseServerTransport terminates the client side; each SSE connection gets its own upstream session and
+  SessionMessages are pumped both ways unchanged (requests, responses, notifications, server-to-client requests).
+- REST: ``GET tools``, ``POST call_tool``, ``POST read_resource``, ``GET prompts``, served through one pooled upstream
+  session per serving instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.sse import SseServerTransport
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.message import ClientMessageMetadata, SessionMessage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import MCPAgentCloudError, NotFoundError, TooLargeError, ValidationFailed
+from ..hookspecs.types import Identity
+
+log = logging.getLogger("mcp_agent_cloud.platform.bridge")
+
+PAGE_CAP = 1000  # list pages followed per REST listing: a server whose cursor never ends cannot hang a call
+# The result as the server sent it: no unset defaults (such as 2026-only fields on an older session), no nulls.
+WIRE: dict[str, Any] = {"by_alias": True, "exclude_none": True, "exclude_unset": True, "mode": "json"}
+CLIENT_INFO = types.Implementation(name="mcp-agent-cloud-gateway", version=__version__)
+
+
+class UpstreamError(MCPAgentCloudError):
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(MCPAgentCloudError):
+    status = 504
+    code = "gateway_timeout"
+
+
+def _error_response(exc: MCPAgentCloudError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+def owner_key(identity: Identity) -> tuple[str, str, str, str]:
+    """Who owns a session: the same caller (and the same token, when the provider names one)."""
+    return identity.provider, identity.org, identity.subject, identity.token_id or ""
+
+
+def _as_user(identity: Identity) -> AuthenticatedUser:
+    # The SDK's SSE transport binds each session to scope["user"] and answers 404 to any other principal.
+    provider, org, subject, token_id = owner_key(identity)
+    return AuthenticatedUser(AccessToken(token="", client_id=f"{org}/{token_id}", scopes=[], subject=subject,
+                                         claims={"iss": provider}))
+
+
+class Bridge:
+    """The SSE and REST routes of the gateway. ``routes`` go into the app; ``aclose()`` runs at shutdown."""
+
+    def __init__(self, gateway) -> None:
+        self.gateway = gateway
+        # Upstream connections are pooled on one client. No read timeout: upstream GET streams are long-lived,
+        # and request timeouts are applied per request (SSE: by the client; REST: gateway.request_timeout).
+        self.http = httpx2.AsyncClient(timeout=httpx2.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                                       limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        self._transports: dict[str, SseServerTransport] = {}
+        self.pool = RestPool(self.http, lambda: float(gateway.config.request_timeout))
+        self.routes = [
+            Route("/servers/{name}/sse", _SseEndpoint(self), methods=["GET"]),
+            Route("/servers/{name}/messages/", _MessageEndpoint(self), methods=["POST"]),
+            Route("/servers/{name}/messages", _MessageEndpoint(self), methods=["POST"]),
+            Route("/servers/{name}/tools", self._rest(self.list_tools), methods=["GET"]),
+            Route("/servers/{name}/call_tool", self._rest(self.call_tool), methods=["POST"]),
+            Route("/servers/{name}/read_resource", self._rest(self.read_resource), methods=["POST"]),
+            Route("/servers/{name}/prompts", self._rest(self.list_prompts), methods=["GET"]),
+        ]
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.gateway.config.max_message_bytes)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+        await self.http.aclose()
+
+    def transport(self, name: str) -> SseServerTransport:
+        """One SDK transport per spelling of the deployment name, so the endpoint it announces is
+        ``/servers/{name}/messages/?session_id=...`` under the name the client used."""
+        transport = self._transports.get(name)
+        if transport is None:
+            # Host/Origin are validated by the platform for every route already.
+            transport = SseServerTransport(
+                f"/servers/{name}/messages/",
+                security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+                max_request_body_size=self.max_message_bytes)
+            self._transports[name] = transport
+        return transport
+
+    # ---- REST ----
+
+    def _rest(self, handler: Callable[[Request, Any], Awaitable[dict]]):
+        async def endpoint(request: Request) -> Response:
+            try:
+                target = await self.gateway.target(request)
+                return JSONResponse(await handler(request, target))
+            except MCPAgentCloudError as exc:
+                return _error_response(exc)
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    async def list_tools(self, request: Request, target) -> dict:
+        tools = await self.pool.list_all(target, "tools")
+        return {"tools": [t.model_dump(**WIRE) for t in tools]}
+
+    async def list_prompts(self, request: Request, target) -> dict:
+        prompts = await self.pool.list_all(target, "prompts")
+        return {"prompts": [p.model_dump(**WIRE) for p in prompts]}
+
+    async def call_tool(self, request: Request, target) -> dict:
+        body = await self._body(request, CallToolBody, '{"name": "greet", "arguments": {"name": "world"}}')
+        result = await self.pool.request(target, types.CallToolRequest(
+            params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
+            hint=f"list its tools and their input schemas: GET /servers/{target.name}/tools")
+        return result.model_dump(**WIRE)
+
+    async def read_resource(self, request: Request, target) -> dict:
+        body = await self._body(request, ReadResourceBody, '{"uri": "file:///notes.txt"}')
+        result = await self.pool.request(target, types.ReadResourceRequest(
+            params=types.ReadResourceRequestParams(uri=body.uri)), types.ReadResourceResult,
+            hint="check the uri against the resources the server lists (an MCP client's resources/list)")
+        return result.model_dump(**WIRE)
+
+    async def _body(self, request: Request, model: type[BaseModel], example: str):
+        limit = self.max_message_bytes
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw.extend(chunk)
+            if len(raw) > limit:
+                raise TooLargeError(f"request body larger than {limit} bytes (gateway.max_message_bytes)",
+                                    hint="send a smaller body, or raise gateway.max_message_bytes in the config")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise ValidationFailed("the body must be a JSON object", hint=f"for example: {example}") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+            raise ValidationFailed(f"invalid body: {problems}", hint=f"for example: {example}") from None
+
+
+class CallToolBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReadResourceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(min_length=1)
+
+
+# ---- the pooled upstream session of the REST surface ----
+
+
+def _session_gone(exc: MCPError) -> bool:
+    # The SDK transport's spelling of an upstream 404 on a known session id: the request never ran.
+    return exc.code == types.INVALID_REQUEST and exc.message == "Session terminated"
+
+
+class _Pooled:
+    """One upstream session, owned by its own task: the SDK's task groups must be entered and left by the same
+    task, and REST requests come and go on many."""
+
+    def __init__(self, target, http: httpx2.AsyncClient, timeout: float) -> None:
+        self.key = target.key
+        self.instance_id = target.instance_id
+        self.url = target.url
+        self.http = http
+        self.timeout = timeout
+        self.session: ClientSession | None = None
+        self.dead = False
+        self.opened = 0  # times initialize succeeded (always 1; kept for diagnostics)
+        self._stop = asyncio.Event()
+        self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> ClientSession:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"rest-session {self.key}")
+        # Shielded: a REST caller that goes away must not cancel the session others are about to share.
+        return await asyncio.shield(self._ready)
+
+    async def _run(self) -> None:
+        try:
+            async with streamable_http_client(self.url, http_client=self.http) as (read, write):
+                async with ClientSession(read, write, read_timeout_seconds=self.timeout,
+                                         client_info=CLIENT_INFO) as session:
+                    await session.initialize()
+                    self.session = session
+                    self.opened += 1
+                    self._ready.set_result(session)
+                    await self._stop.wait()
+        except Exception as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            else:
+                log.info("REST upstream session of %s ended: %r", self.key, exc)
+        finally:
+            self.dead = True
+            if not self._ready.done():
+                self._ready.set_exception(RuntimeError("the upstream session closed"))
+
+    async def aclose(self) -> None:
+        self.dead = True
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except (asyncio.TimeoutError, Exception):
+                self._task.cancel()
+        if self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # mark retrieved
+
+
+class RestPool:
+    """One upstream MCP session per serving instance (keyed by deployment, re-opened when instance_id changes
+    or the session died). Concurrent requests share it; the SDK correlates responses by request id.
+
+    The handshake is the classic ``initialize`` (what ``mcp.client.Client(mode="legacy")`` does): it gives a real
+    upstream session that native apps and the stdio adapter both keep, where an ``auto`` probe could settle on the
+    stateless 2026 protocol and make every call a fresh exchange (a fresh child, for isolated stdio servers)."""
+
+    def __init__(self, http: httpx2.AsyncClient, timeout: Callable[[], float]) -> None:
+        self.http = http
+        self.timeout = timeout
+        self._pooled: dict[str, _Pooled] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def _retire(self, pooled: _Pooled) -> None:
+        task = asyncio.get_running_loop().create_task(pooled.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def session(self, target) -> _Pooled:
+        pooled = self._pooled.get(target.key)
+        if pooled is not None and not pooled.dead and pooled.instance_id == target.instance_id:
+            return pooled
+        async with self._locks.setdefault(target.key, asyncio.Lock()):
+            pooled = self._pooled.get(target.key)
+            if pooled is not None and not pooled.dead and pooled.instance_id == target.instance_id:
+                return pooled
+            if pooled is not None:
+                self._pooled.pop(target.key, None)
+                self._retire(pooled)
+            fresh = _Pooled(target, self.http, self.timeout())
+            try:
+                await fresh.start()
+            except Exception as exc:
+                self._retire(fresh)
+                raise UpstreamError(f"{target.key} did not accept an MCP session: {_leaf(exc)}",
+                                    hint=f"check that it is serving: `mcp-agent status {target.name}` "
+                                         f"and `mcp-agent logs {target.name}`") from None
+            self._pooled[target.key] = fresh
+            return fresh
+
+    async def request(self, target, request, result_type, hint: str = ""):
+        for attempt in (1, 2):
+            pooled = await self.session(target)
+            try:
+                return await pooled.session.send_request(request, result_type)
+            except MCPError as exc:
+                if _session_gone(exc) and attempt == 1:
+                    # The instance dropped our session (its idle timeout, say); nothing ran, so open a new one.
+                    pooled.dead = True
+                    continue
+                if exc.code == types.CONNECTION_CLOSED:
+                    pooled.dead = True
+                raise _mcp_error(target, exc, hint) from None
+            except ValidationError as exc:
+                raise UpstreamError(f"{target.key} answered with an invalid result: {exc.error_count()} problems",
+                                    hint=f"check the server's logs: `mcp-agent logs {target.name}`") from None
+        raise AssertionError("unreachable")
+
+    async def list_all(self, target, what: str) -> list:
+        pooled = await self.session(target)
+        caps = pooled.session.server_capabilities
+        if caps is not None and getattr(caps, what) is None:
+            return []  # the server offers none: an empty list, not an error
+        request_cls, result_cls = {"tools": (types.ListToolsRequest, types.ListToolsResult),
+                                   "prompts": (types.ListPromptsRequest, types.ListPromptsResult)}[what]
+        items: list = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(PAGE_CAP):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await self.request(target, request_cls(params=params), result_cls)
+            items.extend(getattr(page, what))
+            cursor = page.next_cursor
+            if not cursor or cursor in seen:
+                break
+            seen.add(cursor)
+        return items
+
+    async def aclose(self) -> None:
+        pooled, self._pooled = list(self._pooled.values()), {}
+        await asyncio.gather(*(p.aclose() for p in pooled), *self._closing, return_exceptions=True)
+
+
+def _leaf(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _mcp_error(target, exc: MCPError, hint: str) -> MCPAgentCloudError:
+    """A JSON-RPC error from upstream, as an HTTP error that says whose fault it was."""
+    detail = f"{target.key} answered with JSON-RPC error {exc.code}: {exc.message}"
+    if exc.code == types.REQUEST_TIMEOUT:
+        return UpstreamTimeout(f"{target.key} did not answer in time: {exc.message}",
+                               hint="raise gateway.request_timeout in the platform config, or make the call faster")
+    if exc.code == types.CONNECTION_CLOSED:
+        return UpstreamError(f"the connection to {target.key} closed: {exc.message}",
+                             hint=f"check `mcp-agent status {target.name}` and `mcp-agent logs {target.name}`; "
+                                  "the next request opens a new session")
+    if exc.code in (types.INVALID_PARAMS, types.METHOD_NOT_FOUND):
+        return ValidationFailed(detail, hint=hint or "check the request against what the server offers")
+    if exc.code == -32002:  # resource not found
+        return NotFoundError(detail, hint=hint or "check the uri against the server's resources")
+    return UpstreamError(detail, hint=f"check the server's logs: `mcp-agent logs {target.name}`")
+
+
+# ---- legacy HTTP+SSE ----
+
+
+class _SseEndpoint:
+    """ASGI app for ``GET /servers/{name}/sse``: the SDK transport needs the raw send channel for its stream."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        gateway = self.bridge.gateway
+        try:
+            target = await gateway.target(request)
+            if scope["method"] == "HEAD":  # Starlette adds HEAD to GET routes; it must not open a session
+                return await Response(media_type="text/event-stream")(scope, receive, send)
+            identity: Identity = request.state.identity
+            conn = SseConnection(self.bridge, target, identity)
+            conn.session_id = gateway.open_session(target, identity, "sse", conn.close)
+        except MCPAgentCloudError as exc:
+            return await _error_response(exc)(scope, receive, send)
+        await conn.run(request.path_params["name"], scope, receive, send)
+
+
+class SseConnection:
+    """One legacy SSE client and its own upstream Streamable HTTP session."""
+
+    def __init__(self, bridge: Bridge, target, identity: Identity) -> None:
+        self.bridge = bridge
+        self.gateway = bridge.gateway
+        self.target = target
+        self.identity = identity
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self.pending: dict[Any, str] = {}  # client request id -> method, until upstream answers
+        self.ended_by: str | None = None  # "client", "upstream" or "gateway"
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+
+    async def close(self) -> None:
+        """Called by the gateway to end the session (idle, instance replaced, platform stop)."""
+        if self.ended_by is None:
+            self.ended_by = "gateway"
+        if self._scope is not None:
+            self._scope.cancel()
+        with anyio.move_on_after(10):
+            await self._done.wait()
+
+    async def run(self, name: str, scope, receive, send) -> None:
+        scope = dict(scope)
+        scope["user"] = _as_user(self.identity)
+        transport = self.bridge.transport(name)
+        try:
+            async with transport.connect_sse(scope, receive, send) as (client_read, client_write):
+                async with client_write:
+                    failure = await self._pump(client_read, client_write)
+                    if self.ended_by != "client":
+                        await self._fail_pending(client_write, failure)
+                # Closing client_write ends the event stream, so connect_sse returns.
+        except Exception:
+            log.exception("SSE session %s on %s failed", self.session_id, self.target.key)
+        finally:
+            self._done.set()
+            with anyio.CancelScope(shield=True):
+                await self.gateway.close_session(self.session_id)
+
+    async def _pump(self, client_read, client_write) -> str:
+        init_ids: set[Any] = set()
+        failure = ""
+        try:
+            async with streamable_http_client(self.target.url, http_client=self.bridge.http) as (up_read, up_write):
+                async with anyio.create_task_group() as tg:
+                    self._scope = tg.cancel_scope
+                    if self.ended_by == "gateway":
+                        tg.cancel_scope.cancel()
+
+                    async def to_upstream() -> None:
+                        async for item in client_read:
+                            if isinstance(item, Exception):  # a POST the transport could not parse (it said 400)
+                                log.info("SSE session %s: bad client message: %s", self.session_id, item)
+                                continue
+                            self.gateway.touch(self.session_id)
+                            message = item.message
+                            if isinstance(message, types.JSONRPCRequest):
+                                self.pending[message.id] = message.method
+                                if message.method == "initialize":
+                                    init_ids.add(message.id)
+                            # The client's MCP-Protocol-Version travels as per-message metadata for the transport.
+                            meta = (ClientMessageMetadata(headers={MCP_PROTOCOL_VERSION_HEADER: self.protocol_version})
+                                    if self.protocol_version else None)
+                            await up_write.send(SessionMessage(message, metadata=meta))
+                        self.ended_by = self.ended_by or "client"
+                        tg.cancel_scope.cancel()
+
+                    async def to_client() -> None:
+                        async for item in up_read:
+                            if isinstance(item, Exception):
+                                log.info("SSE session %s: upstream stream error: %r", self.session_id, item)
+                                continue
+                            message = item.message
+                            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+                                self.pending.pop(message.id, None)
+                                if (isinstance(message, types.JSONRPCResponse) and message.id in init_ids
+                                        and isinstance(message.result.get("protocolVersion"), str)):
+                                    self.protocol_version = message.result["protocolVersion"]
+                            self.gateway.touch(self.session_id)
+                            try:
+                                await client_write.send(SessionMessage(message))
+                            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                                self.ended_by = self.ended_by or "client"
+                                break
+                        self.ended_by = self.ended_by or "upstream"
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(to_upstream)
+                    tg.start_soon(to_client)
+                self._scope = None
+                # Leaving streamable_http_client normally sends DELETE: the upstream session ends with this one.
+        except Exception as exc:
+            self.ended_by = self.ended_by or "upstream"
+            failure = _leaf(exc)
+            log.info("SSE session %s: upstream %s failed: %s", self.session_id, self.target.key, failure)
+        return failure
+
+    async def _fail_pending(self, client_write, failure: str) -> None:
+        if not self.pending:
+            return
+        if self.ended_by == "gateway":
+            text = "the gateway closed this session (idle timeout, redeploy or shutdown); reconnect"
+        else:
+            text = f"the upstream server {self.target.key} went away" + (f" ({failure})" if failure else "")
+        for request_id in list(self.pending):
+            error = types.JSONRPCError(jsonrpc="2.0", id=request_id,
+                                       error=types.ErrorData(code=types.CONNECTION_CLOSED, message=text))
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await client_write.send(SessionMessage(error))
+        self.pending.clear()
+
+
+class _MessageEndpoint:
+    """ASGI app for ``POST /servers/{name}/messages/?session_id=...``: the SDK transport delivers the message
+    (size limit, ownership, parsing); its plain-text errors are answered as the platform's JSON errors."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        name = request.path_params["name"]
+        scope = dict(scope)
+        scope["user"] = _as_user(request.state.identity)
+        transport = self.bridge.transport(name)
+        await transport.handle_post_message(scope, receive, self._json_errors(send, name))
+
+    def _json_errors(self, send, name: str):
+        held: dict = {}
+
+        async def wrapped(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held.update(message)
+                return
+            if held and message["type"] == "http.response.body":
+                status = held["status"]
+                text = message.get("body", b"").decode("utf-8", "replace")
+                error = self._error(status, text, name)
+                body = json.dumps(error.to_dict()).encode()
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                held.clear()
+                return
+            await send(message)
+        return wrapped
+
+    def _error(self, status: int, text: str, name: str) -> MCPAgentCloudError:
+        reconnect = f"open a new SSE stream with GET /servers/{name}/sse and post to the endpoint it announces"
+        if status == 404:
+            return NotFoundError(f"no SSE session with this session_id for your token on {name}", hint=reconnect)
+        if status == 413:
+            limit = self.bridge.max_message_bytes
+            return TooLargeError(f"message larger than {limit} bytes (gateway.max_message_bytes)",
+                                 hint="send smaller messages, or raise gateway.max_message_bytes in the config")
+        err = ValidationFailed(f"message refused: {text}", hint=reconnect if "session" in text.lower() else
+                               "POST one JSON-RPC message with Content-Type: application/json")
+        err.status = status
+        return err
+
+
+def bridge_routes(gateway) -> list:
+    """The SSE and REST routes (a fresh Bridge). Prefer ``Bridge(gateway)`` to also get ``aclose()``."""
+    return Bridge(gateway).routes
