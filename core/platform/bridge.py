@@ -183,8 +183,9 @@ class ReadResourceBody(BaseModel):
 
 
 def _session_gone(exc: MCPError) -> bool:
-    # The SDK transport's spelling of an upstream 404 on a known session id: the request never ran.
-    return exc.code == types.INVALID_REQUEST and exc.message == "Session terminated"
+    # An upstream 404 for our session id: its JSON-RPC body ("Session not found" from SDK servers), or the SDK
+    # transport's stand-in ("Session terminated"). The server refused before dispatch, so the request never ran.
+    return exc.code == types.INVALID_REQUEST and "session" in exc.message.lower()
 
 
 class _Pooled:
