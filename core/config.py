@@ -70,6 +70,48 @@ class RemoteConfig(BaseModel):
     allow_hosts: list[str] = Field(default_factory=list, description="host names or IPs always allowed as remotes")
 
 
+class GatewayConfig(BaseModel):
+    """The MCP gateway at /servers/{name}/...: which names and origins it answers, and its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    allowed_hosts: list[str] = Field(default_factory=list, description="extra Host header values accepted on every "
+                                     "route, as host:port, host (default port), host:* (any port) or * (any)")
+    allowed_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the "
+                                       "platform (they also get CORS headers), as scheme://host[:port], "
+                                       "scheme://host:* (any port) or * (any)")
+    max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest MCP request body (413 above)")
+    max_sessions_per_deployment: int = Field(1000, gt=0, description="open MCP sessions per deployment (429 above)")
+    max_sessions_per_token: int = Field(100, gt=0, description="open MCP sessions per token (429 above)")
+    session_idle_timeout: float = Field(1800.0, gt=0, description="seconds after which an unused session is ended")
+    request_timeout: float = Field(300.0, gt=0, description="seconds an MCP request may take before the gateway "
+                                   "answers it with an error")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            if not item or "/" in item or "@" in item:
+                raise ValueError(f"{item!r} is not a Host value: use host, host:port, host:* or *, "
+                                 "e.g. mcp.example.com or 10.0.0.5:8765")
+            out.append(item)
+        return out
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower().rstrip("/")
+            scheme, sep, rest = item.partition("://")
+            if item != "*" and (not sep or not scheme or not rest or "/" in rest):
+                raise ValueError(f"{item!r} is not an origin: use scheme://host[:port] with no path, "
+                                 "e.g. https://app.example.com or http://localhost:6274")
+            out.append(item)
+        return out
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +130,7 @@ class PlatformConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     log_level: str = "info"
 
     @field_validator("listen")

@@ -14,23 +14,21 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
 
 from .. import __version__
-from ..errors import ForbiddenError, MCPAgentCloudError, NotFoundError, ValidationFailed
+from ..errors import ForbiddenError, MCPAgentCloudError, ValidationFailed
 from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
+from .bridge import bridge_routes
+from .gateway import Gateway, TransportGuard
 from .service import DeployRequest, Platform
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
 PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers")
 PUBLIC_PREFIXES = ("/auth/",)  # login flows of auth providers: they are how a caller gets a token
-# Headers that describe one hop, or carry the platform's own credentials: never forwarded upstream.
-HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie", "origin"}
 
 
 def error_response(exc: MCPAgentCloudError) -> JSONResponse:
@@ -232,28 +230,6 @@ def build_app(platform: Platform) -> Starlette:
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
 
-    async def gateway(request: Request) -> Response:
-        identity = identity_of(request)
-        org, short = platform.qualify(identity, request.path_params["name"])
-        active = platform.active.get(f"{org}.{short}")
-        if active is None:
-            record = await platform.registry.get_deployment(org, short)
-            if record is None:
-                raise NotFoundError(f"no deployment {org}.{short}", hint="see `mcp-agent list`")
-            return JSONResponse({"error": "unavailable", "message": f"{org}.{short} is {record.status}, not serving",
-                                 "hint": f"`mcp-agent start {short}` or `mcp-agent logs {short}`"}, status_code=503)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS]
-        upstream = http.build_request(request.method, active.instance.url, params=request.query_params,
-                                      headers=headers, content=request.stream())
-        try:
-            resp = await http.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            return JSONResponse({"error": "bad_gateway", "message": f"{org}.{short} did not answer: {exc!r}"},
-                                status_code=502)
-        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
-        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out_headers,
-                                 background=BackgroundTask(resp.aclose))
-
     endpoints = [
         Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
         Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
@@ -282,20 +258,22 @@ def build_app(platform: Platform) -> Starlette:
     ]
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(endpoints))
+        return JSONResponse(openapi_document(endpoints, served))
 
     endpoints.append(Endpoint("GET", "/api/v1/openapi.json", openapi, "This document", public=True))
     routes = [Route(e.path, _wrap(e.handler), methods=[e.method]) for e in endpoints]
-    mcp_methods = ["GET", "POST", "DELETE"]
-    routes.append(Route("/servers/{name}/mcp", _wrap(gateway), methods=mcp_methods))
-    routes.append(Route("/servers/{name}/mcp/", _wrap(gateway), methods=mcp_methods))
+    gateway = Gateway(platform, platform.config.gateway, http)
+    served = gateway.routes() + bridge_routes(gateway)
+    routes += served
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await platform.start()
+        await gateway.start()
         try:
             yield
         finally:
+            await gateway.aclose()  # before the instances stop: sessions are ended upstream
             await platform.stop()
             await http.aclose()
 
@@ -303,7 +281,9 @@ def build_app(platform: Platform) -> Starlette:
     routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(AuthMiddleware, platform=platform)
+    app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth
     app.state.platform = platform
+    app.state.gateway = gateway
     app.state.endpoints = endpoints
     return app
 
@@ -370,7 +350,12 @@ async def _log_stream(path: Path, tail: int, follow: bool):
             yield data.decode("utf-8", "replace")
 
 
-def openapi_document(endpoints: list[Endpoint]) -> dict[str, Any]:
+def _operation_id(method: str, path: str) -> str:
+    tail = path.removeprefix("/servers/{name}/").strip("/").replace("/", "_") or "root"
+    return f"{tail}_{method.lower()}"
+
+
+def openapi_document(endpoints: list[Endpoint], gateway_routes: list = ()) -> dict[str, Any]:
     components: dict[str, Any] = {}
 
     def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -383,6 +368,10 @@ def openapi_document(endpoints: list[Endpoint]) -> dict[str, Any]:
     error = {"description": "Error", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                                          "hint": {"type": "string"}}, "required": ["error", "message"]}}}}
+    rpc = {"type": "object", "properties": {
+        "jsonrpc": {"const": "2.0"}, "id": {}, "error": {"type": "object", "properties": {
+            "code": {"type": "integer"}, "message": {"type": "string"}, "data": {"type": "object"}},
+            "required": ["code", "message"]}}, "required": ["jsonrpc", "error"]}
     paths: dict[str, Any] = {}
     for e in endpoints:
         op: dict[str, Any] = {"summary": e.summary, "operationId": e.handler.__name__,
@@ -399,11 +388,35 @@ def openapi_document(endpoints: list[Endpoint]) -> dict[str, Any]:
         if e.stream:
             op["responses"]["200"]["content"] = {e.stream: {"schema": {"type": "string"}}}
         paths.setdefault(e.path, {})[e.method.lower()] = op
-    paths["/servers/{name}/mcp"] = {m: {
-        "summary": "MCP Streamable HTTP endpoint of a deployment", "operationId": f"mcp_{m}",
-        "security": [{"bearer": []}], "parameters": [{"name": "name", "in": "path", "required": True,
-                                                      "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "MCP response"}, "4XX": error}} for m in ("get", "post", "delete")}
+    for route in gateway_routes:
+        path = getattr(route, "path", "")
+        if not path.startswith("/servers/") or (path.endswith("/") and path.rstrip("/") in paths):
+            continue  # trailing-slash aliases are not listed twice
+        doc = (getattr(getattr(route, "endpoint", None), "__doc__", None) or "").strip().splitlines()
+        summary = doc[0] if doc else f"{path} of a deployment"
+        for method in sorted((getattr(route, "methods", None) or set()) - {"HEAD"}):
+            op = {"summary": summary, "operationId": _operation_id(method, path), "security": [{"bearer": []}],
+                  "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                                  "description": "deployment name, or org.name"}],
+                  "responses": {"200": {"description": "OK"}, "4XX": error}}
+            if path.endswith("/mcp"):
+                op["summary"] = {"GET": "MCP Streamable HTTP: open the server-to-client SSE stream of a session",
+                                 "POST": "MCP Streamable HTTP: send a JSON-RPC message or batch",
+                                 "DELETE": "MCP Streamable HTTP: end a session"}.get(method, summary)
+                op["parameters"] += [
+                    {"name": "Mcp-Session-Id", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "session id the gateway returned on initialize"},
+                    {"name": "MCP-Protocol-Version", "in": "header", "required": False,
+                     "schema": {"type": "string"}}]
+                op["responses"] = {
+                    "200": {"description": "JSON-RPC response (application/json) or an SSE stream "
+                                           "(text/event-stream)"},
+                    "202": {"description": "accepted (notifications and responses)"},
+                    "4XX": {"description": "JSON-RPC error: 400 malformed, 404 unknown session, 413 too large, "
+                                           "429 session limit", "content": {"application/json": {"schema": rpc}}},
+                    "5XX": {"description": "JSON-RPC error: 502 upstream failed, 504 timed out",
+                            "content": {"application/json": {"schema": rpc}}}}
+            paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "mcp-agent-cloud platform API", "version": __version__},

@@ -1,0 +1,739 @@
+"""The MCP gateway: Host/Origin checks, and the Streamable HTTP proxy at /servers/{name}/mcp with its own sessions.
+
+Every client session gets an id minted here, mapped to the upstream instance's id and bound to the caller. The
+proxy streams bytes both ways (SSE included) so every MCP feature passes through; it only looks at the request
+body (size, JSON, ``initialize``) and, for a streamed POST answer, at event boundaries (to end it cleanly when the
+request times out). bridge.py builds the legacy SSE transport and the REST surface on ``Gateway.target`` and the
+session table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import GatewayConfig, PlatformConfig
+from ..errors import MCPAgentCloudError, NotFoundError
+from ..hookspecs.types import Identity
+
+log = logging.getLogger("mcp_agent_cloud.gateway")
+
+# Headers that describe one hop, or carry the platform's own credentials: never forwarded either way.
+HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie", "origin"}
+SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+
+# JSON-RPC error codes. -32000..-32019 are implementation-defined in MCP.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+SESSION_NOT_FOUND = -32001
+LIMIT_EXCEEDED = -32010
+REQUEST_TIMED_OUT = -32011
+UPSTREAM_FAILED = -32012
+HEADER_REJECTED = -32013
+UNSUPPORTED_PROTOCOL_VERSION = -32022  # spec-defined (2026-07-28); data: {supported, requested}
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+CORS_ALLOW_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class LimitExceeded(MCPAgentCloudError):
+    """A gateway limit was hit. ``limit`` is the config key under ``gateway.``."""
+
+    status = 429
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, value: int | float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or f"raise gateway.{limit} in the platform config if this is expected")
+        self.limit = limit
+        self.value = value
+
+    @property
+    def config_key(self) -> str:
+        return f"gateway.{self.limit}"
+
+
+def rpc_error(status: int, code: int, message: str, *, id: Any = None, data: dict | None = None,
+              headers: dict | None = None) -> JSONResponse:
+    """A JSON-RPC error object as an HTTP response (MCP clients read the body of non-2xx answers)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return JSONResponse({"jsonrpc": "2.0", "id": id, "error": error}, status_code=status, headers=headers)
+
+
+def session_not_found(session_id: str) -> JSONResponse:
+    return rpc_error(404, SESSION_NOT_FOUND, "Session not found: it is unknown, expired, ended, belongs to another "
+                     "caller, or its server was restarted; start a new session with initialize",
+                     data={"session_id": session_id[:64]})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host and Origin (DNS-rebinding protection) and CORS
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _is_local_bind(host: str) -> bool:
+    """Listening on loopback or on every interface: the loopback names reach this server too."""
+    if host in ("", "0.0.0.0", "::", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def allowed_hosts(config: PlatformConfig) -> set[str]:
+    """Host header values this platform answers to by default, plus ``gateway.allowed_hosts`` (patterns kept)."""
+    port = config.port
+    hosts = set() if config.host in ("", "0.0.0.0", "::") else {f"{_bracket(config.host.lower())}:{port}"}
+    if _is_local_bind(config.host):
+        hosts |= {f"{name}:{port}" for name in LOOPBACK_NAMES}
+    if config.public_url:
+        parts = urlsplit(config.public_url)
+        if parts.hostname:
+            name = _bracket(parts.hostname.lower())
+            default = _DEFAULT_PORTS.get(parts.scheme.lower())
+            explicit = parts.port
+            if explicit is None or explicit == default:
+                hosts.add(name)  # clients leave the default port out of Host
+                if default:
+                    hosts.add(f"{name}:{default}")
+            else:
+                hosts.add(f"{name}:{explicit}")
+    hosts |= set(config.gateway.allowed_hosts)
+    return hosts
+
+
+def allowed_origins(config: PlatformConfig) -> set[str]:
+    """Origins allowed by default: the platform's own (public_url, or the listen address and its loopback names).
+    Other ports on the same machine are other origins and are refused unless configured."""
+    origins = set()
+    base = urlsplit(config.base_url)
+    if base.hostname:
+        scheme = base.scheme.lower()
+        name = _bracket(base.hostname.lower())
+        port = base.port or _DEFAULT_PORTS.get(scheme)
+        origins.add(f"{scheme}://{name}:{port}" if port else f"{scheme}://{name}")
+        if port and port == _DEFAULT_PORTS.get(scheme):
+            origins.add(f"{scheme}://{name}")  # browsers leave the default port out of Origin
+    if _is_local_bind(config.host):
+        origins |= {f"http://{name}:{config.port}" for name in LOOPBACK_NAMES}
+    origins |= set(config.gateway.allowed_origins)
+    return origins
+
+
+def _matches(value: str, allowed: set[str]) -> bool:
+    """Exact match, ``*``, or a ``base:*`` pattern for any port (the SDK's transport_security syntax)."""
+    value = value.lower()
+    if value in allowed or "*" in allowed:
+        return True
+    return any(a.endswith(":*") and value.startswith(a[:-1]) and value[len(a) - 1:].isdigit() for a in allowed)
+
+
+def host_allowed(host: str | None, allowed: set[str]) -> bool:
+    return bool(host) and _matches(host, allowed)
+
+
+def origin_allowed(origin: str | None, allowed: set[str]) -> bool:
+    """No Origin header: not a browser (or a same-origin GET), nothing to protect against."""
+    return origin is None or _matches(origin.rstrip("/"), allowed)
+
+
+class TransportGuard:
+    """ASGI middleware in front of auth: refuses requests whose Host or Origin is not this platform's (421/403),
+    answers CORS preflights for allowed origins, and adds CORS headers to their responses."""
+
+    # Probes come from load balancers and orchestrators that address the platform by IP; it returns no data.
+    EXEMPT = ("/healthz",)
+
+    def __init__(self, app, config: PlatformConfig) -> None:
+        self.app = app
+        self.hosts = allowed_hosts(config)
+        self.origins = allowed_origins(config)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        host = headers.get("host")
+        if path not in self.EXEMPT and not host_allowed(host, self.hosts):
+            return await self._reject(
+                scope, receive, send, 421, "Host", host, "gateway.allowed_hosts",
+                f"the Host header {host!r} is not a name of this platform (DNS-rebinding protection)",
+                "if clients reach the platform under this name, set public_url to the URL they use, or add the "
+                "name to gateway.allowed_hosts in the platform config")
+        origin = headers.get("origin")
+        if not origin_allowed(origin, self.origins):
+            return await self._reject(
+                scope, receive, send, 403, "Origin", origin, "gateway.allowed_origins",
+                f"requests from the web origin {origin!r} are not allowed",
+                "if web pages of this origin may call the platform, add it to gateway.allowed_origins in the "
+                "platform config")
+        if origin is None:
+            return await self.app(scope, receive, send)
+        cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())]
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            preflight = Response(status_code=204, headers={
+                "Access-Control-Allow-Methods": CORS_ALLOW_METHODS, "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600"})
+            preflight.raw_headers.extend(cors)
+            return await preflight(scope, receive, send)
+
+        async def send_with_cors(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _reject(self, scope, receive, send, status: int, header: str, value: str | None, key: str,
+                      message: str, hint: str) -> None:
+        data = {"header": header, "value": value, "config_key": key}
+        if scope["path"].rstrip("/").endswith("/mcp"):
+            response = rpc_error(status, HEADER_REJECTED, f"{message}; {hint}", data=data)
+        else:
+            code = "invalid_host" if header == "Host" else "invalid_origin"
+            response = JSONResponse({"error": code, "message": message, "hint": hint, **data}, status_code=status)
+        log.warning("refused a request to %s: %s %r (set %s to allow it)", scope["path"], header, value, key)
+        await response(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Targets and sessions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The instance serving a deployment right now. ``instance_id`` changes on every restart and redeploy."""
+
+    key: str  # "org.name"
+    org: str
+    name: str
+    url: str  # the instance's Streamable HTTP URL
+    instance_id: str
+    version: int | None = None
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    kind: str  # "http" (proxied here) or "sse" (bridged by bridge.py)
+    key: str
+    url: str
+    instance_id: str
+    owner: tuple[str, str, str | None]  # org, subject, token id
+    token_key: str
+    close: Callable[[], Awaitable[None]] | None = None
+    upstream_id: str | None = None
+    protocol_version: str | None = None
+    pending: bool = False  # reserved for an initialize that has not been answered yet
+    busy: int = 0  # requests and streams in flight: a session with an open stream is not idle
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def _owner(identity: Identity) -> tuple[str, str, str | None]:
+    return (identity.org, identity.subject, identity.token_id)
+
+
+def _token_key(identity: Identity) -> str:
+    return f"token:{identity.token_id}" if identity.token_id else f"subject:{identity.org}/{identity.subject}"
+
+
+class Gateway:
+    """Routes MCP traffic to the instance serving each deployment and keeps the table of client sessions."""
+
+    def __init__(self, platform, config: GatewayConfig, http: httpx.AsyncClient) -> None:
+        self.platform = platform
+        self._config = config
+        self.http = http
+        self.sessions: dict[str, Session] = {}
+        # key -> (instance object, its id). Holding the object means a new Instance is never mistaken for it.
+        self._instances: dict[str, tuple[Any, str]] = {}
+        self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def aclose(self) -> None:
+        """Platform stop: end every session (upstream DELETEs and bridge callbacks), briefly."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reaper
+        sessions = list(self.sessions.values())
+        self.sessions.clear()
+        if sessions:
+            with anyio.move_on_after(5):
+                await asyncio.gather(*(self._end(s, "platform stopping") for s in sessions), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- targets ---------------------------------------------------------------------------------------------
+
+    def _instance_id(self, key: str, instance: Any) -> str:
+        known = self._instances.get(key)
+        if known is None or known[0] is not instance:
+            known = (instance, secrets.token_hex(8))
+            self._instances[key] = known
+        return known[1]
+
+    def current_instance_id(self, key: str) -> str | None:
+        active = self.platform.active.get(key)
+        return None if active is None else self._instance_id(key, active.instance)
+
+    async def target(self, request: Request) -> Target:
+        """The caller's deployment named in the path. 403 another org's, 404 unknown, 503 not serving."""
+        identity: Identity = request.state.identity
+        org, short = self.platform.qualify(identity, request.path_params["name"])
+        key = f"{org}.{short}"
+        active = self.platform.active.get(key)
+        if active is None:
+            record = await self.platform.registry.get_deployment(org, short)
+            if record is None:
+                raise NotFoundError(f"no deployment {org}.{short}", hint="see `mcp-agent list`")
+            raise NotServing(f"{org}.{short} is {record.status}, not serving",
+                             hint=f"`mcp-agent start {short}` or `mcp-agent logs {short}`")
+        return Target(key=key, org=org, name=short, url=active.instance.url,
+                      instance_id=self._instance_id(key, active.instance), version=active.version)
+
+    # -- sessions --------------------------------------------------------------------------------------------
+
+    def open_session(self, target: Target, identity: Identity, kind: str,
+                     close: Callable[[], Awaitable[None]] | None = None) -> str:
+        """Register a client session on ``target`` for ``identity``; returns its id. Raises LimitExceeded (429)
+        when the deployment or the token has as many open sessions as the config allows. ``close`` is awaited
+        when the gateway ends the session itself (idle, instance replaced, platform stop), not on close_session."""
+        return self._register(target, identity, kind, close).id
+
+    def _register(self, target: Target, identity: Identity, kind: str,
+                  close: Callable[[], Awaitable[None]] | None = None, *, pending: bool = False) -> Session:
+        cfg = self._config
+        token_key = _token_key(identity)
+        per_deployment = sum(1 for s in self.sessions.values() if s.key == target.key)
+        if per_deployment >= cfg.max_sessions_per_deployment:
+            raise LimitExceeded(f"{target.key} has {per_deployment} open sessions, the most "
+                                f"gateway.max_sessions_per_deployment allows",
+                                limit="max_sessions_per_deployment", value=cfg.max_sessions_per_deployment,
+                                hint="end unused sessions (DELETE), wait for idle ones to expire, or raise "
+                                     "gateway.max_sessions_per_deployment in the platform config")
+        per_token = sum(1 for s in self.sessions.values() if s.token_key == token_key)
+        if per_token >= cfg.max_sessions_per_token:
+            raise LimitExceeded(f"this token has {per_token} open sessions, the most gateway.max_sessions_per_token "
+                                f"allows", limit="max_sessions_per_token", value=cfg.max_sessions_per_token,
+                                hint="end unused sessions (DELETE), wait for idle ones to expire, or raise "
+                                     "gateway.max_sessions_per_token in the platform config")
+        session = Session(id=secrets.token_urlsafe(24), kind=kind, key=target.key, url=target.url,
+                          instance_id=target.instance_id, owner=_owner(identity), token_key=token_key, close=close,
+                          pending=pending)
+        self.sessions[session.id] = session
+        return session
+
+    def touch(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.last_used = time.monotonic()
+
+    async def close_session(self, session_id: str) -> None:
+        """The owner ends a session: forget it; an HTTP session is also DELETEd upstream. ``close`` is not called
+        (the caller is the one closing)."""
+        session = self.sessions.pop(session_id, None)
+        if session is not None and session.kind == "http":
+            await self._delete_upstream(session)
+
+    def lookup(self, session_id: str, target: Target, identity: Identity) -> Session | None:
+        """The session for this caller on this instance, or None (unknown, expired, foreign, instance replaced)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.pending or session.owner != _owner(identity) or session.key != target.key:
+            return None
+        if session.instance_id != target.instance_id:
+            self._drop(session, "its instance was replaced")
+            return None
+        if session.busy == 0 and time.monotonic() - session.last_used > self._config.session_idle_timeout:
+            self._drop(session, "idle")
+            return None
+        return session
+
+    def _drop(self, session: Session, reason: str) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self._spawn(self._end(session, reason))
+
+    async def _end(self, session: Session, reason: str) -> None:
+        """The gateway ends a session on its own: tell the upstream (if it still runs) or the bridge."""
+        log.info("ending %s session on %s: %s", session.kind, session.key, reason)
+        try:
+            if session.close is not None:
+                await session.close()
+            elif session.kind == "http" and self.current_instance_id(session.key) == session.instance_id:
+                await self._delete_upstream(session)
+        except Exception as exc:  # a failing close must not stop the reaper
+            log.warning("ending a session on %s failed: %r", session.key, exc)
+
+    async def _delete_upstream(self, session: Session) -> None:
+        if not session.upstream_id:
+            return
+        headers = {SESSION_HEADER: session.upstream_id}
+        if session.protocol_version:
+            headers[VERSION_HEADER] = session.protocol_version
+        with contextlib.suppress(httpx.HTTPError), anyio.move_on_after(5):
+            resp = await self.http.delete(session.url, headers=headers)
+            await resp.aclose()
+
+    async def _reap_loop(self) -> None:
+        interval = max(0.2, min(self._config.session_idle_timeout / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reap()
+            except Exception:  # keep reaping whatever happened
+                log.exception("the session reaper failed")
+
+    def reap(self) -> None:
+        """End idle sessions and sessions whose instance is gone or was replaced."""
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            current = self.current_instance_id(session.key)
+            if current != session.instance_id:
+                self._drop(session, "its instance was replaced or stopped")
+            elif session.busy == 0 and now - session.last_used > self._config.session_idle_timeout:
+                self._drop(session, f"idle for more than {self._config.session_idle_timeout:g}s")
+        for key in list(self._instances):
+            if key not in self.platform.active:
+                del self._instances[key]
+
+    # -- the Streamable HTTP proxy ---------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        methods = ["GET", "POST", "DELETE"]
+        return [Route("/servers/{name}/mcp", self.handle, methods=methods),
+                Route("/servers/{name}/mcp/", self.handle, methods=methods)]
+
+    async def handle(self, request: Request) -> Response:
+        """MCP Streamable HTTP endpoint of a deployment (POST messages, GET stream, DELETE session)."""
+        try:
+            target = await self.target(request)
+        except MCPAgentCloudError as exc:
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
+        identity: Identity = request.state.identity
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
+            return rpc_error(400, UNSUPPORTED_PROTOCOL_VERSION,
+                             f"unsupported MCP-Protocol-Version {version!r}; known versions: "
+                             f"{', '.join(KNOWN_PROTOCOL_VERSIONS)}",
+                             data={"supported": list(KNOWN_PROTOCOL_VERSIONS), "requested": version})
+        client_sid = request.headers.get(SESSION_HEADER)
+        session = None
+        if client_sid is not None:
+            session = self.lookup(client_sid, target, identity)
+            if session is None:
+                return session_not_found(client_sid)
+
+        body = b""
+        ids: list[Any] = []
+        initialize = None
+        if request.method == "POST":
+            parsed = await self._read_message(request)
+            if isinstance(parsed, Response):
+                return parsed
+            body, messages = parsed
+            ids = [m["id"] for m in messages if "method" in m and "id" in m]
+            if session is None and len(messages) == 1 and messages[0].get("method") == "initialize":
+                initialize = messages[0]
+
+        reserved = None
+        if initialize is not None:
+            try:
+                reserved = self._register(target, identity, "http", pending=True)
+            except LimitExceeded as exc:
+                return self._limit_response(exc, initialize.get("id"))
+        if session is not None:
+            session.busy += 1
+            session.last_used = time.monotonic()
+            if version:
+                session.protocol_version = version
+        started = time.monotonic()
+        try:
+            response = await self._forward(request, target, identity, session, reserved, body, ids, started)
+        except BaseException:
+            self._release(session, reserved)
+            raise
+        if not isinstance(response, _Relay):
+            self._release(session, reserved)
+        return response
+
+    def _release(self, session: Session | None, reserved: Session | None) -> None:
+        if session is not None:
+            session.busy -= 1
+            session.last_used = time.monotonic()
+        if reserved is not None and reserved.pending:
+            self.sessions.pop(reserved.id, None)
+
+    def _limit_response(self, exc: LimitExceeded, id: Any = None) -> Response:
+        return rpc_error(exc.status, LIMIT_EXCEEDED, f"{exc.message}; {exc.hint}", id=id,
+                         data={"limit": exc.limit, "config_key": exc.config_key, "value": exc.value})
+
+    async def _read_message(self, request: Request) -> tuple[bytes, list[dict]] | Response:
+        """The POST body, at most gateway.max_message_bytes, parsed as one JSON-RPC message or a batch."""
+        limit = self._config.max_message_bytes
+        too_big = rpc_error(413, LIMIT_EXCEEDED, f"the message is larger than {limit} bytes, the most "
+                            "gateway.max_message_bytes allows", data={"limit": "max_message_bytes",
+                                                                       "config_key": "gateway.max_message_bytes",
+                                                                       "value": limit})
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            return too_big
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                return too_big
+        body = bytes(chunks)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return rpc_error(400, PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})")
+        messages = data if isinstance(data, list) else [data]
+        if not messages or not all(_is_jsonrpc(m) for m in messages):
+            return rpc_error(400, INVALID_REQUEST, "Invalid Request: the body must be a JSON-RPC 2.0 message "
+                             "(an object with \"jsonrpc\": \"2.0\" and a method, or a result or error) or a "
+                             "non-empty array of them")
+        return body, messages
+
+    def _upstream_headers(self, request: Request, session: Session | None) -> list[tuple[str, str]]:
+        headers = [(k, v) for k, v in request.headers.items()
+                   if k.lower() not in HOP_HEADERS and k.lower() not in (SESSION_HEADER, "accept-encoding")]
+        if session is not None and session.upstream_id:
+            headers.append((SESSION_HEADER, session.upstream_id))
+        # Uncompressed, so the relay can see SSE event boundaries and pass the bytes on unchanged.
+        headers.append(("accept-encoding", "identity"))
+        return headers
+
+    async def _forward(self, request: Request, target: Target, identity: Identity, session: Session | None,
+                       reserved: Session | None, body: bytes, ids: list[Any], started: float) -> Response:
+        url = httpx.URL(target.url)
+        if request.url.query:
+            url = url.copy_with(query=request.url.query.encode())
+        upstream = self.http.build_request(request.method, url, headers=self._upstream_headers(request, session),
+                                           content=body if request.method == "POST" else None)
+        timeout = self._config.request_timeout
+        try:
+            with anyio.fail_after(timeout):
+                resp = await self.http.send(upstream, stream=True)
+        except TimeoutError:
+            return self._timeout_response(target, ids, 504)
+        except httpx.HTTPError as exc:
+            return _batch_error(502, UPSTREAM_FAILED, f"{target.key} did not answer: {type(exc).__name__}: {exc}",
+                                ids, data={"deployment": target.key})
+
+        upstream_sid = resp.headers.get(SESSION_HEADER)
+        if session is not None:
+            if resp.status_code == 404:
+                # The upstream forgot the session (it expired or restarted there): so do we.
+                await resp.aclose()
+                self.sessions.pop(session.id, None)
+                return session_not_found(session.id)
+            if request.method == "DELETE" and resp.status_code < 300:
+                self.sessions.pop(session.id, None)
+            sid = session.id
+        elif upstream_sid and resp.status_code < 400:
+            if reserved is not None:
+                reserved.upstream_id, reserved.pending, reserved.last_used = upstream_sid, False, time.monotonic()
+                sid = reserved.id
+            else:  # a server that opens sessions on a request other than initialize
+                try:
+                    opened = self._register(target, identity, "http")
+                except LimitExceeded as exc:
+                    await resp.aclose()
+                    orphan = Session(id="", kind="http", key=target.key, url=target.url,
+                                     instance_id=target.instance_id, owner=_owner(identity), token_key="",
+                                     upstream_id=upstream_sid)
+                    self._spawn(self._delete_upstream(orphan))
+                    return self._limit_response(exc, ids[0] if len(ids) == 1 else None)
+                opened.upstream_id = upstream_sid
+                sid = opened.id
+        else:
+            sid = None
+
+        headers = [(k, v) for k, v in resp.headers.multi_items()
+                   if k.lower() not in HOP_HEADERS and k.lower() != SESSION_HEADER]
+        if sid is not None and (upstream_sid or session is not None):
+            headers.append((SESSION_HEADER, sid))
+        streamed = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
+        deadline = started + timeout if request.method == "POST" and streamed and ids else None
+        return _Relay(self, resp, headers, session, reserved, deadline, ids,
+                      f"{target.key} did not finish within {timeout:g}s, the most gateway.request_timeout allows")
+
+    def _timeout_response(self, target: Target, ids: list[Any], status: int) -> Response:
+        timeout = self._config.request_timeout
+        return _batch_error(status, REQUEST_TIMED_OUT,
+                            f"{target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
+                            "allows; raise gateway.request_timeout in the platform config for slow tools",
+                            ids, data={"limit": "request_timeout", "config_key": "gateway.request_timeout",
+                                       "value": timeout})
+
+
+class NotServing(MCPAgentCloudError):
+    status = 503
+    code = "unavailable"
+
+
+def _is_jsonrpc(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return False
+    if "method" in message:
+        return isinstance(message["method"], str)
+    return "id" in message and ("result" in message or "error" in message)
+
+
+def _error_object(code: int, message: str, id: Any, data: dict | None) -> dict:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": id, "error": error}
+
+
+def _batch_error(status: int, code: int, message: str, ids: list[Any], data: dict | None = None) -> Response:
+    """One error per request id (an array for a batch), or one with id null when the POST had no request."""
+    if len(ids) > 1:
+        return JSONResponse([_error_object(code, message, i, data) for i in ids], status_code=status)
+    return JSONResponse(_error_object(code, message, ids[0] if ids else None, data), status_code=status)
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class _SSESplitter:
+    """Cuts an SSE byte stream at event boundaries, so a stream can be ended between events, and notes the ids
+    of the JSON-RPC responses it carried."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.answered: set[Any] = set()
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.buf + data
+        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # "\r" may be the first half of "\r\n"
+        start = line_start = 0
+        for m in _EOL.finditer(buf, 0, end):
+            if m.start() == line_start:  # a blank line ends an event
+                self._note(buf[start:m.start()])
+                start = m.end()
+            line_start = m.end()
+        self.buf = buf[start:]
+        return buf[:start]
+
+    def _note(self, event: bytes) -> None:
+        data = b"\n".join(line[5:].removeprefix(b" ") for line in _EOL.split(event) if line.startswith(b"data:"))
+        if not data:
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return
+        for message in payload if isinstance(payload, list) else [payload]:
+            if isinstance(message, dict) and "id" in message and ("result" in message or "error" in message):
+                self.answered.add(json.dumps(message["id"]))
+
+
+class _Relay:
+    """Streams the upstream response to the client. Ends the upstream response when the client goes away (no
+    leaked connections), and a POST's SSE stream that outlives gateway.request_timeout with an error event."""
+
+    def __init__(self, gateway: Gateway, resp: httpx.Response, headers: list[tuple[str, str]],
+                 session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any],
+                 timeout_message: str) -> None:
+        self.gateway = gateway
+        self.resp = resp
+        self.headers = headers
+        self.session = session
+        self.reserved = reserved
+        self.deadline = deadline
+        self.ids = ids
+        self.timeout_message = timeout_message
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_disconnect)
+                await self._stream(send)
+                tg.cancel_scope.cancel()
+        except* OSError:
+            pass  # the client went away while we were sending
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.resp.aclose()
+            self.gateway._release(self.session, self.reserved)
+
+    async def _stream(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.resp.status_code,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]})
+        if self.deadline is None:
+            async for chunk in self.resp.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        splitter = _SSESplitter()
+        with anyio.move_on_after(max(0.0, self.deadline - time.monotonic())) as scope:
+            async for chunk in self.resp.aiter_raw():
+                whole = splitter.feed(chunk)
+                if whole:
+                    await send({"type": "http.response.body", "body": whole, "more_body": True})
+        tail = b""
+        if scope.cancelled_caught:
+            data = {"limit": "request_timeout", "config_key": "gateway.request_timeout",
+                    "value": self.gateway.config.request_timeout}
+            for request_id in self.ids:
+                if json.dumps(request_id) not in splitter.answered:
+                    error = _error_object(REQUEST_TIMED_OUT, self.timeout_message, request_id, data)
+                    tail += b"event: message\ndata: " + json.dumps(error).encode() + b"\n\n"
+        elif splitter.buf:
+            tail = splitter.buf  # the upstream ended mid-event: pass on what it sent
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
