@@ -370,7 +370,7 @@ class Platform:
         if req.kind == "stdio" and not req.command:
             raise ValidationFailed("a stdio server deploy needs a command", hint="pass --command CMD (and --arg A ...)")
         if req.session_mode is not None and req.kind != "stdio":
-            raise ValidationFailed(f"session mode applies to stdio servers only, not to a {req.kind} deployment",
+            raise ValidationFailed(f"session mode applies to stdio servers only, not to {req.kind} deployments",
                                    hint="drop --session-mode: apps and remote servers manage their own sessions")
         for key in req.env:
             if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
