@@ -100,13 +100,14 @@ SUBSCRIBABLE = textwrap.dedent(
 
 
 class Adapter:
-    def __init__(self, tmp_path: Path, *command: str, port: int | None = None) -> None:
+    def __init__(self, tmp_path: Path, *command: str, port: int | None = None, mode: str = "isolated",
+                 flags: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.stderr = tmp_path / "adapter.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mcp_agent_cloud.runtime.adapter", "--port", str(self.port),
-             "--cwd", str(tmp_path), "--", *command],
+             "--cwd", str(tmp_path), "--session-mode", mode, *flags, "--", *command],
             stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"),
         )
 
@@ -119,8 +120,11 @@ class Adapter:
             pytest.fail("adapter did not listen:\n" + self.log())
         return self
 
+    def children(self) -> list[int]:
+        return descendants(self.proc.pid)
+
     def child(self) -> int:
-        kids = descendants(self.proc.pid)
+        kids = self.children()
         assert len(kids) == 1, kids
         return kids[0]
 
@@ -148,6 +152,13 @@ def script(tmp_path: Path):
     return write
 
 
+def leaf(exc: BaseException) -> BaseException:
+    """The innermost error of the exception groups the SDK raises."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while pid_alive(pid):
@@ -157,9 +168,13 @@ def gone_within(pid: int, seconds: float) -> bool:
     return True
 
 
+MODES = pytest.mark.parametrize("mode", ["isolated", "shared"])
+
+
+@MODES
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
-def test_forwards_tools_resources_prompts_and_completions(tmp_path: Path, script) -> None:
-    adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING)).ready()
+def test_forwards_tools_resources_prompts_and_completions(tmp_path: Path, script, mode: str) -> None:
+    adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING), mode=mode).ready()
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
@@ -191,7 +206,7 @@ def test_forwards_tools_resources_prompts_and_completions(tmp_path: Path, script
                                          {"name": "code", "value": "py"})
             assert done.completion.values == ["python", "pytest"]
 
-        # The same child serves a second, handshake-era client.
+        # A second, handshake-era client (its own child in isolated mode, the same one in shared mode).
         async with Client(adapter.url, mode="legacy") as client:
             assert client.server_info.name == "everything"
             assert (await client.call_tool("add", {"a": 1, "b": 1})).structured_content == {"result": 2}
@@ -205,9 +220,10 @@ def test_forwards_tools_resources_prompts_and_completions(tmp_path: Path, script
     assert progress[-1][2] == "step 3"
 
 
+@MODES
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
-def test_advertises_only_what_the_child_does_and_relays_resource_updates(tmp_path: Path, script) -> None:
-    adapter = Adapter(tmp_path, sys.executable, script(SUBSCRIBABLE)).ready()
+def test_advertises_only_what_the_child_does_and_relays_resource_updates(tmp_path: Path, script, mode: str) -> None:
+    adapter = Adapter(tmp_path, sys.executable, script(SUBSCRIBABLE), mode=mode).ready()
     updates: list[str] = []
 
     async def main() -> None:
@@ -238,60 +254,97 @@ def test_advertises_only_what_the_child_does_and_relays_resource_updates(tmp_pat
     assert "child: subscribe file:///a" in adapter.log() and "child: unsubscribe file:///a" in adapter.log()
 
 
-def test_mcp_server_time_and_sigterm_takes_the_child_down(tmp_path: Path) -> None:
-    adapter = Adapter(tmp_path, str(Path(sys.executable).parent / "mcp-server-time")).ready()
-    child = adapter.child()
+@MODES
+def test_mcp_server_time_and_sigterm_takes_the_child_down(tmp_path: Path, mode: str) -> None:
+    adapter = Adapter(tmp_path, str(Path(sys.executable).parent / "mcp-server-time"), mode=mode).ready()
+    if mode == "shared":
+        assert len(adapter.children()) == 1  # started with the adapter
+    else:
+        assert adapter.children() == []  # started by a session's initialize
 
-    async def main() -> str:
+    async def main() -> tuple[str, int]:
         async with Client(adapter.url) as client:
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             assert not result.is_error
-            return result.structured_content["timezone"]
+            child = adapter.child()
+            adapter.proc.send_signal(signal.SIGTERM)  # with the session still open
+            return result.structured_content["timezone"], child
 
     try:
-        assert anyio.run(main) == "UTC"
+        timezone, child = anyio.run(main)
+        assert timezone == "UTC"
     finally:
         code = adapter.terminate()
     assert code == 0, adapter.log()
     assert gone_within(child, 5), f"stdio server {child} outlived the adapter"
+    assert not pid_alive(child)
 
 
-def test_exits_nonzero_when_the_child_dies(tmp_path: Path, script) -> None:
-    adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING)).ready()
+def test_shared_adapter_exits_nonzero_when_the_child_dies(tmp_path: Path, script) -> None:
+    adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING), mode="shared").ready()
     os.kill(adapter.child(), signal.SIGKILL)
     assert adapter.wait(timeout=30) == 1
-    assert "exited; stopping the adapter" in adapter.log()
+    assert "was killed by SIGKILL; stopping the adapter (exit 1)" in adapter.log()
 
 
-def test_child_that_cannot_start(tmp_path: Path) -> None:
-    adapter = Adapter(tmp_path, "no-such-command-mcpac")
+@MODES
+def test_child_that_cannot_start(tmp_path: Path, mode: str) -> None:
+    adapter = Adapter(tmp_path, "no-such-command-mcpac", mode=mode)
     assert adapter.wait(timeout=60) == 1
-    assert "cannot start the stdio server 'no-such-command-mcpac'" in adapter.log()
+    assert "cannot start the stdio server 'no-such-command-mcpac': not found on PATH" in adapter.log()
 
 
-def test_child_that_exits_before_initializing(tmp_path: Path, script) -> None:
-    adapter = Adapter(tmp_path, sys.executable, script("import sys; print('boom', file=sys.stderr); sys.exit(3)\n"))
+def test_shared_child_that_exits_before_initializing(tmp_path: Path, script) -> None:
+    adapter = Adapter(tmp_path, sys.executable, script("import sys; print('boom', file=sys.stderr); sys.exit(3)\n"),
+                      mode="shared")
     assert adapter.wait(timeout=60) == 1
     log = adapter.log()
     assert "boom" in log  # the child's stderr reaches the adapter's
-    assert "did not initialize" in log or "exited; stopping the adapter" in log
+    assert "did not initialize" in log or "exited with code 3; stopping the adapter" in log
 
 
-def test_port_in_use(tmp_path: Path, script) -> None:
+def test_isolated_child_that_exits_before_initializing(tmp_path: Path, script) -> None:
+    adapter = Adapter(tmp_path, sys.executable, script("import sys; print('boom', file=sys.stderr); sys.exit(3)\n"))
+    adapter.ready()
+
+    async def main() -> str:
+        with pytest.raises(Exception) as failed:
+            async with Client(adapter.url, mode="legacy"):
+                pass
+        return str(leaf(failed.value))
+
+    try:
+        for _ in range(2):  # each session fails on its own; the adapter keeps serving
+            assert "the stdio server exited with code 3" in anyio.run(main)
+        assert adapter.proc.poll() is None
+    finally:
+        assert adapter.terminate() == 0, adapter.log()
+    assert adapter.log().count("boom") == 2
+
+
+@MODES
+def test_port_in_use(tmp_path: Path, script, mode: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING), port=taken.getsockname()[1])
+        adapter = Adapter(tmp_path, sys.executable, script(EVERYTHING), port=taken.getsockname()[1], mode=mode)
         assert adapter.wait(timeout=60) == 1
     log = adapter.log()
     assert "address already in use" in log and "cannot listen on" in log
-    assert "initialized" in log  # the child ran...
+    if mode == "shared":
+        assert "initialized" in log  # the child ran...
     assert not [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
                 if str(tmp_path / "server.py") in proc_cmdline(p)], "...and must not outlive the adapter"
 
 
-def test_usage_errors_exit_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mcp_agent_cloud.runtime.adapter", "--port", "1"],
+@pytest.mark.parametrize("args, error", [
+    (["--port", "1"], "put it after --"),
+    (["--port", "1", "--session-mode", "pooled", "--", "x"], "invalid choice: 'pooled'"),
+    (["--port", "1", "--idle-timeout", "0", "--", "x"], "must be greater than 0"),
+    (["--port", "1", "--max-sessions", "-3", "--", "x"], "must be greater than 0"),
+])
+def test_usage_errors_exit_2(args: list[str], error: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mcp_agent_cloud.runtime.adapter", *args],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "put it after --" in proc.stderr
+    assert error in proc.stderr
