@@ -21,7 +21,8 @@ from starlette.routing import Mount, Route, Router
 from .. import __version__
 from ..errors import ForbiddenError, MCPAgentCloudError, ValidationFailed
 from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
-from .bridge import bridge_routes
+from . import bridge as _bridge
+from .bridge import Bridge
 from .gateway import Gateway, TransportGuard
 from .service import DeployRequest, Platform
 
@@ -263,7 +264,8 @@ def build_app(platform: Platform) -> Starlette:
     endpoints.append(Endpoint("GET", "/api/v1/openapi.json", openapi, "This document", public=True))
     routes = [Route(e.path, _wrap(e.handler), methods=[e.method]) for e in endpoints]
     gateway = Gateway(platform, platform.config.gateway, http)
-    served = gateway.routes() + bridge_routes(gateway)
+    bridge = Bridge(gateway)  # the legacy SSE transport and the REST surface, on the gateway's sessions
+    served = gateway.routes() + bridge.routes
     routes += served
 
     @contextlib.asynccontextmanager
@@ -274,6 +276,7 @@ def build_app(platform: Platform) -> Starlette:
             yield
         finally:
             await gateway.aclose()  # before the instances stop: sessions are ended upstream
+            await bridge.aclose()
             await platform.stop()
             await http.aclose()
 
@@ -350,6 +353,21 @@ async def _log_stream(path: Path, tail: int, follow: bool):
             yield data.decode("utf-8", "replace")
 
 
+# OpenAPI summaries (and request body models in bridge.py) of the gateway's routes.
+GATEWAY_DOCS: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("GET", "/servers/{name}/mcp"): ("MCP Streamable HTTP: open the server-to-client SSE stream of a session", None),
+    ("POST", "/servers/{name}/mcp"): ("MCP Streamable HTTP: send a JSON-RPC message or batch", None),
+    ("DELETE", "/servers/{name}/mcp"): ("MCP Streamable HTTP: end a session", None),
+    ("GET", "/servers/{name}/sse"): ("Legacy MCP HTTP+SSE transport: open a session's event stream", None),
+    ("POST", "/servers/{name}/messages"): ("Legacy MCP HTTP+SSE transport: send a JSON-RPC message to a session",
+                                           None),
+    ("GET", "/servers/{name}/tools"): ("REST: the deployment's tools", None),
+    ("POST", "/servers/{name}/call_tool"): ("REST: call a tool", "CallToolBody"),
+    ("POST", "/servers/{name}/read_resource"): ("REST: read a resource", "ReadResourceBody"),
+    ("GET", "/servers/{name}/prompts"): ("REST: the deployment's prompts", None),
+}
+
+
 def _operation_id(method: str, path: str) -> str:
     tail = path.removeprefix("/servers/{name}/").strip("/").replace("/", "_") or "root"
     return f"{tail}_{method.lower()}"
@@ -390,19 +408,19 @@ def openapi_document(endpoints: list[Endpoint], gateway_routes: list = ()) -> di
         paths.setdefault(e.path, {})[e.method.lower()] = op
     for route in gateway_routes:
         path = getattr(route, "path", "")
-        if not path.startswith("/servers/") or (path.endswith("/") and path.rstrip("/") in paths):
-            continue  # trailing-slash aliases are not listed twice
+        if not path.startswith("/servers/") or path.rstrip("/") in {p.rstrip("/") for p in paths}:
+            continue  # trailing-slash aliases are listed once
         doc = (getattr(getattr(route, "endpoint", None), "__doc__", None) or "").strip().splitlines()
-        summary = doc[0] if doc else f"{path} of a deployment"
         for method in sorted((getattr(route, "methods", None) or set()) - {"HEAD"}):
+            summary, body = GATEWAY_DOCS.get((method, path.rstrip("/")), (doc[0] if doc else path, None))
             op = {"summary": summary, "operationId": _operation_id(method, path), "security": [{"bearer": []}],
                   "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                                   "description": "deployment name, or org.name"}],
                   "responses": {"200": {"description": "OK"}, "4XX": error}}
-            if path.endswith("/mcp"):
-                op["summary"] = {"GET": "MCP Streamable HTTP: open the server-to-client SSE stream of a session",
-                                 "POST": "MCP Streamable HTTP: send a JSON-RPC message or batch",
-                                 "DELETE": "MCP Streamable HTTP: end a session"}.get(method, summary)
+            model = getattr(_bridge, body, None) if body else None
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(model)}}}
+            if path.rstrip("/").endswith("/mcp"):
                 op["parameters"] += [
                     {"name": "Mcp-Session-Id", "in": "header", "required": False, "schema": {"type": "string"},
                      "description": "session id the gateway returned on initialize"},
@@ -416,6 +434,14 @@ def openapi_document(endpoints: list[Endpoint], gateway_routes: list = ()) -> di
                                            "429 session limit", "content": {"application/json": {"schema": rpc}}},
                     "5XX": {"description": "JSON-RPC error: 502 upstream failed, 504 timed out",
                             "content": {"application/json": {"schema": rpc}}}}
+            elif path.rstrip("/").endswith("/sse"):
+                op["responses"]["200"] = {"description": "SSE stream; its first event names the message endpoint",
+                                          "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+            elif path.rstrip("/").endswith("/messages"):
+                op["parameters"].append({"name": "session_id", "in": "query", "required": True,
+                                         "schema": {"type": "string"}})
+                op["responses"] = {"202": {"description": "accepted; the answer comes on the SSE stream"},
+                                   "4XX": error}
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
