@@ -38,6 +38,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import MCPAgentCloudError, NotFoundError, TooLargeError, ValidationFailed
 from ..hookspecs.types import Identity
+from .gateway import REQUEST_TIMED_OUT
 
 log = logging.getLogger("mcp_agent_cloud.platform.bridge")
 
@@ -125,17 +126,21 @@ class Bridge:
             except MCPAgentCloudError as exc:
                 return _error_response(exc)
         endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__  # the OpenAPI summary
         return endpoint
 
     async def list_tools(self, request: Request, target) -> dict:
+        """REST: the deployment's tools, all pages ({"tools": [...]})"""
         tools = await self.pool.list_all(target, "tools")
         return {"tools": [t.model_dump(**WIRE) for t in tools]}
 
     async def list_prompts(self, request: Request, target) -> dict:
+        """REST: the deployment's prompts, all pages ({"prompts": [...]})"""
         prompts = await self.pool.list_all(target, "prompts")
         return {"prompts": [p.model_dump(**WIRE) for p in prompts]}
 
     async def call_tool(self, request: Request, target) -> dict:
+        """REST: call a tool (body {"name", "arguments"}); answers the MCP CallToolResult"""
         body = await self._body(request, CallToolBody, '{"name": "greet", "arguments": {"name": "world"}}')
         result = await self.pool.request(target, types.CallToolRequest(
             params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
@@ -143,6 +148,7 @@ class Bridge:
         return result.model_dump(**WIRE)
 
     async def read_resource(self, request: Request, target) -> dict:
+        """REST: read a resource (body {"uri"}); answers the MCP ReadResourceResult"""
         body = await self._body(request, ReadResourceBody, '{"uri": "file:///notes.txt"}')
         result = await self.pool.request(target, types.ReadResourceRequest(
             params=types.ReadResourceRequestParams(uri=body.uri)), types.ReadResourceResult,
@@ -296,7 +302,7 @@ class RestPool:
                     continue
                 if exc.code == types.CONNECTION_CLOSED:
                     pooled.dead = True
-                raise _mcp_error(target, exc, hint) from None
+                raise _mcp_error(target, exc, hint, pooled.timeout) from None
             except ValidationError as exc:
                 raise UpstreamError(f"{target.key} answered with an invalid result: {exc.error_count()} problems",
                                     hint=f"check the server's logs: `mcp-agent logs {target.name}`") from None
@@ -333,12 +339,12 @@ def _leaf(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _mcp_error(target, exc: MCPError, hint: str) -> MCPAgentCloudError:
+def _mcp_error(target, exc: MCPError, hint: str, timeout: float) -> MCPAgentCloudError:
     """A JSON-RPC error from upstream, as an HTTP error that says whose fault it was."""
     detail = f"{target.key} answered with JSON-RPC error {exc.code}: {exc.message}"
     if exc.code == types.REQUEST_TIMEOUT:
-        return UpstreamTimeout(f"{target.key} did not answer in time: {exc.message}",
-                               hint="raise gateway.request_timeout in the platform config, or make the call faster")
+        return UpstreamTimeout(f"{target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
+                               "allows", hint="raise gateway.request_timeout in the platform config for slow tools")
     if exc.code == types.CONNECTION_CLOSED:
         return UpstreamError(f"the connection to {target.key} closed: {exc.message}",
                              hint=f"check `mcp-agent status {target.name}` and `mcp-agent logs {target.name}`; "
@@ -354,7 +360,9 @@ def _mcp_error(target, exc: MCPError, hint: str) -> MCPAgentCloudError:
 
 
 class _SseEndpoint:
-    """ASGI app for ``GET /servers/{name}/sse``: the SDK transport needs the raw send channel for its stream."""
+    """Legacy HTTP+SSE transport: open the event stream; its first event names the message endpoint.
+
+    An ASGI app rather than a request handler: the SDK transport needs the raw send channel for its stream."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -384,7 +392,8 @@ class SseConnection:
         self.identity = identity
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self.pending: dict[Any, str] = {}  # client request id -> method, until upstream answers
+        self.pending: dict[Any, object] = {}  # client request id -> a token of that request, until answered
+        self.expired: set[Any] = set()  # ids answered with a timeout error: a late upstream answer is dropped
         self.ended_by: str | None = None  # "client", "upstream" or "gateway"
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
@@ -434,7 +443,9 @@ class SseConnection:
                             self.gateway.touch(self.session_id)
                             message = item.message
                             if isinstance(message, types.JSONRPCRequest):
-                                self.pending[message.id] = message.method
+                                token = self.pending[message.id] = object()
+                                self.expired.discard(message.id)
+                                tg.start_soon(self._expire, message.id, token, up_write, client_write)
                                 if message.method == "initialize":
                                     init_ids.add(message.id)
                             # The client's MCP-Protocol-Version travels as per-message metadata for the transport.
@@ -451,6 +462,9 @@ class SseConnection:
                                 continue
                             message = item.message
                             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+                                if message.id in self.expired:
+                                    self.expired.discard(message.id)
+                                    continue
                                 self.pending.pop(message.id, None)
                                 if (isinstance(message, types.JSONRPCResponse) and message.id in init_ids
                                         and isinstance(message.result.get("protocolVersion"), str)):
@@ -474,6 +488,25 @@ class SseConnection:
             log.info("SSE session %s: upstream %s failed: %s", self.session_id, self.target.key, failure)
         return failure
 
+    async def _expire(self, request_id, token, up_write, client_write) -> None:
+        """gateway.request_timeout for one request: answer it with an error and cancel it upstream."""
+        timeout = self.gateway.config.request_timeout
+        await anyio.sleep(timeout)
+        if self.pending.get(request_id) is not token:
+            return  # answered (or the id was reused by a later request)
+        del self.pending[request_id]
+        self.expired.add(request_id)
+        error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(
+            code=REQUEST_TIMED_OUT,
+            message=f"{self.target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
+                    "allows; raise gateway.request_timeout in the platform config for slow tools",
+            data={"limit": "request_timeout", "config_key": "gateway.request_timeout", "value": timeout}))
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await client_write.send(SessionMessage(error))
+            await up_write.send(SessionMessage(types.JSONRPCNotification(
+                jsonrpc="2.0", method="notifications/cancelled",
+                params={"requestId": request_id, "reason": "gateway.request_timeout"})))
+
     async def _fail_pending(self, client_write, failure: str) -> None:
         if not self.pending:
             return
@@ -490,8 +523,10 @@ class SseConnection:
 
 
 class _MessageEndpoint:
-    """ASGI app for ``POST /servers/{name}/messages/?session_id=...``: the SDK transport delivers the message
-    (size limit, ownership, parsing); its plain-text errors are answered as the platform's JSON errors."""
+    """Legacy HTTP+SSE transport: post one JSON-RPC message to the stream named by ?session_id=
+
+    The SDK transport delivers the message (size limit, ownership, parsing); its plain-text errors are answered as
+    the platform's JSON errors."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge

@@ -25,6 +25,7 @@ from tests.e2e.test_lifecycle_edges import serving_instance_url
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 MAX_MESSAGE = 64 * 1024
+REQUEST_TIMEOUT = 8  # seconds; the `block` tool never answers, so its calls end by this limit
 ACCEPT = "application/json, text/event-stream"
 
 PROBE_APP = '''
@@ -81,7 +82,8 @@ def review(code: str) -> str:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, shared_envs):
     root = tmp_path_factory.mktemp("gwsserest")
-    platform = PlatformProcess(root, shared_envs, extra_config=f"gateway: {{max_message_bytes: {MAX_MESSAGE}}}\n")
+    platform = PlatformProcess(root, shared_envs, extra_config=f"gateway: {{max_message_bytes: {MAX_MESSAGE}, "
+                                                               f"request_timeout: {REQUEST_TIMEOUT}}}\n")
     platform.start()
     try:
         app = root / "probe"
@@ -229,13 +231,40 @@ def test_sse_pending_call_gets_an_error_when_the_deployment_stops(gw):
                     await started.wait()  # the call is running in the app
                 await anyio.to_thread.run_sync(lambda: gw.cli("stop", "probe", check=True))
             # Whoever notices first (the SDK transport when the upstream stream breaks, or the gateway ending the
-            # session) answers the call with a connection-closed JSON-RPC error.
-            assert isinstance(outcome[0], MCPError) and outcome[0].code == types.CONNECTION_CLOSED, outcome
+            # session) answers the call with a connection-closed JSON-RPC error; on a machine so slow that the stop
+            # took longer than the request timeout, that limit answered it.
+            assert isinstance(outcome[0], MCPError), outcome
+            assert outcome[0].code in (types.CONNECTION_CLOSED, -32011), outcome
 
     try:
         anyio.run(run)
     finally:
         gw.cli("start", "probe", check=True)
+
+
+def test_request_timeout_over_sse_and_rest(gw):
+    """A call that never finishes ends at gateway.request_timeout, on both surfaces; the session lives on."""
+    async def over_sse() -> None:
+        async with sse_session(gw, "probe") as (session, _):
+            with pytest.raises(MCPError) as err:
+                await session.call_tool("block", {})
+            assert err.value.code == -32011 and "gateway.request_timeout" in err.value.message
+            assert err.value.error.data["config_key"] == "gateway.request_timeout"
+            assert text_of(await session.call_tool("session_id", {}))
+
+    async def over_rest() -> httpx.Response:
+        async with httpx.AsyncClient(headers=auth(gw.token), timeout=60) as client:
+            return await client.post(f"{gw.url}/servers/probe/call_tool", json={"name": "block"})
+
+    async def run() -> httpx.Response:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(over_sse)
+            rest_response = await over_rest()
+        return rest_response
+
+    r = anyio.run(run)
+    assert r.status_code == 504 and "gateway.request_timeout" in r.json()["message"], r.text
+    assert rest(gw, "POST", "probe/call_tool", json={"name": "session_id"}).status_code == 200
 
 
 def test_sse_unknown_deployment_and_no_token(gw):
