@@ -274,12 +274,53 @@ def test_child_killed_mid_request_fails_that_call_only(gw):
                 os.kill(child, signal.SIGKILL)
             error = outcome["error"]
             assert "request_timeout" not in error.message, error.message  # the death was reported, not a timeout
-            assert EXITED.search(error.message), error.message
+            assert EXITED.search(error.message) and "SIGKILL" in error.message, error.message
             assert await echo(bystander, "bystander") == "bystander"
+            # Its session ended with its child: the next request is told so, and does not start a new child silently.
+            again = await expect_error(victim, "echo", {"marker": "victim-again"})
+            assert "session" in again.message.lower(), again.message
         async with open_session(gw.endpoint, gw.token) as (fresh, _):
             assert await echo(fresh, "fresh") == "fresh"
 
     anyio.run(main)
+
+
+def test_shared_child_killed_mid_request_fails_the_call_and_the_deployment_comes_back(gw):
+    endpoint = deploy_marker(gw, "shr", "shared")["endpoint"]
+    label = f"kill-shared-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> int:
+        async with open_session(endpoint, gw.token) as (victim, _), open_session(endpoint, gw.token) as (other, _):
+            child = int(text_of(await victim.call_tool("pid", {})))
+            assert int(text_of(await other.call_tool("pid", {}))) == child  # one child for both
+            outcome: dict = {}
+
+            async def blocked() -> None:
+                outcome["error"] = await expect_error(victim, "block", {"label": label})
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked)
+                with anyio.fail_after(REQUEST_TIMEOUT - 1):
+                    while f"blocking:{label}:{child}" not in app_log(gw, "shr"):
+                        await anyio.sleep(0.05)
+                os.kill(child, signal.SIGKILL)
+            error = outcome["error"]
+            assert "request_timeout" not in error.message, error.message
+            assert EXITED.search(error.message), error.message
+        return child
+
+    adapter = instance_pid(gw, "shr")
+    child = anyio.run(main)
+    # The shared child is the deployment: it is restarted, and new sessions get a new child.
+    wait_for(lambda: instance_pid(gw, "shr") not in (None, adapter) and
+             gw.cli_json("status", "shr")["status"] == "running", timeout=60, what="shr to be restarted")
+
+    async def after() -> None:
+        async with open_session(endpoint, gw.token) as (fresh, _):
+            assert int(text_of(await fresh.call_tool("pid", {}))) != child
+            assert await echo(fresh, "shared-again") == "shared-again"
+
+    anyio.run(after)
 
 
 def test_child_exiting_mid_request_fails_that_call_only(gw):
@@ -288,7 +329,7 @@ def test_child_exiting_mid_request_fails_that_call_only(gw):
                 open_session(gw.endpoint, gw.token) as (bystander, _):
             assert await echo(victim, "first") == "first"
             error = await expect_error(victim, "die", {"code": 7})
-            assert EXITED.search(error.message), error.message
+            assert EXITED.search(error.message) and re.search(r"\b7\b", error.message), error.message
             assert await echo(bystander, "bystander") == "bystander"
         assert "dying with 7" in app_log(gw, "iso")
 
