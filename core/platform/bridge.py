@@ -206,7 +206,6 @@ class _Pooled:
         self.timeout = timeout
         self.session: ClientSession | None = None
         self.dead = False
-        self.opened = 0  # times initialize succeeded (always 1; kept for diagnostics)
         self._stop = asyncio.Event()
         self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task | None = None
@@ -223,7 +222,6 @@ class _Pooled:
                                          client_info=CLIENT_INFO) as session:
                     await session.initialize()
                     self.session = session
-                    self.opened += 1
                     self._ready.set_result(session)
                     await self._stop.wait()
         except Exception as exc:
