@@ -98,12 +98,11 @@ async def run_sessions(url: str, token: str, count: int, want_logs: bool) -> lis
                     result = await client.call_tool("echo", {"marker": s.marker}, progress_callback=on_progress)
                     assert not result.is_error, text_of(result)
                     s.results.append(json.loads(text_of(result)))
-                if want_logs:
-                    # Log messages are not tied to a request: they may come on the session's GET stream, after
-                    # the result. Wait for them (a deadline, not a timing assertion).
-                    with anyio.move_on_after(15):
-                        while len(s.logs) < CALLS:
-                            await anyio.sleep(0.05)
+                # The SDK runs notification callbacks as tasks, and log messages are not tied to a request (they
+                # may come on the GET stream): they can land after the result. Wait for them (a deadline only).
+                with anyio.move_on_after(15):
+                    while len(s.progress) < 2 * CALLS or (want_logs and len(s.logs) < CALLS):
+                        await anyio.sleep(0.05)
                 s.session_ids.update(ids)
         except Exception as exc:  # noqa: BLE001 - report every session's failure, not just the first
             s.error = f"{type(exc).__name__}: {exc}"
