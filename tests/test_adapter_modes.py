@@ -18,9 +18,9 @@ from mcp import Client, types
 from mcp.shared.exceptions import MCPError
 
 from mcp_agent_cloud.client import mcp_client
-from mcp_agent_cloud.plugins.process import descendants, pid_alive, proc_cmdline, proc_stat
+from mcp_agent_cloud.plugins.process import pid_alive, proc_cmdline, proc_stat
 
-from test_adapter import Adapter, leaf
+from test_adapter import Adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 MODES = pytest.mark.parametrize("mode", ["isolated", "shared"])
@@ -575,5 +575,37 @@ def test_server_everything(tmp_path: Path, everything: list[str], mode: str) -> 
                     await anyio.sleep(0.1)
             prompts = (await client.list_prompts()).prompts
             assert prompts
+
+    run(adapter, main)
+
+
+def test_last_event_id_resumes_a_request_stream(tmp_path: Path, features: list[str]) -> None:
+    adapter = start(tmp_path, features)
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"label": "r"}, "_meta": {"progressToken": "tok"}}}
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            session_id = await raw_session(http, adapter.url)
+            last_id, first = None, None
+            async with http.stream("POST", adapter.url, json=call, headers=raw_headers(session_id)) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("id:"):
+                        last_id = line[3:].strip()
+                    if line.startswith("data:") and "notifications/progress" in line:
+                        first = line
+                        break  # drop the connection after the first progress event
+            assert first is not None and '"progressToken":"tok"' in first and last_id
+            resumed: list[str] = []
+            async with http.stream("GET", adapter.url, headers={**raw_headers(session_id),
+                                                                "last-event-id": last_id}) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") and line[5:].strip():
+                        resumed.append(line)
+                        if '"id":7' in line:
+                            break
+            assert [('"r 2"' in d, '"r 3"' in d) for d in resumed[:2]] == [(True, False), (False, True)]
+            assert '"result"' in resumed[-1] and '"text":"r"' in resumed[-1]
 
     run(adapter, main)
