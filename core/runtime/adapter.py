@@ -119,11 +119,13 @@ LIST_CHANGED = frozenset({
 NEEDS_CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 ADAPTER_CAPABILITIES = {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True}}
 
-# Runs between the SDK's spawn and the stdio server: PR_SET_PDEATHSIG survives exec, so the server gets SIGTERM
-# when the adapter dies, even by SIGKILL. Python ignores SIGPIPE/SIGXFSZ; exec would pass that on.
+# Runs between the SDK's spawn and the stdio server: PR_SET_PDEATHSIG survives exec, so the server is killed when
+# the adapter dies, even by SIGKILL (SIGKILL: a server that traps SIGTERM must not outlive it either). Only the
+# direct child: what it spawned is the process builder's to clean up. Python ignores SIGPIPE/SIGXFSZ; exec would
+# pass that on.
 _DEATHSIG_SHIM = """\
 import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 if os.getppid() != int(sys.argv[1]):
     sys.exit(1)
 for s in (signal.SIGPIPE, signal.SIGXFSZ):
