@@ -279,6 +279,26 @@ def test_unknown_foreign_and_deleted_sessions_get_404(gw):
     assert_404(call(url, owner, sid, "greet", {}))
 
 
+def test_client_disconnect_closes_the_upstream_stream(gw):
+    url = endpoint(gw)
+    token = new_token(gw, "disconnect")
+    sid = open_session(url, token)
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}", "Mcp-Session-Id": sid,
+               "MCP-Protocol-Version": VERSION}
+    with httpx.stream("GET", url, headers=headers, timeout=30) as first:
+        assert first.status_code == 200
+        # The instance allows one GET stream per session ...
+        with httpx.stream("GET", url, headers=headers, timeout=30) as second:
+            assert second.status_code == 409
+    # ... so a second one opens only once the gateway closed its upstream side of the first.
+
+    def reopened() -> bool:
+        with httpx.stream("GET", url, headers=headers, timeout=30) as again:
+            return again.status_code == 200
+
+    wait_for(reopened, timeout=30, what="a new GET stream after the client closed the first")
+
+
 def test_session_limit_per_token(gw):
     url = endpoint(gw)
     token = new_token(gw, "limited")
