@@ -28,8 +28,8 @@ on the session's GET stream (and drops it, after storing it for replay, when no 
 * list_changed notifications go to every session, notifications/resources/updated to the sessions subscribed to
   the uri: on the GET stream when it is open, else on the session's most recent in-flight request;
 * server-to-client requests (sampling, elicitation, roots, ping), notifications/message and other notifications go
-  to the most recent in-flight request (of any session, in shared mode); with none in flight, to the GET stream of
-  an isolated session. Otherwise a server request is answered with a JSON-RPC error (ping: an empty result), a log
+  to the most recent in-flight request; with none in flight, to the GET stream of an isolated session. In shared
+  mode they go nowhere while requests of several sessions are in flight: nothing says whose they are. Otherwise a server request is answered with a JSON-RPC error (ping: an empty result), a log
   message is written to stderr and other notifications are dropped (and said so on stderr);
 * a server request whose method needs a capability the chosen client did not declare is answered with an error.
 
@@ -628,7 +628,11 @@ class Router:
 
     def _in_flight(self) -> tuple[Session, RequestId | None] | None:
         """Where a message with no known relation goes: the most recent request in flight, else the GET stream of
-        an isolated session."""
+        an isolated session. None when requests of several sessions are in flight: guessing would hand one client
+        another's log lines or sampling prompts."""
+        owners = {id(p.session) for p in self.pending.values() if p.session is not None}
+        if len(owners) > 1:
+            return None
         for pending in reversed(self.pending.values()):
             if pending.session is not None:
                 return pending.session, pending.client_id
@@ -645,7 +649,8 @@ class Router:
                 self._post(_result(message.id, {}))  # the adapter is the peer that is there
             else:
                 self._post(_error(message.id, INTERNAL_ERROR,
-                                  f"no client can answer {message.method} now: none has a request in flight"))
+                                  f"no client can answer {message.method} now: none, or several sessions of a shared "
+                                  "server, have a request in flight (deploy with --session-mode isolated)"))
             return
         session, related = target
         capability = NEEDS_CAPABILITY.get(message.method)

@@ -478,18 +478,21 @@ def test_stdio_server_from_pypi_through_the_adapter(envs_dir: Path, tmp_path: Pa
         artifact = await builder.build(stdio_request(tmp_path / "work", "mcp-server-time", ["mcp-server-time"]), logs)
         assert artifact.data["command"] == "mcp-server-time" and artifact.data["venv"]
         instance = await started(builder, artifact, tmp_path / "time.log")
-        pids = [instance.data["pid"], *descendants(instance.data["pid"])]
-        assert len(pids) == 2, "the adapter and its stdio child"
+        pids: list[int] = []
         try:
             async with Client(instance.url) as client:
                 result = await client.call_tool("get_current_time", {"timezone": "UTC"})
                 assert not result.is_error and result.structured_content["timezone"] == "UTC"
+                # Isolated mode: the session's child exists while the session does; stop() must take it too.
+                pids = [instance.data["pid"], *descendants(instance.data["pid"])]
+                assert len(pids) >= 2, "the adapter and the session's stdio child"
+                await builder.stop(instance)
         finally:
             await builder.stop(instance)
         assert gone_within(pids, 5), "no process may outlive stop()"
 
     anyio.run(main)
-    assert "mcp-time" in (tmp_path / "time.log").read_text()
+    assert "serving ['mcp-server-time']" in (tmp_path / "time.log").read_text()
 
 
 STUBBORN = textwrap.dedent(
