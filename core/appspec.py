@@ -2,17 +2,22 @@
 
 Settings come from the ``deploy:`` key of ``mcp_agent.config.yaml`` (the rest of that file belongs to the mcp-agent
 framework and is ignored). The entrypoint is found by reading source with :mod:`ast`: app code is never imported.
-``mcp_agent.secrets.yaml`` holds secrets and is never read here.
+``mcp_agent.secrets.yaml`` holds secrets: it is never packaged; :func:`load_secrets` turns it into declarations for
+the CLI's deploy (values travel only in the deploy request, to the secrets backend).
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import load_yaml, validate_located
@@ -256,3 +261,246 @@ def parse_requirements_file(path: Path, warnings: list[str]) -> list[str]:
             continue
         out.append(line)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mcp_agent.secrets.yaml: declarations with the mcp-agent framework's !developer_secret / !user_secret tags
+# ---------------------------------------------------------------------------------------------------------------
+
+SECRET_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEVELOPER_TAG = "!developer_secret"
+USER_TAG = "!user_secret"
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+SECRETS_HINT = (f"see docs/secrets.md: a leaf of {SECRETS_FILENAME} is a plain value, `{DEVELOPER_TAG} ENV_NAME`, "
+                f"`{DEVELOPER_TAG}` (asked for at deploy) or `{USER_TAG}`")
+
+
+@dataclass(frozen=True)
+class SecretDecl:
+    """One secret declared in ``mcp_agent.secrets.yaml``.
+
+    ``source`` says where the value comes from: ``file`` (a plain value), ``env:NAME`` (``!developer_secret NAME``,
+    read at deploy), ``prompt`` (``!developer_secret`` with no argument, a null leaf, or ``!user_secret``).
+    ``value`` is set only for ``file``; :func:`resolve_secret_values` fills in the others.
+    """
+
+    key: str
+    path: str
+    kind: Literal["developer", "user"]
+    value: str | None
+    source: str
+    line: int
+
+    def __repr__(self) -> str:  # never show a value in tracebacks or logs
+        return f"SecretDecl(key={self.key!r}, path={self.path!r}, kind={self.kind!r}, source={self.source!r})"
+
+    def ref(self) -> dict[str, str]:
+        """What the platform records: key, kind and path, never the value."""
+        return {"key": self.key, "kind": self.kind, "path": self.path}
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    kind: Literal["developer", "user"]
+    env: str | None
+    line: int
+
+
+class _SecretsLoader(yaml.SafeLoader):
+    """SafeLoader plus the two secret tags. Any other unknown tag (``!!python/object``, ``!foo``) stays an error."""
+
+
+def _tag_constructor(kind: Literal["developer", "user"]):
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> _Tagged:
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag} takes an environment variable name or nothing, not a "
+                f"{'mapping' if isinstance(node, yaml.MappingNode) else 'list'}", node.start_mark)
+        env = (loader.construct_scalar(node) or "").strip() or None
+        if env is not None and not SECRET_KEY_RE.match(env):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag} {env!r}: the argument is the name of an environment variable "
+                "(letters, digits, _), e.g. OPENAI_API_KEY", node.start_mark)
+        return _Tagged(kind, env, line)
+    return construct
+
+
+_SecretsLoader.add_constructor(DEVELOPER_TAG, _tag_constructor("developer"))
+_SecretsLoader.add_constructor(USER_TAG, _tag_constructor("user"))
+
+
+def secret_key(path: tuple[str, ...]) -> str:
+    """``("openai", "api_key")`` -> ``OPENAI__API_KEY``: the env name pydantic-settings reads as nested settings."""
+    return "__".join(p.upper() for p in path)
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+def _scalar_str(value: Any) -> str:
+    if isinstance(value, bool):  # YAML true/false; the framework's settings parse "true"/"false"
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_secrets(path: Path | str, *, text: str | None = None) -> list[SecretDecl]:
+    """Parse ``mcp_agent.secrets.yaml`` into declarations, in file order. A missing file declares nothing.
+
+    Rules (see docs/secrets.md):
+    - a plain scalar leaf is a developer secret with that value (numbers and booleans become strings);
+    - ``!developer_secret NAME`` is a developer secret read from env var NAME at deploy;
+      ``!developer_secret`` with no argument, or an empty leaf (``key:`` or ``key: ""``), is a developer secret
+      asked for at deploy;
+    - ``!user_secret`` is a user secret: asked for at deploy when interactive, or set with ``mcp-agent secrets set``
+      (an argument, as in the framework, names an env var that supplies it when set);
+    - a list with no tags inside is one developer secret holding the list as JSON (pydantic-settings parses JSON
+      for list fields); a tag inside a list is an error, as is a key that is not a valid env-var part or two
+      paths that give the same key;
+    - ``$schema`` at the top level is ignored (editors use it).
+    """
+    path = Path(path)
+    source = str(path)
+    if text is None:
+        if not path.is_file():
+            return []
+        text = path.read_text(encoding="utf-8")
+
+    def fail(line: int | None, message: str, hint: str = SECRETS_HINT) -> AppError:
+        return AppError(f"{source}:{line or 1}: {message}", hint=hint)
+
+    try:
+        node = yaml.compose(text, Loader=_SecretsLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise fail(mark.line + 1 if mark else None, f"invalid YAML: {exc.problem or exc}",
+                   "fix the syntax at that line (indentation, quoting, a missing ':')") from None
+    if node is None:
+        return []
+    if not isinstance(node, yaml.MappingNode) or node.tag != MAP_TAG:
+        raise fail(node.start_mark.line + 1, "the secrets file must be a mapping of names to values, "
+                   "e.g. `openai:\\n  api_key: !developer_secret OPENAI_API_KEY`")
+    loader = _SecretsLoader("")  # constructs single nodes with the same tag rules
+    decls: list[SecretDecl] = []
+    seen: dict[str, SecretDecl] = {}
+
+    def unknown_tag(n: yaml.Node) -> AppError:
+        return fail(n.start_mark.line + 1, f"unknown tag {_short_tag(n.tag)}: only {DEVELOPER_TAG} and "
+                    f"{USER_TAG} are understood (other tags are never constructed, so no YAML in this file can "
+                    "run code)")
+
+    def construct(n: yaml.Node) -> Any:
+        try:
+            return loader.construct_object(n, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            mark = exc.problem_mark or n.start_mark
+            problem = exc.problem or str(exc)
+            found = re.search(r"for the tag '([^']*)'", problem)
+            if found:
+                problem = (f"unknown tag {_short_tag(found.group(1))}: only {DEVELOPER_TAG} and {USER_TAG} are "
+                           "understood (other tags are never constructed, so no YAML in this file can run code)")
+            raise fail(mark.line + 1, problem) from None
+
+    def add(keypath: tuple[str, ...], line: int, kind: Literal["developer", "user"], value: str | None,
+            src: str) -> None:
+        key = secret_key(keypath)
+        dotted = ".".join(keypath)
+        if key in seen:
+            other = seen[key]
+            raise fail(line, f"{dotted} and {other.path} (line {other.line}) both become the secret key {key}",
+                       "rename one of them: keys are upper-cased and joined with __")
+        decl = SecretDecl(key=key, path=dotted, kind=kind, value=value, source=src, line=line)
+        seen[key] = decl
+        decls.append(decl)
+
+    def has_tag(n: yaml.Node) -> yaml.Node | None:
+        if n.tag in (DEVELOPER_TAG, USER_TAG):
+            return n
+        children = (n.value if isinstance(n, yaml.SequenceNode) else
+                    [v for pair in n.value for v in pair] if isinstance(n, yaml.MappingNode) else [])
+        return next((found for c in children if (found := has_tag(c)) is not None), None)
+
+    def walk(n: yaml.MappingNode, keypath: tuple[str, ...]) -> None:
+        for key_node, value_node in n.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise fail(line, "keys must be plain names")
+            name = key_node.value  # as written: YAML 1.1 would turn `on:` or `yes:` into True
+            if not keypath and name == "$schema":
+                continue
+            if not SECRET_KEY_RE.match(name):
+                raise fail(line, f"{'.'.join(keypath + (name,))}: {name!r} cannot be part of an environment "
+                           "variable name (use letters, digits and _; no leading digit)")
+            here = keypath + (name,)
+            if isinstance(value_node, yaml.MappingNode) and value_node.tag == MAP_TAG:
+                if not value_node.value:
+                    raise fail(line, f"{'.'.join(here)}: an empty mapping declares no secret; remove it or give "
+                               "it keys")
+                walk(value_node, here)
+                continue
+            if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)) and \
+                    value_node.tag not in (SEQ_TAG, DEVELOPER_TAG, USER_TAG):
+                raise unknown_tag(value_node)
+            if isinstance(value_node, yaml.SequenceNode) and value_node.tag == SEQ_TAG:
+                tagged = has_tag(value_node)
+                if tagged is not None:
+                    raise fail(tagged.start_mark.line + 1, f"{'.'.join(here)}: {tagged.tag} inside a list is not "
+                               "supported; give each secret its own key in a mapping")
+                add(here, line, "developer", json.dumps(construct(value_node)), "file")
+                continue
+            value = construct(value_node)
+            if isinstance(value, _Tagged):
+                if value.kind == "developer":
+                    add(here, line, "developer", None, f"env:{value.env}" if value.env else "prompt")
+                else:
+                    add(here, line, "user", None, f"env:{value.env}" if value.env else "prompt")
+            elif value is None or value == "":  # `key:` or `key: ""`: a value to be given at deploy
+                add(here, line, "developer", None, "prompt")
+            elif isinstance(value, (str, int, float, bool)):
+                add(here, line, "developer", _scalar_str(value), "file")
+            else:  # dates and other YAML scalars: keep the text as written
+                add(here, line, "developer", value_node.value, "file")
+
+    walk(node, ())
+    return decls
+
+
+class MissingSecretValue(AppError):
+    """A developer secret whose value could not be found without prompting."""
+
+
+def resolve_secret_values(decls: list[SecretDecl], *, environ: dict[str, str] | None = None,
+                          prompt=None, have: set[str] = frozenset(), source: str = SECRETS_FILENAME
+                          ) -> dict[str, str]:
+    """Values to send for ``decls``: plain values, env vars (``env:NAME``) and, when ``prompt`` is given (an
+    interactive deploy), answers for the rest. ``prompt(decl) -> str | None`` may return None to skip a user
+    secret. Keys in ``have`` (already stored on the platform) are prompted for only if they have no other source.
+
+    Without ``prompt``: a developer secret with no value is an error naming its env var or path, unless the
+    platform already has it; a user secret is left out (the platform's 409 names what is missing).
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for d in decls:
+        value = d.value
+        if value is None and d.source.startswith("env:"):
+            value = environ.get(d.source[4:])
+            if value == "":
+                value = None
+        if value is None and d.key not in have and prompt is not None:
+            value = prompt(d) or None
+        if value is not None:
+            values[d.key] = value
+        elif d.kind == "developer" and d.key not in have:
+            missing.append(f"{d.path} (line {d.line}): " + (
+                f"environment variable {d.source[4:]} is not set" if d.source.startswith("env:")
+                else "no value in the file and no prompt (not interactive)"))
+    if missing:
+        raise MissingSecretValue(
+            f"{source}: developer secret(s) without a value:\n  " + "\n  ".join(missing),
+            hint="set the environment variables named above, run the deploy in a terminal to be asked, or store "
+                 "them first with `mcp-agent secrets set NAME KEY`")
+    return values
