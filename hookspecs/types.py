@@ -499,7 +499,12 @@ class SecretsBackend(Backend):
     @abc.abstractmethod
     async def list(self, scope: str) -> list[SecretInfo]: ...
     @abc.abstractmethod
-    async def delete(self, scope: str, key: str) -> None: ...
+    async def delete(self, scope: str, key: str, *, destroy: bool = False) -> None:
+        """Remove ``key`` so ``get`` and ``list`` no longer see it; :class:`NotFoundError` when missing.
+
+        By default a backend that keeps history soft-deletes (an operator can still recover the versions);
+        ``destroy=True`` removes every version for good. A backend without soft delete always destroys.
+        """
     async def rotate(self) -> None:
         """Rotate the key material that protects the stored values."""
         raise NotImplementedError

@@ -282,7 +282,9 @@ class LocalSecrets(SecretsBackend):
             return [SecretInfo(key=k, version=v[-1]["version"], updated_at=v[-1]["updated_at"])
                     for k, v in sorted(store["scopes"].get(scope, {}).items()) if v]
 
-    async def delete(self, scope: str, key: str) -> None:
+    async def delete(self, scope: str, key: str, *, destroy: bool = False) -> None:
+        """Removes every version. There is no soft delete here: ``destroy`` changes nothing (the store's backups
+        are the way back)."""
         _check(scope, key)
         async with self._lock:
             store = copy.deepcopy(await self._read())
