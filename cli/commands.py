@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import MCPAgentCloudError
 from ..hookspecs import hookimpl
 from rich.markup import escape
 
@@ -73,17 +74,86 @@ def _warn_process_builder(result: dict, as_json: bool) -> None:
     save_session(process_builder_warned=True)
 
 
-def _run_deploy(client, name: str, body: dict, *, as_json: bool, verbose: bool) -> dict:
+def _run_deploy(client, name: str, body: dict, *, as_json: bool, verbose: bool, extra: dict | None = None) -> dict:
     with DeployProgress(quiet=as_json, verbose=verbose) as progress:
         result = client.deploy(name, body, progress.on_event)
-    _print_result(result, as_json)
+    _print_result(result | (extra or {}), as_json)
     _warn_process_builder(result, as_json)
     return result
 
 
+def _fmt_secret_row(row: dict) -> dict:
+    when = row.get("updated_at")
+    if isinstance(when, (int, float)):
+        return row | {"updated_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))}
+    return row
+
+
+def _interactive(non_interactive: bool) -> bool:
+    return not non_interactive and sys.stdin.isatty()
+
+
+def _prompt_secret(decl) -> str | None:
+    """Hidden prompt (on stderr, so --json output stays clean). A user secret may be skipped with Enter."""
+    label = f"{decl.path} ({decl.key})"
+    if decl.kind == "user":
+        value = click.prompt(f"User secret {label}, Enter to skip and set it later with `mcp-agent secrets set`",
+                             default="", show_default=False, hide_input=True, err=True)
+        return value or None
+    why = f"environment variable {decl.source[4:]} is not set; " if decl.source.startswith("env:") else ""
+    err.print(f"  [dim]{escape(why)}developer secret {escape(label)}[/]", markup=True, highlight=False)
+    return click.prompt(f"Value for {decl.key}", hide_input=True, err=True)  # click repeats on empty input
+
+
+def _collect_secrets(client, target: str, app_dir: Path, *, non_interactive: bool, as_json: bool
+                     ) -> tuple[dict[str, str], list[dict], dict]:
+    """Read mcp_agent.secrets.yaml, find what the platform already stores, prompt for the rest when interactive.
+    Returns (values to send, refs for every declared key, a value-free summary)."""
+    from ..appspec import SECRETS_FILENAME, load_secrets, resolve_secret_values
+
+    path = app_dir / SECRETS_FILENAME
+    decls = load_secrets(path)
+    if not decls:
+        return {}, [], {}
+    have = {s["key"] for s in client.list_secrets(target, missing_ok=True)["secrets"]}
+    values = resolve_secret_values(decls, have=have, source=str(path),
+                                   prompt=_prompt_secret if _interactive(non_interactive) else None)
+    declared = [d.key for d in decls]
+    stored = [k for k in declared if k not in values and k in have]
+    missing = [k for k in declared if k not in values and k not in have]
+    developer = sum(d.kind == "developer" for d in decls)
+    summary = {"file": str(path), "declared": declared, "developer": developer, "user": len(decls) - developer,
+               "sent": sorted(values), "already_stored": stored, "missing": missing}
+    if not as_json:
+        line = (f"secrets: {len(decls)} declared ({developer} developer, {len(decls) - developer} user), "
+                f"{len(values)} sent, {len(stored)} already stored")
+        if missing:
+            line += f", {len(missing)} missing ({', '.join(missing)})"
+        err.print(f"  [dim]{escape(line)}[/]", markup=True, highlight=False)
+    return values, [d.ref() for d in decls], summary
+
+
+def _missing_secrets_hint(exc, target: str) -> None:
+    """The platform refuses a deploy whose declared keys have no value (409 missing_secrets): make sure the
+    error says how to set them, whatever the platform's hint."""
+    from ..errors import ApiError
+
+    if not isinstance(exc, ApiError) or exc.code != "missing_secrets":
+        return
+    data = exc.data or {}
+    keys = data.get("missing") or data.get("keys") or []
+    keys = [k["key"] if isinstance(k, dict) else str(k) for k in keys]
+    if not exc.hint or "mcp-agent secrets set" not in exc.hint:
+        first = keys[0] if keys else "KEY"
+        exc.hint = (f"set each missing key, e.g. `mcp-agent secrets set {target} {first}` (reads the value from a "
+                    "hidden prompt, --stdin or --from-file), then deploy again; or deploy in a terminal without "
+                    "--non-interactive to be asked")
+
+
 def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, env: tuple[str, ...],
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
-                   verbose: bool, packager_name: str = "tarball") -> dict:
+                   verbose: bool, packager_name: str = "tarball", non_interactive: bool = False,
+                   secrets_as: str = "env") -> dict:
     from ..appspec import load_app
     from ..hookspecs.types import PluginContext
     from ..manager import load_plugin_manager
@@ -105,6 +175,10 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
         for warning in app.warnings:
             err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
     client = _client(api_url)
+    target = f"{org_prefix}.{app.name}" if org_prefix else app.name
+    # Before packaging: a missing value should stop the deploy before anything is uploaded.
+    secret_values, secret_refs, secrets_summary = _collect_secrets(client, target, app.dir,
+                                                                  non_interactive=non_interactive, as_json=as_json)
     ctx = click.get_current_context(silent=True)
     # The CLI loaded the plugins once at start-up; reuse that manager.
     pm = getattr(ctx.find_root().command, "plugin_manager", None) if ctx else None
@@ -139,9 +213,25 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
             progress.step("upload", "ok", (time.monotonic() - t0) * 1000)
     body = {"kind": "app", "package_sha256": package.sha256, "package_format": spec.name,
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
-            "description": app.description or None, "region": region, "public": public or None}
-    target = f"{org_prefix}.{app.name}" if org_prefix else app.name
-    return _run_deploy(client, target, body, as_json=as_json, verbose=verbose)
+            "description": app.description or None, "region": region, "public": public or None,
+            "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as}
+    try:
+        return _run_deploy(client, target, body, as_json=as_json, verbose=verbose,
+                           extra={"secrets": secrets_summary} if secrets_summary else None)
+    except MCPAgentCloudError as exc:
+        _missing_secrets_hint(exc, target)
+        raise
+
+
+_secrets_deploy_options = [
+    click.option("--non-interactive", is_flag=True,
+                 help="Never prompt (the default when stdin is not a terminal): a developer secret with no value "
+                      "is an error; a user secret with no stored value makes the platform refuse the deploy, "
+                      "naming it."),
+    click.option("--secrets-as", type=click.Choice(["env", "file"]), default="env", show_default=True,
+                 help="How the app gets its secrets: environment variables (OPENAI__API_KEY), or a resolved "
+                      "mcp_agent.secrets.yaml on a tmpfs."),
+]
 
 
 def _deploy_app_options(fn):
@@ -154,6 +244,7 @@ def _deploy_app_options(fn):
         click.option("--region", help="Region label (stored; scale-out gives it effect)."),
         click.option("--public", is_flag=True, help="List in the catalog (stored; the catalog gives it effect)."),
         click.option("-v", "--verbose", is_flag=True, help="Show every build log line."),
+        *_secrets_deploy_options,
         api_options, json_option, handle_errors,
     ]):
         fn = opt(fn)
@@ -194,11 +285,13 @@ def register(cli: click.Group) -> None:
     @click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment for the app (repeatable).")
     @click.option("--builder", help="Builder for this deployment.")
     @click.option("-v", "--verbose", is_flag=True)
+    @_secrets_deploy_options[0]
+    @_secrets_deploy_options[1]
     @api_options
     @json_option
     @click.pass_context
     @handle_errors
-    def deploy(ctx, entrypoint, name, env, builder, verbose, api_url, as_json):
+    def deploy(ctx, entrypoint, name, env, builder, verbose, non_interactive, secrets_as, api_url, as_json):
         """Deploy an MCP app or server. Each deploy creates a new version; traffic moves only when it is healthy.
 
         \b
@@ -214,29 +307,49 @@ def register(cli: click.Group) -> None:
             click.echo(ctx.get_help())
             return
         deploy_app_dir(".", name=name, entrypoint=entrypoint, env=env, builder=builder, region=None, public=False,
-                       api_url=api_url, as_json=as_json, verbose=verbose)
+                       api_url=api_url, as_json=as_json, verbose=verbose, non_interactive=non_interactive,
+                       secrets_as=secrets_as)
 
     @deploy.command("app")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_app(directory, name, entrypoint, env, builder, region, public, verbose, api_url, as_json):
+    def deploy_app(directory, name, entrypoint, env, builder, region, public, verbose, non_interactive, secrets_as,
+                   api_url, as_json):
         """Deploy the MCP app in DIRECTORY (default: the current directory).
 
         The app is an MCP server object (mcp's MCPServer). Its dependencies come from deploy.requirements in
-        mcp_agent.config.yaml, requirements.txt or pyproject.toml. mcp_agent.secrets.yaml is never packaged.
+        mcp_agent.config.yaml, requirements.txt or pyproject.toml.
+
+        mcp_agent.secrets.yaml is never packaged. Each value in it is stored in the platform's secrets backend
+        and given to the app as an environment variable named by its path (openai.api_key -> OPENAI__API_KEY),
+        or with --secrets-as file as a resolved mcp_agent.secrets.yaml on a tmpfs:
+
+        \b
+          openai:
+            api_key: !developer_secret OPENAI_API_KEY   value from this env var of the CLI (asked if unset)
+            org: !developer_secret                      asked for at deploy (hidden input)
+          github:
+            token: !user_secret                         asked for, or set later with `mcp-agent secrets set`
+          region: eu-west-1                             a plain value
+
+        In a terminal, missing values are asked for; with --non-interactive (or no terminal) the platform
+        refuses to start while a declared key has no stored value, and names it.
         """
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, api_url=api_url, as_json=as_json, verbose=verbose)
+                       public=public, api_url=api_url, as_json=as_json, verbose=verbose,
+                       non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("agent")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_agent(directory, name, entrypoint, env, builder, region, public, verbose, api_url, as_json):
+    def deploy_agent(directory, name, entrypoint, env, builder, region, public, verbose, non_interactive,
+                     secrets_as, api_url, as_json):
         """Alias of `deploy app`. `mcp-agent deploy agent list` lists deployments."""
         if directory == "list" and not Path("list").is_dir():
             return _list(api_url, as_json)
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, api_url=api_url, as_json=as_json, verbose=verbose)
+                       public=public, api_url=api_url, as_json=as_json, verbose=verbose,
+                       non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("server")
     @click.argument("name")
@@ -470,6 +583,155 @@ def register(cli: click.Group) -> None:
         if as_json:
             return emit_json(data)
         out.print(f"{name}: serving version {data['version']} at {data['endpoint']}", highlight=False)
+
+    # -- secrets ------------------------------------------------------------------------------------------------
+    @cli.group()
+    def secrets():
+        """Manage a deployment's secrets. Values are stored in the platform's secrets backend, never in the registry,
+        the package or logs, and reach the app as environment variables (or a file on a tmpfs).
+
+        \b
+          mcp-agent secrets set hello OPENAI__API_KEY              asks for the value (hidden input)
+          printf %s "$TOKEN" | mcp-agent secrets set hello GITHUB__TOKEN --stdin
+          mcp-agent secrets set hello TLS__KEY --from-file key.pem
+          mcp-agent secrets list hello                              keys and versions, never values
+          mcp-agent secrets get hello OPENAI__API_KEY > key.txt     the value (owner role; audited)
+          mcp-agent secrets rm hello OPENAI__API_KEY --destroy
+
+        KEY is an environment variable name: openai.api_key in mcp_agent.secrets.yaml is OPENAI__API_KEY.
+        A secret can be set before the first deploy of NAME.
+        """
+
+    def _check_key(key: str) -> str:
+        from ..appspec import SECRET_KEY_RE
+
+        if not SECRET_KEY_RE.match(key):
+            raise click.BadParameter(f"{key!r} is not a secret key: use an environment variable name (letters, "
+                                     "digits, _), e.g. OPENAI__API_KEY for openai.api_key", param_hint="KEY")
+        if key.startswith("_"):
+            raise click.BadParameter(f"{key!r}: keys starting with _ are the platform's own", param_hint="KEY")
+        return key
+
+    @secrets.command("set")
+    @click.argument("name")
+    @click.argument("key")
+    @click.option("--stdin", "from_stdin", is_flag=True,
+                  help="Read the value from standard input (one trailing newline is removed).")
+    @click.option("--from-file", "from_file", type=click.Path(exists=True, dir_okay=False),
+                  help="Read the value from this file, byte for byte (UTF-8).")
+    @api_options
+    @json_option
+    @handle_errors
+    def secrets_set(name, key, from_stdin, from_file, api_url, as_json):
+        """Store a new version of secret KEY for deployment NAME.
+
+        The value is never taken from the command line (it would end up in shell history and `ps`): it comes from
+        a hidden prompt (asked twice), --stdin or --from-file. A serving deployment that uses KEY is restarted onto
+        the new value through the health-checked switch; if the new instance fails, the old one keeps serving.
+
+        \b
+          mcp-agent secrets set hello OPENAI__API_KEY
+          printf %s "$OPENAI_API_KEY" | mcp-agent secrets set hello OPENAI__API_KEY --stdin
+          mcp-agent secrets set hello GCP__CREDENTIALS --from-file sa.json
+        """
+        from ..errors import ValidationFailed
+
+        _check_key(key)
+        if from_stdin and from_file:
+            raise click.UsageError("give --stdin or --from-file, not both")
+        if from_stdin:
+            value = sys.stdin.read()
+            value = value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
+        elif from_file:
+            try:
+                value = Path(from_file).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ValidationFailed(f"{from_file} is not UTF-8 text",
+                                       hint="secrets are text; store binary data base64-encoded") from None
+        elif sys.stdin.isatty():
+            value = click.prompt(f"Value for {key}", hide_input=True, confirmation_prompt=True, err=True)
+        else:
+            raise click.UsageError("stdin is not a terminal, so there is no one to ask: pass --stdin to read the "
+                                   "value from it, or --from-file PATH")
+        if not value:
+            raise ValidationFailed(f"empty value for {key}: a secret needs a value",
+                                   hint=f"to remove it, use `mcp-agent secrets rm {name} {key}`")
+        data = _client(api_url).set_secret(name, key, value)
+        if as_json:
+            return emit_json(data)
+        out.print(f"{name}: {key} set (version {data.get('version')})", highlight=False)
+        if data.get("restarted"):
+            out.print(f"{name} was restarted onto the new value", highlight=False)
+        else:
+            out.print(f"{name} is not serving with {key}: the value is used from its next start or deploy",
+                      highlight=False)
+
+    @secrets.command("list")
+    @click.argument("name")
+    @api_options
+    @json_option
+    @handle_errors
+    def secrets_list(name, api_url, as_json):
+        """List the secrets of deployment NAME: keys, versions, last update and handles, and the declared keys
+        that have no value yet. Never values."""
+        data = _client(api_url).list_secrets(name)
+        if as_json:
+            return emit_json(data)
+        table([_fmt_secret_row(r) for r in data["secrets"]],
+              [("key", "KEY"), ("version", "VERSION"), ("updated_at", "UPDATED"), ("kind", "KIND"),
+               ("handle", "HANDLE")])
+        for key in data.get("missing") or []:
+            err.print(f"[yellow]missing:[/] {escape(key)} is declared but has no value: "
+                      f"mcp-agent secrets set {escape(name)} {escape(key)}", markup=True, highlight=False)
+
+    @secrets.command("get")
+    @click.argument("name")
+    @click.argument("key")
+    @click.option("--version", "version", type=click.IntRange(min=1), help="An earlier version (default: the latest).")
+    @api_options
+    @json_option
+    @handle_errors
+    def secrets_get(name, key, version, api_url, as_json):
+        """Print the value of secret KEY of deployment NAME, and nothing else (for piping).
+
+        Needs the owner role; every read is recorded as a `secret.read` event (key, version and who, never the
+        value). No newline is added unless stdout is a terminal, so `> file` keeps the value exact.
+
+        \b
+          mcp-agent secrets get hello OPENAI__API_KEY | pbcopy
+        """
+        data = _client(api_url).get_secret(name, _check_key(key), version)
+        if as_json:
+            return emit_json(data)
+        sys.stdout.write(data["value"])
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    @secrets.command("rm")
+    @click.argument("name")
+    @click.argument("key")
+    @click.option("--destroy", is_flag=True,
+                  help="Destroy every version for good instead of a soft delete.")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @api_options
+    @json_option
+    @handle_errors
+    def secrets_rm(name, key, destroy, yes, api_url, as_json):
+        """Remove secret KEY of deployment NAME.
+
+        A deployment whose mcp_agent.secrets.yaml declares KEY cannot be deployed again until KEY is set.
+        Without --destroy, backends that keep versions (vault) keep the old ones recoverable.
+        """
+        _check_key(key)
+        if not yes and not as_json and sys.stdin.isatty():
+            click.confirm(f"{'Destroy' if destroy else 'Remove'} secret {key} of {name}?", abort=True, err=True)
+        data = _client(api_url).delete_secret(name, key, destroy=destroy)
+        if as_json:
+            return emit_json(data if isinstance(data, dict) else {"key": key, "deleted": True, "destroyed": destroy})
+        out.print(f"{name}: {key} {'destroyed' if destroy else 'removed'}", highlight=False)
+        if isinstance(data, dict) and data.get("hint"):
+            err.print(f"  [yellow]note:[/] {escape(data['hint'])}", markup=True, highlight=False)
 
     # -- talking MCP to a deployment -----------------------------------------------------------------------------
     def _endpoint(api_url, name):

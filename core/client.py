@@ -178,6 +178,32 @@ class PlatformClient:
     def delete(self, name: str) -> dict:
         return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}", timeout=LIFECYCLE_TIMEOUT)
 
+    # -- secrets: values go only in request bodies and come back only from get_secret --------------------------
+
+    def list_secrets(self, name: str, *, missing_ok: bool = False) -> dict:
+        """``{"secrets": [{key, version, updated_at, handle, kind}], "missing": [KEY]}``, never values.
+        ``missing_ok``: a deployment that does not exist yet has none, instead of a 404."""
+        try:
+            return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/secrets")
+        except ApiError as exc:
+            if missing_ok and exc.status == 404:
+                return {"secrets": [], "missing": []}
+            raise
+
+    def set_secret(self, name: str, key: str, value: str) -> dict:
+        """Store a new version of KEY; a serving deployment that uses it is restarted onto it (``restarted``)."""
+        return self.request("PUT", f"/api/v1/deployments/{self._qualify(name)}/secrets/{key}", json={"value": value},
+                            timeout=LIFECYCLE_TIMEOUT)
+
+    def get_secret(self, name: str, key: str, version: int | None = None) -> dict:
+        """The value (owner role; the platform records a ``secret.read`` event)."""
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/secrets/{key}",
+                            params={"version": version} if version else None)
+
+    def delete_secret(self, name: str, key: str, *, destroy: bool = False) -> dict:
+        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}/secrets/{key}",
+                            params={"destroy": "1"} if destroy else None)
+
     def logs(self, name: str, tail: int = 100, follow: bool = False, version: int | None = None) -> Iterator[str]:
         params = {"tail": tail, "follow": "1" if follow else "0"}
         if version:
