@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -76,6 +76,36 @@ class VersionList(BaseModel):
 
 class EventList(BaseModel):
     events: list[EventRecord]
+
+
+class SecretValue(BaseModel):
+    value: str
+
+
+class SecretRow(BaseModel):
+    key: str
+    version: int
+    updated_at: float
+    handle: str = Field(description="secret://ORG/DEPLOYMENT/KEY")
+    kind: str | None = Field(None, description="developer or user, when the deployment declares the key")
+
+
+class SecretList(BaseModel):
+    secrets: list[SecretRow]
+    missing: list[str] = Field(description="keys the deployment declares that have no value")
+
+
+class SecretSet(BaseModel):
+    key: str
+    version: int
+    handle: str
+    restarted: bool = Field(description="the serving deployment declares the key and was switched onto it")
+
+
+class SecretRead(BaseModel):
+    key: str
+    version: int
+    value: str
 
 
 class Uploaded(BaseModel):
@@ -159,7 +189,9 @@ def build_app(platform: Platform) -> Starlette:
         try:
             body = await request.json()
             req = DeployRequest.model_validate(body)
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise ValidationFailed(f"invalid deploy request: {safe_errors(exc)}") from None
+        except ValueError as exc:
             raise ValidationFailed(f"invalid deploy request: {exc}") from None
         name = request.path_params["name"]
         # Fail with a proper status before the response starts streaming.
@@ -231,6 +263,30 @@ def build_app(platform: Platform) -> Starlette:
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
 
+    async def list_secrets(request: Request) -> Response:
+        return JSONResponse(await platform.list_secrets(identity_of(request), request.path_params["name"]))
+
+    async def set_secret(request: Request) -> Response:
+        try:
+            body = SecretValue.model_validate(await request.json())
+        except ValidationError as exc:
+            raise ValidationFailed(f"invalid body: {safe_errors(exc)}", hint='send {"value": "..."}') from None
+        except ValueError:
+            raise ValidationFailed("the body must be JSON", hint='send {"value": "..."}') from None
+        return JSONResponse(await platform.set_secret(identity_of(request), request.path_params["name"],
+                                                      request.path_params["key"], body.value))
+
+    async def get_secret(request: Request) -> Response:
+        version = int_param(request, "version", 0) or None
+        return JSONResponse(await platform.get_secret(identity_of(request), request.path_params["name"],
+                                                      request.path_params["key"], version),
+                            headers={"Cache-Control": "no-store"})
+
+    async def delete_secret(request: Request) -> Response:
+        destroy = request.query_params.get("destroy") in ("1", "true", "yes")
+        return JSONResponse(await platform.delete_secret(identity_of(request), request.path_params["name"],
+                                                         request.path_params["key"], destroy=destroy))
+
     endpoints = [
         Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
         Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
@@ -256,6 +312,15 @@ def build_app(platform: Platform) -> Starlette:
                  response=EventList),
         Endpoint("GET", "/api/v1/deployments/{name}/logs", logs,
                  "App log of the serving version, or ?version=N (?tail=N&follow=1)", stream="text/plain"),
+        Endpoint("GET", "/api/v1/deployments/{name}/secrets", list_secrets,
+                 "The deployment's secrets: keys, versions and handles, never values", response=SecretList),
+        Endpoint("PUT", "/api/v1/deployments/{name}/secrets/{key}", set_secret,
+                 "Store a new version of a secret; a serving deployment that declares it switches onto it",
+                 request=SecretValue, response=SecretSet),
+        Endpoint("GET", "/api/v1/deployments/{name}/secrets/{key}", get_secret,
+                 "A secret's value (owner role; ?version=N); audited as a secret.read event", response=SecretRead),
+        Endpoint("DELETE", "/api/v1/deployments/{name}/secrets/{key}", delete_secret,
+                 "Delete a secret (?destroy=1 also destroys its stored versions)"),
     ]
 
     async def openapi(request: Request) -> Response:
@@ -289,6 +354,11 @@ def build_app(platform: Platform) -> Starlette:
     app.state.gateway = gateway
     app.state.endpoints = endpoints
     return app
+
+
+def safe_errors(exc: ValidationError) -> str:
+    """Pydantic's messages without the input values (a request body may hold secrets)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
 
 
 def int_param(request: Request, name: str, default: int) -> int:

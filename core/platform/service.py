@@ -44,6 +44,21 @@ from ..hookspecs.types import (
 )
 from ..manager import PluginManager
 from ..names import split_qualified, validate_name
+from .secrets import (
+    MAX_VALUE,
+    SECRETS_FILE_ENV,
+    SECRETS_FILENAME,
+    MissingSecretsError,
+    RestartFailed,
+    SecretFiles,
+    SecretRef,
+    check_refs,
+    make_handle,
+    missing_keys,
+    resolve,
+    scope_of,
+    validate_key,
+)
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
@@ -76,6 +91,15 @@ class DeployRequest(BaseModel):
     description: str | None = None
     region: str | None = None
     public: bool | None = None
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False,
+                                    description="KEY -> value supplied now: stored in the secrets backend, never in "
+                                                "the registry")
+    secret_refs: list[SecretRef] = Field(default_factory=list,
+                                         description="every secret the app needs; a key of `secrets` not listed "
+                                                     "here is declared as a developer secret")
+    secrets_as: Literal["env", "file"] = Field(
+        "env", description="hand secrets to the app as environment variables, or as a mcp_agent.secrets.yaml on a "
+                           "tmpfs (its path in MCP_AGENT_SECRETS_FILE)")
 
 
 class Active:
@@ -145,6 +169,7 @@ class Platform:
         self.auth_providers: list[Any] = []
         self.started = False
         self.bootstrap_token: str | None = None
+        self.secret_files = SecretFiles(self.data_dir)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -375,7 +400,33 @@ class Platform:
         for key in req.env:
             if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
                 raise ValidationFailed(f"invalid environment variable name {key!r}")
-        return req
+        return self._resolve_secrets(req)
+
+    @staticmethod
+    def _resolve_secrets(req: DeployRequest) -> DeployRequest:
+        """Supplied values are declared too; keys, sizes and paths are checked. Messages name keys, never values."""
+        refs = list(req.secret_refs)
+        declared = {r.key for r in refs}
+        for key, value in req.secrets.items():
+            validate_key(key)
+            if len(value.encode()) > MAX_VALUE:
+                raise TooLargeError(f"the value of secret {key} is over {MAX_VALUE} bytes",
+                                    hint="store a path or a reference to the large item instead")
+            if key not in declared:
+                refs.append(SecretRef(key=key))
+                declared.add(key)
+        check_refs(refs)
+        if refs and req.kind == "remote":
+            raise ValidationFailed("a remote server runs elsewhere: the platform cannot hand it secrets",
+                                   hint="drop the secrets, or configure them where the server runs")
+        if both := sorted(declared & set(req.env)):
+            raise ValidationFailed(f"{', '.join(both)} given both as --env and as a secret",
+                                   hint="keep one: secrets are for credentials, --env for plain settings")
+        return req.model_copy(update={"secret_refs": refs})
+
+    def display_name(self, org: str, short: str, caller_org: str | None = None) -> str:
+        """How a user names the deployment in a CLI command."""
+        return short if org == (caller_org or self.config.default_org) else f"{org}.{short}"
 
     async def check_deploy(self, identity: Identity, name: str, req: DeployRequest) -> tuple[str, str, DeployRequest]:
         """Every check that needs no work, so a bad request fails with a plain error before anything changes."""
@@ -391,6 +442,9 @@ class Platform:
         if req.kind == "app" and not self.package_path(org, req.package_sha256).is_file():
             raise NotFoundError(f"package {req.package_sha256[:12]} was not uploaded to org {org}",
                                 hint="upload it first with POST /api/v1/packages")
+        # Refused before anything is built: a declared secret with no value would only fail at start.
+        if missing := await missing_keys(self.secrets, scope_of(org, short), req.secret_refs, req.secrets):
+            raise MissingSecretsError(self.display_name(org, short, identity.org), missing)
         return org, short, req
 
     async def _check_remote_url(self, url: str | None) -> None:
@@ -439,8 +493,12 @@ class Platform:
             else:
                 # kind, builder and desired state change only when the new version serves (in _switch).
                 record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
+            # The registry gets the declarations and their handles; values go to the secrets backend only.
+            refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
+            options = req.model_dump(exclude={"env", "secrets", "secret_refs"}) | {
+                "env_keys": sorted(req.env), "secret_refs": refs}
             ver = await self.registry.create_version(record.id, status="building", package_sha256=req.package_sha256,
-                                                     options=req.model_dump(exclude={"env"}) | {"env_keys": sorted(req.env)})
+                                                     options=options)
             version = ver.version
             work_dir = self._dep_dir(org, short) / f"v{version}"
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -498,10 +556,11 @@ class Platform:
                 if req.kind == "app" and not request.entrypoint:
                     raise ValidationFailed("the package names no entrypoint",
                                            hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
-                env = {**(manifest.env if manifest else {}), **req.env}
                 if req.env:
                     # --env values may be secrets: they live in the secrets backend, never in the registry.
                     await self.secrets.put(f"{org}/{short}", f"_deploy_env_v{version}", json.dumps(req.env))
+                for key, value in req.secrets.items():
+                    await self.secrets.put(scope_of(org, short), key, value)
                 if req.kind == "remote":
                     artifact = None
                     instance = Instance(builder="remote", deployment=ref, version=version, url=req.url)
@@ -510,12 +569,12 @@ class Platform:
                     await self.registry.update_version(record.id, version, status="starting",
                                                        artifact=artifact.model_dump(mode="json"))
                     await self.record(Event(type="deployment.built", org=org, deployment=short, version=version), record.id)
-                    instance = await step("start", lambda: self._start_instance(builder, artifact, env, org, short, version))
+                    instance = await step("start", lambda: self._launch(builder, artifact, record, version))
                 tools = await step("health_check", lambda: self._health(builder, instance))
             except BaseException as exc:
                 if instance is not None and builder is not None:
                     with contextlib.suppress(Exception):
-                        await builder.stop(instance, timeout=5)
+                        await self._stop_instance(builder, instance, timeout=5)
                 message = str(getattr(exc, "message", None) or exc) if not isinstance(exc, asyncio.CancelledError) else "cancelled"
                 log_tail = getattr(exc, "log_tail", "") or "\n".join(
                     t for t in (tail_file(build_log, 30) if not isinstance(exc, BuildError) or not instance else "",
@@ -553,6 +612,37 @@ class Platform:
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---\n")
         return await builder.start(artifact, env=env, log_path=path)
+
+    async def _launch(self, builder, artifact: Artifact, record: DeploymentRecord, version: int) -> Instance:
+        """Start an instance of ``version`` with its environment and secrets resolved now (the latest values)."""
+        env = await self._env_for(record, version)
+        file = env.get(SECRETS_FILE_ENV)
+        secrets_dir = str(Path(file).parent) if file and self.secret_files.owns(Path(file).parent) else None
+        link = None
+        try:
+            source = self._dep_dir(record.org, record.name) / f"v{version}" / "app"
+            if secrets_dir and artifact.kind == "app" and source.is_dir():
+                link = self.secret_files.link(source, Path(file))
+            instance = await self._start_instance(builder, artifact, env, record.org, record.name, version)
+        except BaseException:
+            self.secret_files.remove(secrets_dir, link)
+            raise
+        if secrets_dir:
+            instance.data["secrets_dir"] = secrets_dir  # a path, no value: removed when the instance stops
+        return instance
+
+    def _drop_secret_files(self, instance: Instance) -> None:
+        secrets_dir = (instance.data or {}).get("secrets_dir")
+        if secrets_dir:
+            ref = instance.deployment
+            link = self._dep_dir(ref.org, ref.name) / f"v{instance.version}" / "app" / SECRETS_FILENAME
+            self.secret_files.remove(secrets_dir, link)
+
+    async def _stop_instance(self, builder, instance: Instance, **kw) -> None:
+        try:
+            await builder.stop(instance, **kw)
+        finally:
+            self._drop_secret_files(instance)
 
     async def _health(self, builder, instance: Instance) -> list[str]:
         alive = None
@@ -592,7 +682,7 @@ class Platform:
         active.stopping = True
         if active.builder is not None:
             with contextlib.suppress(Exception):
-                await active.builder.stop(active.instance)
+                await self._stop_instance(active.builder, active.instance)
         if active.task is not None and active.task is not asyncio.current_task():
             active.task.cancel()
             with contextlib.suppress(BaseException):
@@ -611,6 +701,7 @@ class Platform:
             code = await builder.wait(active.instance)
             if active.stopping:
                 return
+            self._drop_secret_files(active.instance)  # it exited: its file is no longer needed
             if time.monotonic() - started > sup.stable_after:
                 backoff = sup.backoff_initial
             await self.registry.update_deployment(rec.id, status="crashed")
@@ -624,15 +715,13 @@ class Platform:
                     return
                 instance = None
                 try:
-                    env = await self._env_for(rec, active.version)
-                    instance = await self._start_instance(builder, active.artifact, env, rec.org, rec.name,
-                                                          active.version)
+                    instance = await self._launch(builder, active.artifact, rec, active.version)
                     # Traffic moves to the new process only once it answers MCP.
                     await self._health(builder, instance)
                 except BaseException as exc:
                     if instance is not None:  # never leave an unhealthy (or, on cancel, orphaned) process behind
                         with contextlib.suppress(Exception):
-                            await builder.stop(instance, timeout=5)
+                            await self._stop_instance(builder, instance, timeout=5)
                     if not isinstance(exc, Exception):
                         raise
                     await self.record(Event(type="deployment.restart_failed", org=rec.org, deployment=rec.name,
@@ -650,15 +739,31 @@ class Platform:
                 break
 
     async def _env_for(self, record: DeploymentRecord, version: int) -> dict[str, str]:
+        """The instance's environment, resolved at every (re)start: the package's env, the version's declared
+        secrets (latest values; in file mode the path of a freshly written secrets file) and its --env values."""
         ver = await self.registry.get_version(record.id, version)
+        options = (ver.options or {}) if ver else {}
         env = dict(((ver.manifest or {}).get("env") or {}) if ver else {})
-        if ver is not None and (ver.options or {}).get("env_keys"):
-            env.update(json.loads(await self.secrets.get(f"{record.org}/{record.name}", f"_deploy_env_v{version}")))
+        scope = scope_of(record.org, record.name)
+        if refs := [SecretRef.stored(r) for r in options.get("secret_refs") or []]:
+            values = await resolve(self.secrets, scope, refs, name=self.display_name(record.org, record.name))
+            if options.get("secrets_as") == "file":
+                env[SECRETS_FILE_ENV] = str(self.secret_files.write(refs, values))
+            else:
+                env.update(values)
+        if options.get("env_keys"):
+            env.update(json.loads(await self.secrets.get(scope, f"_deploy_env_v{version}")))
         return env
 
     async def _restore(self) -> None:
         """After a platform restart: close out deploys the restart interrupted, then bring back every deployment
         that should be running."""
+        keep = []
+        for record in await self.registry.list_deployments():
+            for ver in await self.registry.list_versions(record.id):
+                if ver.status == "serving" and (ver.instance or {}).get("data", {}).get("secrets_dir"):
+                    keep.append(ver.instance["data"]["secrets_dir"])  # may be adopted below
+        self.secret_files.cleanup(keep)  # files of instances a crash left behind
         for record in await self.registry.list_deployments():
             for ver in await self.registry.list_versions(record.id):
                 if ver.status in ("building", "starting"):
@@ -703,16 +808,18 @@ class Platform:
         builder = await self.builder_for((ver.options or {}).get("builder"))
         instance = None
         if reason == "restore" and ver.instance:
-            adopted = await builder.adopt_existing([Instance.model_validate(ver.instance)])
+            previous = Instance.model_validate(ver.instance)
+            adopted = await builder.adopt_existing([previous])
             instance = adopted[0] if adopted else None
+            if instance is None:
+                self._drop_secret_files(previous)
         if instance is None:
-            env = await self._env_for(record, version)
-            instance = await self._start_instance(builder, artifact, env, record.org, record.name, version)
+            instance = await self._launch(builder, artifact, record, version)
         try:
             await self._health(builder, instance)
         except BaseException:
             with contextlib.suppress(Exception):
-                await builder.stop(instance, timeout=5)
+                await self._stop_instance(builder, instance, timeout=5)
             raise
         await self._switch(record, version, artifact, instance, builder)
 
@@ -783,15 +890,132 @@ class Platform:
                     with contextlib.suppress(Exception):
                         b = await self.builder_for((ver.options or {}).get("builder"))
                         await b.remove(Artifact.model_validate(ver.artifact))
-            scope = f"{record.org}/{record.name}"
+            # Every secret of the deployment goes with it, every version: a later deployment of the same name
+            # must not inherit them.
+            scope = scope_of(record.org, record.name)
             with contextlib.suppress(Exception):
                 for info in await self.secrets.list(scope):
-                    if info.key.startswith("_deploy_env_v"):
-                        await self.secrets.delete(scope, info.key)
+                    await self.secrets.delete(scope, info.key, destroy=True)
             await self.registry.delete_deployment(record.id)
             shutil.rmtree(self._dep_dir(record.org, record.name), ignore_errors=True)
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
                                     message=f"deleted {record.org}.{record.name}"), record.id)
+
+    # -- secrets -----------------------------------------------------------------------------------------------
+
+    async def _declared(self, record: DeploymentRecord | None) -> dict[str, SecretRef]:
+        """The secrets the serving version declares (else the current one, else the latest deploy)."""
+        if record is None:
+            return {}
+        active = self.active.get(f"{record.org}.{record.name}")
+        number = active.version if active else record.current_version
+        if number is None:
+            versions = await self.registry.list_versions(record.id)
+            number = versions[-1].version if versions else None
+        ver = await self.registry.get_version(record.id, number) if number is not None else None
+        refs = [SecretRef.stored(r) for r in ((ver.options or {}).get("secret_refs") or [])] if ver else []
+        return {r.key: r for r in refs}
+
+    def _secret_target(self, identity: Identity, name: str, key: str | None, need: str) -> tuple[str, str]:
+        org, short = self.qualify(identity, name)
+        if not identity.can(need):
+            raise ForbiddenError(
+                {"read": "your role may not see secrets", "write": "your role may not change secrets",
+                 "admin": "reading a secret's value needs the owner role"}[need],
+                hint="`mcp-agent secrets list` shows keys and versions to every role" if need == "admin"
+                else "ask an owner of the org for the developer role")
+        if key is not None:
+            validate_key(key)
+        return org, short
+
+    async def list_secrets(self, identity: Identity, name: str) -> dict:
+        """Keys, versions and handles of the deployment's secrets (never values); ``missing``: declared, unset."""
+        org, short = self._secret_target(identity, name, None, "read")
+        infos = [i for i in await self.secrets.list(scope_of(org, short)) if not i.key.startswith("_")]
+        declared = await self._declared(await self.registry.get_deployment(org, short))
+        rows = [{"key": i.key, "version": i.version, "updated_at": i.updated_at,
+                 "handle": make_handle(org, short, i.key),
+                 "kind": declared[i.key].kind if i.key in declared else None} for i in infos]
+        return {"secrets": rows, "missing": sorted(set(declared) - {i.key for i in infos})}
+
+    async def set_secret(self, identity: Identity, name: str, key: str, value: str) -> dict:
+        """Store a new version. A serving deployment that declares the key is restarted onto it through the
+        health-checked switch; when the new instance fails, the old one keeps serving and the error is raised."""
+        org, short = self._secret_target(identity, name, key, "write")
+        if not isinstance(value, str):
+            raise ValidationFailed("the value must be a string")
+        if len(value.encode()) > MAX_VALUE:
+            raise TooLargeError(f"the value is over {MAX_VALUE} bytes",
+                                hint="store a path or a reference to the large item instead")
+        scope, dq = scope_of(org, short), f"{org}.{short}"
+        async with self.lock(dq):
+            number = await self.secrets.put(scope, key, value)
+            record = await self.registry.get_deployment(org, short)
+            active = self.active.get(dq)
+            restart = (record is not None and active is not None and active.builder is not None
+                       and key in await self._declared(record))
+            data = {"key": key, "secret_version": number, "subject": identity.subject, "token_id": identity.token_id}
+            error: Exception | None = None
+            if restart:
+                try:
+                    await self._activate(record, active.version, reason="secret")
+                except Exception as exc:
+                    error = exc
+            await self.record(Event(type="secret.set", org=org, deployment=short,
+                                    status="failed" if error else "ok",
+                                    message=f"{identity.subject} set secret {key} (version {number})"
+                                    + (f"; restart failed: {getattr(error, 'message', error)}" if error
+                                       else "; restarted onto it" if restart else ""),
+                                    data=data | {"restarted": restart and error is None}),
+                              record.id if record else None)
+            if error is not None:
+                raise RestartFailed(
+                    f"secret {key} is stored as version {number}, but the instance started with it failed: "
+                    f"{getattr(error, 'message', error)}",
+                    hint=f"version {active.version} keeps serving with the previous value; set a working value "
+                         f"with `mcp-agent secrets set {self.display_name(org, short, identity.org)} {key}`",
+                    log_tail=getattr(error, "log_tail", "") or tail_file(self.app_log(org, short, active.version), 30),
+                ) from error
+        return {"key": key, "version": number, "handle": make_handle(org, short, key), "restarted": restart}
+
+    async def get_secret(self, identity: Identity, name: str, key: str, version: int | None = None) -> dict:
+        """A value, for owners only; every read is recorded as a ``secret.read`` event (without the value)."""
+        org, short = self._secret_target(identity, name, key, "admin")
+        scope = scope_of(org, short)
+        info = next((i for i in await self.secrets.list(scope) if i.key == key), None)
+        if info is None:
+            raise NotFoundError(f"{org}.{short} has no secret {key}",
+                                hint=f"set it with `mcp-agent secrets set {self.display_name(org, short, identity.org)} "
+                                     f"{key}`")
+        number = version or info.version
+        value = await self.secrets.get(scope, key, version=number)
+        record = await self.registry.get_deployment(org, short)
+        # Recorded before the value is handed out: an unaudited read must not happen.
+        await self.record(Event(type="secret.read", org=org, deployment=short,
+                                message=f"{identity.subject} read secret {key} (version {number})",
+                                data={"key": key, "secret_version": number, "subject": identity.subject,
+                                      "token_id": identity.token_id, "provider": identity.provider}),
+                          record.id if record else None)
+        return {"key": key, "version": number, "value": value}
+
+    async def delete_secret(self, identity: Identity, name: str, key: str, *, destroy: bool = False) -> dict:
+        org, short = self._secret_target(identity, name, key, "write")
+        scope = scope_of(org, short)
+        async with self.lock(f"{org}.{short}"):
+            if not any(i.key == key for i in await self.secrets.list(scope)):
+                raise NotFoundError(f"{org}.{short} has no secret {key}", hint="see `mcp-agent secrets list NAME`")
+            await self.secrets.delete(scope, key, destroy=destroy)
+            record = await self.registry.get_deployment(org, short)
+            declared = key in await self._declared(record)
+            await self.record(Event(type="secret.deleted", org=org, deployment=short,
+                                    message=f"{identity.subject} {'destroyed' if destroy else 'deleted'} secret {key}",
+                                    data={"key": key, "destroy": destroy, "subject": identity.subject,
+                                          "token_id": identity.token_id}), record.id if record else None)
+        out = {"deleted": key, "destroyed": destroy, "declared": declared}
+        if declared:
+            out["hint"] = (f"the deployment still declares {key}: it keeps serving, but cannot start again until "
+                           f"the key is set")
+        return out
 
     async def _retire(self, record: DeploymentRecord) -> None:
         """Take a deployment out of the gateway and stop its instance."""
