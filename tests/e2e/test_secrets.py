@@ -23,7 +23,7 @@ from tests.conftest import ROOT, PlatformProcess, call_tool, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 APP = ROOT / "tests" / "apps" / "secrets"
-BACKENDS = ["local"]
+BACKENDS = ["local", "vault"]
 
 
 def sha(value: str) -> str:
@@ -97,19 +97,22 @@ class Recorder:
         return next(v for v in versions if v["status"] == "serving")["instance"]
 
 
-def backend_config(name: str, request) -> str:
+def backend_config(name: str, request, prefix: str) -> str:
     if name == "local":
         return ""
-    raise AssertionError(f"unknown backend {name}")
+    # A real OpenBao dev server (tests/conftest.py), under a prefix of this module's own.
+    return request.getfixturevalue("openbao").config_snippet(prefix=prefix)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def sec(request, tmp_path_factory, shared_envs):
     root = tmp_path_factory.mktemp(f"secrets-{request.param}")
-    p = PlatformProcess(root, shared_envs, backend_config(request.param, request))
+    prefix = f"e2e-secrets-{secrets.token_hex(4)}"
+    p = PlatformProcess(root, shared_envs, backend_config(request.param, request, prefix))
     p.start()
     rec = Recorder(p, shared_envs)
-    rec.backend = request.param
+    rec.backend, rec.prefix = request.param, prefix
+    rec.vault = request.getfixturevalue("openbao") if request.param == "vault" else None
     yield rec
     p.stop()
 
@@ -148,6 +151,11 @@ def test_missing_secret_refused_then_set_deploy_and_rotate(sec):
 
     # The registry holds handles, not values.
     versions = sec.api("GET", "/api/v1/deployments/sec-env/versions").json()["versions"]
+    if sec.vault is not None:  # the values are in OpenBao, KV v2, under the deployment's scope
+        kv = sec.vault.client().secrets.kv.v2
+        listed = kv.list_secrets(f"{sec.prefix}/default/sec-env", mount_point="secret")["data"]["keys"]
+        assert {"API_TOKEN", "USER_KEY"} <= set(listed)
+        assert not (sec.p.root / "data" / "secrets").exists()  # and no local store was written
     assert versions[-1]["options"]["secret_refs"] == [
         {"key": "API_TOKEN", "kind": "developer", "path": "api_token", "handle": "secret://default/sec-env/API_TOKEN"},
         {"key": "USER_KEY", "kind": "user", "path": "user_key", "handle": "secret://default/sec-env/USER_KEY"}]
