@@ -20,6 +20,7 @@ from mcp_agent_cloud.hookspecs.types import PluginContext, SecretsSpec
 from mcp_agent_cloud.plugins import local_secrets as plugin
 from mcp_agent_cloud.plugins.local_secrets import LocalSecrets, LocalSecretsConfig, SecretsStoreError
 from tests.contracts import assert_registers, async_test
+from tests.contracts.secrets_contract import SecretsContract
 
 SCOPE = "acme/app"
 PLAINTEXT = "sk-live-Very-Secret-Value-0123456789"
@@ -33,6 +34,12 @@ async def open_store(data_dir: Path, **options) -> LocalSecrets:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+class TestLocalSecretsContract(SecretsContract):
+    @pytest.fixture
+    def secrets_factory(self):
+        return open_store
 
 
 def test_hook_registers_local() -> None:
