@@ -436,6 +436,11 @@ class ProcessBuilder(Builder):
             # The gateway reaps idle sessions first; the adapter's own timeout, a minute later, only catches
             # sessions the gateway lost track of (a platform that crashed), so it never cuts a live one.
             cmd += ["--idle-timeout", str(int(idle) + 60)]
+        sessions = self.ctx.settings.get("max_sessions_per_deployment")
+        if sessions:
+            # The gateway enforces the limit (its REST sessions included); the adapter's own is a backstop with
+            # headroom for sessions the gateway already ended whose DELETE has not reached the adapter yet.
+            cmd += ["--max-sessions", str(int(sessions) + max(16, int(sessions) // 10))]
         cmd += ["--", data["command"], *data.get("args", [])]
         return cmd, Path(data["cwd"]) if data.get("cwd") else None, venv
 

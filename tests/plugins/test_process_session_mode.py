@@ -47,16 +47,26 @@ def test_mode_reaches_the_adapter_argv(tmp_path: Path, mode: str) -> None:
     assert cmd[cmd.index("--") + 1:] == [TIME_SERVER, "--local-timezone", "UTC"]
 
 
+def test_max_sessions_follow_the_gateway_limit_with_headroom(tmp_path: Path) -> None:
+    """The adapter must not refuse sessions the gateway admits: its limit is the gateway's plus headroom."""
+    for gateway_limit, expected in ((1000, 1100), (5000, 5500), (20, 36)):
+        builder, artifact = build(tmp_path / str(gateway_limit), "isolated",
+                                  {"max_sessions_per_deployment": gateway_limit})
+        flags = adapter_flags(builder.command_for(artifact, 5555)[0])
+        assert int(flags[flags.index("--max-sessions") + 1]) == expected
+
+
 def test_no_mode_leaves_the_adapter_default(tmp_path: Path) -> None:
     builder, artifact = build(tmp_path, None)
     cmd, _, _ = builder.command_for(artifact, 5555)
     assert "--session-mode" not in adapter_flags(cmd)
     assert "--idle-timeout" not in adapter_flags(cmd)
+    assert "--max-sessions" not in adapter_flags(cmd)
 
 
 def test_the_adapter_accepts_the_argv(tmp_path: Path) -> None:
     """The real adapter started with the builder's argv serves: the flags are ones it knows."""
-    builder, artifact = build(tmp_path, "shared", {"session_idle_timeout": 30})
+    builder, artifact = build(tmp_path, "shared", {"session_idle_timeout": 30, "max_sessions_per_deployment": 50})
 
     async def run() -> str:
         instance = await builder.start(artifact, env={}, log_path=tmp_path / "app.log")
