@@ -152,6 +152,7 @@ def test_deploy_with_secrets_file_and_the_secrets_commands(platform, tmp_path):
     data = cli.json("secrets", "set", "sec", "USER__PASSWORD", "--stdin", input=password2)
     assert data["restarted"] is True and data["version"] == 2
     assert check(endpoint, platform.token, "USER__PASSWORD", password2) == "match"
+    assert cli("secrets", "get", "sec", "USER__PASSWORD", "--version", "1", keep=False).stdout == password
     value_file = tmp_path / "value.txt"
     value_file.write_text(from_file + "\n")  # --from-file keeps the file as it is, newline included
     r = cli("secrets", "set", "sec", "USER__PASSWORD", "--from-file", str(value_file))
