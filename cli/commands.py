@@ -140,11 +140,8 @@ def _missing_secrets_hint(exc, target: str) -> None:
 
     if not isinstance(exc, ApiError) or exc.code != "missing_secrets":
         return
-    data = exc.data or {}
-    keys = data.get("missing") or data.get("keys") or []
-    keys = [k["key"] if isinstance(k, dict) else str(k) for k in keys]
     if not exc.hint or "mcp-agent secrets set" not in exc.hint:
-        first = keys[0] if keys else "KEY"
+        first = ((exc.data or {}).get("missing") or ["KEY"])[0]
         exc.hint = (f"set each missing key, e.g. `mcp-agent secrets set {target} {first}` (reads the value from a "
                     "hidden prompt, --stdin or --from-file), then deploy again; or deploy in a terminal without "
                     "--non-interactive to be asked")
