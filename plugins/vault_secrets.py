@@ -183,6 +183,11 @@ class VaultSecrets(SecretsBackend):
         if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
             return VaultUnavailable(f"cannot reach {where} ({type(exc).__name__}): cannot {what}",
                                     hint="check `url` in the secrets config and that Vault is running")
+        if what.startswith("log in") and isinstance(exc, (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest)):
+            detail = "; ".join(exc.errors or []) or "permission denied"
+            return VaultPermissionDenied(f"{where} refused to let the platform {what}: {detail}",
+                                         hint="check auth in the secrets config: the token (is it expired or "
+                                              "revoked?), or the AppRole's role_id, secret_id and mount")
         if isinstance(exc, hx.Forbidden):
             return VaultPermissionDenied(f"{where} denied permission to {what}", hint=self._policy_hint())
         if isinstance(exc, hx.Unauthorized):

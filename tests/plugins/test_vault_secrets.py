@@ -286,10 +286,22 @@ async def test_approle_login_confined_to_the_prefix(openbao: OpenBao, tmp_path: 
 @async_test
 async def test_wrong_approle_secret_id_is_a_clear_error(openbao: OpenBao, tmp_path: Path) -> None:
     mount, role_id, _ = make_approle(openbao, unique())
-    with pytest.raises(VaultError) as info:
+    with pytest.raises(VaultPermissionDenied) as info:
         await open_vault(openbao, tmp_path, auth={"method": "approle", "role_id": role_id,
                                                   "secret_id": "not-the-secret-id", "mount": mount})
-    assert "log in" in info.value.message and info.value.hint
+    assert "refused to let the platform log in" in info.value.message and "secret_id" in info.value.hint
+    assert "not-the-secret-id" not in str(info.value)
+
+
+@async_test
+async def test_bad_token_is_a_clear_error(openbao: OpenBao, tmp_path: Path) -> None:
+    revoked = policy_token(openbao, unique())
+    openbao.client().auth.token.revoke(revoked)
+    for token in ("s.not-a-token", revoked):
+        with pytest.raises(VaultPermissionDenied) as info:
+            await open_vault(openbao, tmp_path, auth={"token": token})
+        assert "log in" in info.value.message and "expired or revoked" in info.value.hint
+        assert token not in str(info.value)
 
 
 @async_test
