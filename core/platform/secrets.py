@@ -140,6 +140,9 @@ class RestartFailed(BuildError):
 
     code = "restart_failed"
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "log_tail": self.log_tail}
+
 
 async def missing_keys(backend, scope: str, refs: Iterable[SecretRef], supplied: Iterable[str] = ()) -> list[str]:
     have = {info.key for info in await backend.list(scope)} | set(supplied)

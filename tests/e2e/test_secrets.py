@@ -76,8 +76,8 @@ class Recorder:
         return dict(self.packages[token])
 
     def deploy(self, name: str, token: str | None = "default", **body) -> tuple[int, dict]:
-        """POST a version; returns (HTTP status, the result or error event)."""
-        payload = {**self.upload(token), **body}
+        """POST a version (of the app, unless ``kind`` says otherwise); returns (HTTP status, result or error)."""
+        payload = body if "kind" in body else {**self.upload(token), **body}
         headers = {"Authorization": f"Bearer {self.p.token if token == 'default' else token}"}
         with httpx.stream("POST", f"{self.p.url}/api/v1/deployments/{name}/versions", json=payload,
                           headers=headers, timeout=600) as r:
@@ -278,6 +278,25 @@ def test_file_mode(sec):
     assert sec.api("DELETE", "/api/v1/deployments/sec-file").status_code == 200
     assert not directory.exists()
     assert sec.api("GET", "/api/v1/deployments/sec-file/secrets").json()["secrets"] == []
+
+
+def test_stdio_server(sec):
+    """A stdio server (behind the adapter) gets the secrets too: in its environment, or the file's path."""
+    value = sec.value("stdio")
+    server = {"kind": "stdio", "command": "python", "args": [str(APP / "main.py")],
+              "pip": ["mcp>=2.3,<3", "pyyaml>=6"]}
+    status, result = sec.deploy("sec-stdio", **server, secrets={"STDIO__TOKEN": value})
+    assert status == 200 and result["type"] == "result", result
+    assert sec.check("sec-stdio", "check", "STDIO__TOKEN", value) == "match"
+
+    status, result = sec.deploy("sec-stdio", **server, secret_refs=[{"key": "STDIO__TOKEN"}], secrets_as="file")
+    assert status == 200 and result["type"] == "result", result
+    assert sec.check("sec-stdio", "check_file", "stdio.token", value) == "match"
+    assert sec.check("sec-stdio", "check", "STDIO__TOKEN", value) == "unset"
+    directory = Path(sec.serving_instance("sec-stdio")["data"]["secrets_dir"])
+    assert (directory / "mcp_agent.secrets.yaml").is_file()
+    assert sec.api("DELETE", "/api/v1/deployments/sec-stdio").status_code == 200
+    assert not directory.exists()
 
 
 def test_isolation_between_orgs(sec):

@@ -55,15 +55,19 @@ def check(name: str, sha256: str) -> str:
 def check_file(path: str, sha256: str) -> str:
     """Whether the value at dotted PATH in the secrets file hashes to SHA256: match, mismatch or unset.
 
-    The file is read now (from MCP_AGENT_SECRETS_FILE, and through the mcp_agent.secrets.yaml link in the app
-    directory, which the mcp-agent framework reads); both must agree."""
+    The file is read now from MCP_AGENT_SECRETS_FILE and, when there is one (apps, not stdio servers), through
+    the mcp_agent.secrets.yaml link in the working directory, which the mcp-agent framework reads: both agree."""
     if not SECRETS_FILE:
         return "no file"
-    via_link = yaml.safe_load(Path("mcp_agent.secrets.yaml").read_text()) if Path("mcp_agent.secrets.yaml").exists() else None
     data = _file_values()
-    if via_link != data:
+    link = Path("mcp_agent.secrets.yaml")
+    if link.exists() and yaml.safe_load(link.read_text()) != data:
         return "link differs"
     node = data
     for part in path.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return _verdict(node if isinstance(node, str) else None, sha256)
+
+
+if __name__ == "__main__":  # as a stdio server (`deploy server --command python --arg main.py`)
+    mcp.run()
