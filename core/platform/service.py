@@ -206,6 +206,7 @@ class Platform:
         self.pm.hook.mcp_agent_cloud_configure.call_historic(kwargs={"config": cfg})
         await self.registry.ensure_org(cfg.default_org)
         await self._bootstrap_admin()
+        await self._remove_stale_secret_files()
         self.started = True
         self.emit(Event(type="platform.started", message=f"listening on {cfg.base_url}",
                         data={"builder": cfg.builder.name, "registry": cfg.registry.name}))
@@ -755,15 +756,19 @@ class Platform:
             env.update(json.loads(await self.secrets.get(scope, f"_deploy_env_v{version}")))
         return env
 
-    async def _restore(self) -> None:
-        """After a platform restart: close out deploys the restart interrupted, then bring back every deployment
-        that should be running."""
+    async def _remove_stale_secret_files(self) -> None:
+        """Secrets files of instances a crash left behind. Before serving, so no new instance's file is at risk;
+        those of serving versions stay until _restore adopts their instance or drops the file."""
         keep = []
         for record in await self.registry.list_deployments():
             for ver in await self.registry.list_versions(record.id):
                 if ver.status == "serving" and (ver.instance or {}).get("data", {}).get("secrets_dir"):
-                    keep.append(ver.instance["data"]["secrets_dir"])  # may be adopted below
-        self.secret_files.cleanup(keep)  # files of instances a crash left behind
+                    keep.append(ver.instance["data"]["secrets_dir"])
+        self.secret_files.cleanup(keep)
+
+    async def _restore(self) -> None:
+        """After a platform restart: close out deploys the restart interrupted, then bring back every deployment
+        that should be running."""
         for record in await self.registry.list_deployments():
             for ver in await self.registry.list_versions(record.id):
                 if ver.status in ("building", "starting"):

@@ -326,9 +326,26 @@ def test_isolation_between_orgs(sec):
         assert status == 400 and "invalid secret key" in err["message"], err
 
 
+def test_files_left_by_a_crash_are_removed_at_start(sec):
+    value = sec.value("crash")
+    status, result = sec.deploy("sec-crash", secrets={"CRASH": value}, secrets_as="file")
+    assert status == 200 and result["type"] == "result", result
+    directory = Path(sec.serving_instance("sec-crash")["data"]["secrets_dir"])
+    stray = directory.parent / "i-0123456789abcdef"  # as if from an instance nobody knows any more
+    stray.mkdir(mode=0o700)
+    sec.p.kill()  # no clean shutdown: the apps die with the platform, their files stay
+    assert directory.is_dir() and stray.is_dir()
+    sec.p.start()
+    wait_for(lambda: sec.api("GET", "/api/v1/deployments/sec-crash").json()["serving_version"] == 1,
+             what="the deployment to be restored")
+    assert not directory.exists() and not stray.exists()
+    assert sec.check("sec-crash", "check_file", "crash", value) == "match"  # restored with a new file
+    assert Path(sec.serving_instance("sec-crash")["data"]["secrets_dir"]).is_dir()
+
+
 def test_no_value_leaks(sec):
     """Every value used above: not in the package, the venvs, the registry, the stores, the logs or any answer."""
-    assert len(sec.values) >= 8
+    assert len(sec.values) >= 8, "run the whole module: this test checks the values the tests before it used"
     needles = [v.encode() for v in sec.values]
     found = []
     for base in (sec.p.root, sec.envs):
