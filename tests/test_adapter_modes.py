@@ -192,6 +192,8 @@ def test_session_ids_and_protocol_versions(tmp_path: Path, features: list[str]) 
         with httpx.Client(headers=headers, timeout=30) as http:
             unknown = http.post(adapter.url, json=listing, headers={"mcp-session-id": "no-such-session"})
             assert unknown.status_code == 404
+            # As the SDK's own servers and the gateway answer it: -32600 "Session not found".
+            assert unknown.json()["error"]["code"] == types.INVALID_REQUEST
             assert unknown.json()["error"]["message"].startswith("Session not found")
             missing = http.post(adapter.url, json=listing)
             assert missing.status_code == 400 and "missing Mcp-Session-Id" in missing.json()["error"]["message"]

@@ -88,7 +88,6 @@ from mcp_types import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
-    UNSUPPORTED_PROTOCOL_VERSION,
     ErrorData,
     JSONRPCError,
     JSONRPCMessage,
@@ -99,8 +98,10 @@ from mcp_types import (
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+
+from mcp_agent_cloud.runtime.jsonrpc_errors import session_not_found, unsupported_version
 
 PREFIX = "mcp-agent-cloud adapter"
 INIT_TIMEOUT = 60.0
@@ -758,17 +759,16 @@ class Front:
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER)
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # e.g. the SDK's server/discover probe: -32022 naming the handshake versions makes it fall back.
-            await _http_error(400, UNSUPPORTED_PROTOCOL_VERSION,
-                              f"unsupported MCP-Protocol-Version {version!r}: this stdio server is served with the "
-                              "initialize handshake", {"supported": list(HANDSHAKE_PROTOCOL_VERSIONS),
-                                                       "requested": version})(scope, receive, send)
+            body = unsupported_version(version, HANDSHAKE_PROTOCOL_VERSIONS,
+                                       "this stdio server is served with the initialize handshake")
+            await JSONResponse(body, status_code=400)(scope, receive, send)
             return
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
         if session_id is not None:
             session = self.sessions.get(session_id)
             if session is None or session.ending:
-                await _http_error(404, INVALID_REQUEST, "Session not found: it ended or never existed; send "
-                                  "initialize to start a new one")(scope, receive, send)
+                body = session_not_found("it ended or never existed; send initialize to start a new one")
+                await JSONResponse(body, status_code=404)(scope, receive, send)
                 return
             await session.handle(scope, receive, send)
             return
