@@ -111,3 +111,77 @@ def test_sse_splitter_forwards_whole_events_and_notes_answers():
     assert s2.feed(event) == b""  # a final "\r" may be half of "\r\n": wait for the next byte
     assert s2.feed(b"data") == event
     assert s2.answered == {json.dumps("a")}
+
+
+def test_sse_request_deadlines_end_with_their_answers():
+    """The SSE bridge's gateway.request_timeout for a request lives only until the request is answered: no task
+    per request sleeping out the whole timeout. Real parts: an SDK server over Streamable HTTP upstream, the
+    bridge's own pump, the gateway's session table."""
+    import asyncio
+
+    import anyio
+    import httpx
+    import mcp_types as types
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+    from mcp.shared.message import SessionMessage
+
+    from mcp_agent_cloud.config import GatewayConfig
+    from mcp_agent_cloud.hookspecs.types import Identity
+    from mcp_agent_cloud.platform.bridge import Bridge, SseConnection
+    from mcp_agent_cloud.platform.gateway import Gateway, Target
+    from tests.conftest import free_port
+
+    upstream = MCPServer("upstream")
+
+    @upstream.tool()
+    def hello() -> str:
+        return "hello"
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(upstream.streamable_http_app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+
+    def expire_tasks() -> list:
+        return [t for t in asyncio.all_tasks() if t.get_name().endswith("._expire")]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as http:
+            tg.start_soon(server.serve)
+            with anyio.fail_after(30):
+                while not server.started:
+                    await anyio.sleep(0.05)
+            gateway = Gateway(None, GatewayConfig(request_timeout=600), http)
+            bridge = Bridge(gateway)
+            target = Target(key="default.up", org="default", name="up", url=f"http://127.0.0.1:{port}/mcp",
+                            instance_id="i1")
+            identity = Identity(subject="tester", org="default", provider="builtin", token_id="t1")
+            conn = SseConnection(bridge, target, identity)
+            conn.session_id = gateway.open_session(target, identity, "sse", conn.close)
+            to_pump, client_read = anyio.create_memory_object_stream(10)
+            client_write, from_pump = anyio.create_memory_object_stream(10)
+            tg.start_soon(conn._pump, client_read, client_write)
+
+            async def ask(request_id: int, method: str, params: dict | None = None) -> types.JSONRPCResponse:
+                request = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
+                await to_pump.send(SessionMessage(request))
+                with anyio.fail_after(30):
+                    answer = (await from_pump.receive()).message
+                assert isinstance(answer, types.JSONRPCResponse) and answer.id == request_id, answer
+                return answer
+
+            await ask(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                        "clientInfo": {"name": "t", "version": "0"}})
+            await to_pump.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0",
+                                                                        method="notifications/initialized")))
+            for request_id in range(2, 12):
+                await ask(request_id, "tools/call", {"name": "hello", "arguments": {}})
+            assert conn.pending == {}
+            with anyio.fail_after(10):  # far less than the 600 s request timeout
+                while expire_tasks():
+                    await anyio.sleep(0.05)
+            await to_pump.aclose()  # the client went away: the pump ends its upstream session
+            server.should_exit = True
+            await bridge.aclose()
+
+    anyio.run(main)

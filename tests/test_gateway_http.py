@@ -20,6 +20,8 @@ from tests.conftest import PlatformProcess, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 APP = '''
+from pathlib import Path
+
 import anyio
 from mcp.server.mcpserver import MCPServer
 
@@ -40,6 +42,17 @@ def add_tools(server):
     @server.tool()
     async def slow(seconds: float) -> str:
         await anyio.sleep(seconds)
+        return "done"
+
+    @server.tool()
+    async def slow_marked(seconds: float, path: str) -> str:
+        """Sleeps, then writes "done" to path; "cancelled" if the call is cancelled first."""
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            Path(path).write_text("cancelled")
+            raise
+        Path(path).write_text("done")
         return "done"
 
 
@@ -259,7 +272,8 @@ def test_unknown_foreign_and_deleted_sessions_get_404(gw):
     def assert_404(r: httpx.Response) -> None:
         assert r.status_code == 404, r.text
         error = rpc_error(r)
-        assert error["code"] == -32001 and "Session not found" in error["message"]
+        # The code and words of the SDK's own servers (-32001 is the SDK's request timeout).
+        assert error["code"] == -32600 and error["message"].startswith("Session not found"), error
         assert r.json()["id"] is None
 
     assert_404(post(url, owner, request("tools/list"), sid="no-such-session"))
@@ -314,6 +328,23 @@ def test_session_limit_per_token(gw):
     assert text_of(call(url, token, sids[0], "greet", {"name": "x"})) == "Hello, x!"
     httpx.request("DELETE", url, headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": sids[0]})
     assert open_session(url, token) not in sids + [sid]
+
+
+def test_rest_sessions_count_in_the_token_limit(gw):
+    """The REST surface's upstream session of a token is one of its sessions: one per deployment, however many
+    calls it makes."""
+    token = new_token(gw, "rest-limited")
+    for name in ("gw", "gwjson", "gw", "gwjson", "gw"):
+        r = httpx.post(f"{gw.url}/servers/{name}/call_tool", json={"name": "greet", "arguments": {"name": name}},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert r.status_code == 200 and r.json()["content"][0]["text"] == f"Hello, {name}!", r.text
+    open_session(endpoint(gw), token)  # the third of max_sessions_per_token (3)
+    r = post(endpoint(gw), token, initialize())
+    assert r.status_code == 429 and rpc_error(r)["data"]["config_key"] == "gateway.max_sessions_per_token"
+    # The REST sessions themselves go on serving.
+    r = httpx.post(f"{gw.url}/servers/gwjson/call_tool", json={"name": "greet"},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 # -- The body and the headers -------------------------------------------------------------------------------------
@@ -383,13 +414,56 @@ def test_request_timeout_ends_the_request_with_an_error_naming_the_limit(gw):
     assert "gateway.request_timeout" in anyio.run(run)
 
 
+def test_request_timeouts_are_cancelled_upstream(gw, tmp_path):
+    """Both ways a request outlives gateway.request_timeout (a streamed answer, a JSON answer not yet started) tell
+    the instance to stop working on it: the tool sees the cancellation, long before it would have finished."""
+    token = new_token(gw, "cancelled")
+    for name in ("gw", "gwjson"):
+        url = endpoint(gw, name)
+        sid = open_session(url, token)
+        marker = tmp_path / f"{name}.state"
+        req = request("tools/call", {"name": "slow_marked", "arguments": {"seconds": 60, "path": str(marker)}})
+        r = post(url, token, req, sid=sid)
+        (answer,) = [m for m in messages(r) if m.get("id") == req["id"]]
+        assert answer["error"]["code"] == -32011, answer
+        wait_for(lambda: marker.exists(), timeout=30, what=f"{name}: the timed-out call to be cancelled upstream")
+        assert marker.read_text() == "cancelled"
+        assert text_of(call(url, token, sid, "greet", {"name": name})) == f"Hello, {name}!"
+
+
+def test_gateway_refusals_on_mcp_are_jsonrpc_errors(gw):
+    """Unknown deployment, another org's, one not serving: JSON-RPC errors (id null: the body was not read) with
+    the platform's error in data and the HTTP status of the platform's API. 401 is the auth layer's answer."""
+    token = new_token(gw, "refusals")
+
+    def refusal(r: httpx.Response, status: int, code: int, kind: str) -> dict:
+        assert r.status_code == status, r.text
+        assert r.json()["id"] is None
+        error = rpc_error(r)
+        assert error["code"] == code and error["data"]["error"] == kind and error["data"]["hint"], error
+        assert error["data"]["message"] in error["message"] and error["data"]["hint"] in error["message"]
+        return error
+
+    error = refusal(post(endpoint(gw, "nosuch"), token, initialize()), 404, -32600, "not_found")
+    assert "default.nosuch" in error["message"]
+    refusal(post(endpoint(gw, "otherorg.gw"), token, initialize()), 403, -32600, "forbidden")
+    r = post(endpoint(gw), None, initialize())
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["error"] == "unauthorized"
+    gw.cli("stop", "gwjson", check=True)
+    try:
+        refusal(post(endpoint(gw, "gwjson"), token, initialize()), 503, -32012, "unavailable")
+    finally:
+        gw.cli("start", "gwjson", check=True)
+
+
 def test_redeploy_invalidates_sessions(gw, app_dir):
     url = endpoint(gw)
     token = new_token(gw, "redeploy")
     sid = open_session(url, token)
     gw.cli_json("deploy", "app", str(app_dir), "--name", "gw", "--app", "main:mcp")
     r = call(url, token, sid, "greet", {})
-    assert r.status_code == 404 and rpc_error(r)["code"] == -32001
+    assert r.status_code == 404 and rpc_error(r)["code"] == -32600
     sid = open_session(url, token)  # the client re-initializes
     assert text_of(call(url, token, sid, "greet", {"name": "new"})) == "Hello, new!"
 
@@ -410,6 +484,30 @@ def test_session_limit_per_deployment(tight):
     open_session(url, a)
 
 
+def test_a_session_is_not_reaped_while_its_request_body_arrives(tight):
+    """The session is in use from the moment its id is looked up, not only once the body has been read."""
+    url = endpoint(tight)
+    token = new_token(tight, "slowbody")
+
+    def try_open() -> str | None:
+        # Sessions of other tests fill max_sessions_per_deployment (2) until the reaper ends them (1s idle).
+        r = post(url, token, initialize())
+        return None if r.status_code == 429 else r.headers["mcp-session-id"]
+
+    sid = wait_for(try_open, timeout=30, what="a free session slot")
+    assert post(url, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid=sid).status_code == 202
+    payload = json.dumps(request("tools/call", {"name": "greet", "arguments": {"name": "slow body"}})).encode()
+
+    def trickle():
+        yield payload[:10]
+        time.sleep(3)  # past gateway.session_idle_timeout (1s) and several reaper rounds
+        yield payload[10:]
+
+    r = post(url, token, trickle(), sid=sid)
+    assert r.status_code == 200, r.text
+    assert text_of(r) == "Hello, slow body!"
+
+
 def test_idle_sessions_are_reaped_and_ended_upstream(tight):
     url = endpoint(tight)
     time.sleep(1.5)  # let sessions of other tests on this platform expire
@@ -424,6 +522,6 @@ def test_idle_sessions_are_reaped_and_ended_upstream(tight):
     before = upstream_deletes()
     time.sleep(1.5)  # longer than gateway.session_idle_timeout (1s)
     r = call(url, token, sid, "greet", {})
-    assert r.status_code == 404 and rpc_error(r)["code"] == -32001
+    assert r.status_code == 404 and rpc_error(r)["code"] == -32600
     # The reaper told the instance to end its side of the session.
     wait_for(lambda: upstream_deletes() > before, timeout=30, what="DELETE /mcp in the app log")

@@ -6,7 +6,7 @@ Both end at the gateway and talk to the instance over Streamable HTTP with the m
   SseServerTransport terminates the client side; each SSE connection gets its own upstream session and
   SessionMessages are pumped both ways unchanged (requests, responses, notifications, server-to-client requests).
 - REST: ``GET tools``, ``POST call_tool``, ``POST read_resource``, ``GET prompts``, served through one pooled upstream
-  session per serving instance.
+  session per serving instance and caller (token): an isolated stdio server's per-client state stays per client.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,12 +37,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import MCPAgentCloudError, NotFoundError, TooLargeError, ValidationFailed
+from ..errors import MCPAgentCloudError, NotFoundError, ValidationFailed
 from ..hookspecs.types import Identity
-from .gateway import REQUEST_TIMED_OUT
+from ..runtime.jsonrpc_errors import cancelled_notification
+from .gateway import CANCEL_REASON, MessageTooLarge, RequestTimedOut, owner_key, platform_error, read_body
 
 log = logging.getLogger("mcp_agent_cloud.platform.bridge")
 
+EXPIRED_CAP = 256  # ids of timed-out requests remembered per SSE session, to drop their late answers
 PAGE_CAP = 1000  # list pages followed per REST listing: a server whose cursor never ends cannot hang a call
 # The result as the server sent it: no unset defaults (such as 2026-only fields on an older session), no nulls.
 WIRE: dict[str, Any] = {"by_alias": True, "exclude_none": True, "exclude_unset": True, "mode": "json"}
@@ -53,18 +56,8 @@ class UpstreamError(MCPAgentCloudError):
     code = "bad_gateway"
 
 
-class UpstreamTimeout(MCPAgentCloudError):
-    status = 504
-    code = "gateway_timeout"
-
-
 def _error_response(exc: MCPAgentCloudError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status)
-
-
-def owner_key(identity: Identity) -> tuple[str, str, str, str]:
-    """Who owns a session: the same caller (and the same token, when the provider names one)."""
-    return identity.provider, identity.org, identity.subject, identity.token_id or ""
 
 
 def _as_user(identity: Identity) -> AuthenticatedUser:
@@ -84,7 +77,7 @@ class Bridge:
         self.http = httpx2.AsyncClient(timeout=httpx2.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
                                        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
         self._transports: dict[str, SseServerTransport] = {}
-        self.pool = RestPool(self.http, lambda: float(gateway.config.request_timeout))
+        self.pool = RestPool(self.http, gateway)
         self.routes = [
             Route("/servers/{name}/sse", _SseEndpoint(self), methods=["GET"]),
             Route("/servers/{name}/messages/", _MessageEndpoint(self), methods=["POST"]),
@@ -103,9 +96,10 @@ class Bridge:
         await self.pool.aclose()
         await self.http.aclose()
 
-    def transport(self, name: str) -> SseServerTransport:
-        """One SDK transport per spelling of the deployment name, so the endpoint it announces is
-        ``/servers/{name}/messages/?session_id=...`` under the name the client used."""
+    def stream_transport(self, name: str) -> SseServerTransport:
+        """The SDK transport for an SSE stream the gateway just accepted: one per spelling of the deployment name
+        (short or qualified), so the endpoint it announces is ``/servers/{name}/messages/?session_id=...`` under the
+        name the client used. Only opened streams create one: names of deployments that do not exist never do."""
         transport = self._transports.get(name)
         if transport is None:
             # Host/Origin are validated by the platform for every route already.
@@ -131,18 +125,18 @@ class Bridge:
 
     async def list_tools(self, request: Request, target) -> dict:
         """REST: the deployment's tools, all pages ({"tools": [...]})"""
-        tools = await self.pool.list_all(target, "tools")
+        tools = await self.pool.list_all(target, request.state.identity, "tools")
         return {"tools": [t.model_dump(**WIRE) for t in tools]}
 
     async def list_prompts(self, request: Request, target) -> dict:
         """REST: the deployment's prompts, all pages ({"prompts": [...]})"""
-        prompts = await self.pool.list_all(target, "prompts")
+        prompts = await self.pool.list_all(target, request.state.identity, "prompts")
         return {"prompts": [p.model_dump(**WIRE) for p in prompts]}
 
     async def call_tool(self, request: Request, target) -> dict:
         """REST: call a tool (body {"name", "arguments"}); answers the MCP CallToolResult"""
         body = await self._body(request, CallToolBody, '{"name": "greet", "arguments": {"name": "world"}}')
-        result = await self.pool.request(target, types.CallToolRequest(
+        result = await self.pool.request(target, request.state.identity, types.CallToolRequest(
             params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
             hint=f"list its tools and their input schemas: GET /servers/{target.name}/tools")
         return result.model_dump(**WIRE)
@@ -150,19 +144,13 @@ class Bridge:
     async def read_resource(self, request: Request, target) -> dict:
         """REST: read a resource (body {"uri"}); answers the MCP ReadResourceResult"""
         body = await self._body(request, ReadResourceBody, '{"uri": "file:///notes.txt"}')
-        result = await self.pool.request(target, types.ReadResourceRequest(
+        result = await self.pool.request(target, request.state.identity, types.ReadResourceRequest(
             params=types.ReadResourceRequestParams(uri=body.uri)), types.ReadResourceResult,
             hint="check the uri against the resources the server lists (an MCP client's resources/list)")
         return result.model_dump(**WIRE)
 
     async def _body(self, request: Request, model: type[BaseModel], example: str):
-        limit = self.max_message_bytes
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw.extend(chunk)
-            if len(raw) > limit:
-                raise TooLargeError(f"request body larger than {limit} bytes (gateway.max_message_bytes)",
-                                    hint="send a smaller body, or raise gateway.max_message_bytes in the config")
+        raw = await read_body(request, self.max_message_bytes)
         try:
             data = json.loads(raw)
         except ValueError:
@@ -196,7 +184,7 @@ def _session_gone(exc: MCPError) -> bool:
 
 class _Pooled:
     """One upstream session, owned by its own task: the SDK's task groups must be entered and left by the same
-    task, and REST requests come and go on many."""
+    task, and REST requests come and go on many. ``session_id`` is its entry in the gateway's session table."""
 
     def __init__(self, target, http: httpx2.AsyncClient, timeout: float) -> None:
         self.key = target.key
@@ -205,6 +193,7 @@ class _Pooled:
         self.http = http
         self.timeout = timeout
         self.session: ClientSession | None = None
+        self.session_id = ""
         self.dead = False
         self._stop = asyncio.Event()
         self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -247,52 +236,82 @@ class _Pooled:
 
 
 class RestPool:
-    """One upstream MCP session per serving instance (keyed by deployment, re-opened when instance_id changes
-    or the session died). Concurrent requests share it; the SDK correlates responses by request id.
+    """One upstream MCP session per serving instance and caller: keyed by deployment and owner_key (so what an
+    isolated stdio server keeps per client is never shared between tokens), re-opened when instance_id changes or
+    the session died. A caller's concurrent requests share it; the SDK correlates responses by request id.
+
+    Each is a "rest" session in the gateway's table: it counts in the per-deployment and per-token limits, and the
+    gateway ends it after gateway.session_idle_timeout unused, or when its instance is replaced.
 
     The handshake is the classic ``initialize`` (what ``mcp.client.Client(mode="legacy")`` does): it gives a real
     upstream session that native apps and the stdio adapter both keep, where an ``auto`` probe could settle on the
     stateless 2026 protocol and make every call a fresh exchange (a fresh child, for isolated stdio servers)."""
 
-    def __init__(self, http: httpx2.AsyncClient, timeout: Callable[[], float]) -> None:
+    def __init__(self, http: httpx2.AsyncClient, gateway) -> None:
         self.http = http
-        self.timeout = timeout
-        self._pooled: dict[str, _Pooled] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.gateway = gateway
+        self._pooled: dict[tuple, _Pooled] = {}
+        self._locks: dict[tuple, asyncio.Lock] = {}
         self._closing: set[asyncio.Task] = set()
 
-    def _retire(self, pooled: _Pooled) -> None:
-        task = asyncio.get_running_loop().create_task(pooled.aclose())
+    def _usable(self, pooled: _Pooled | None, target) -> bool:
+        return (pooled is not None and not pooled.dead and pooled.instance_id == target.instance_id
+                and pooled.session_id in self.gateway.sessions)
+
+    def _forget(self, key: tuple, pooled: _Pooled) -> None:
+        if self._pooled.get(key) is pooled:
+            del self._pooled[key]
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked() and key not in self._pooled:
+            del self._locks[key]
+
+    def _retire(self, key: tuple, pooled: _Pooled) -> None:
+        self._forget(key, pooled)
+        task = asyncio.get_running_loop().create_task(self._close(pooled))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def session(self, target) -> _Pooled:
-        pooled = self._pooled.get(target.key)
-        if pooled is not None and not pooled.dead and pooled.instance_id == target.instance_id:
+    async def _close(self, pooled: _Pooled) -> None:
+        await self.gateway.close_session(pooled.session_id)
+        await pooled.aclose()
+
+    async def _ended(self, key: tuple, pooled: _Pooled) -> None:
+        """The gateway ended the session (idle, instance replaced, platform stop)."""
+        self._forget(key, pooled)
+        await pooled.aclose()
+
+    async def session(self, target, identity: Identity) -> _Pooled:
+        key = (target.key, owner_key(identity))
+        pooled = self._pooled.get(key)
+        if self._usable(pooled, target):
             return pooled
-        async with self._locks.setdefault(target.key, asyncio.Lock()):
-            pooled = self._pooled.get(target.key)
-            if pooled is not None and not pooled.dead and pooled.instance_id == target.instance_id:
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            pooled = self._pooled.get(key)
+            if self._usable(pooled, target):
                 return pooled
             if pooled is not None:
-                self._pooled.pop(target.key, None)
-                self._retire(pooled)
-            fresh = _Pooled(target, self.http, self.timeout())
+                self._retire(key, pooled)
+            fresh = _Pooled(target, self.http, float(self.gateway.config.request_timeout))
+            # Counted like any client session (429 past the limits); the gateway closes it when idle or replaced.
+            fresh.session_id = self.gateway.open_session(target, identity, "rest",
+                                                         lambda: self._ended(key, fresh))
             try:
-                await fresh.start()
+                with self.gateway.in_use(fresh.session_id):
+                    await fresh.start()
             except Exception as exc:
-                self._retire(fresh)
+                self._retire(key, fresh)
                 raise UpstreamError(f"{target.key} did not accept an MCP session: {_leaf(exc)}",
                                     hint=f"check that it is serving: `mcp-agent status {target.name}` "
                                          f"and `mcp-agent logs {target.name}`") from None
-            self._pooled[target.key] = fresh
+            self._pooled[key] = fresh
             return fresh
 
-    async def request(self, target, request, result_type, hint: str = ""):
+    async def request(self, target, identity: Identity, request, result_type, hint: str = ""):
         for attempt in (1, 2):
-            pooled = await self.session(target)
+            pooled = await self.session(target, identity)
             try:
-                return await pooled.session.send_request(request, result_type)
+                with self.gateway.in_use(pooled.session_id):
+                    return await pooled.session.send_request(request, result_type)
             except MCPError as exc:
                 if _session_gone(exc) and attempt == 1:
                     # The instance dropped our session (its idle timeout, say); nothing ran, so open a new one.
@@ -306,8 +325,8 @@ class RestPool:
                                     hint=f"check the server's logs: `mcp-agent logs {target.name}`") from None
         raise AssertionError("unreachable")
 
-    async def list_all(self, target, what: str) -> list:
-        pooled = await self.session(target)
+    async def list_all(self, target, identity: Identity, what: str) -> list:
+        pooled = await self.session(target, identity)
         caps = pooled.session.server_capabilities
         if caps is not None and getattr(caps, what) is None:
             return []  # the server offers none: an empty list, not an error
@@ -318,7 +337,7 @@ class RestPool:
         seen: set[str] = set()
         for _ in range(PAGE_CAP):
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await self.request(target, request_cls(params=params), result_cls)
+            page = await self.request(target, identity, request_cls(params=params), result_cls)
             items.extend(getattr(page, what))
             cursor = page.next_cursor
             if not cursor or cursor in seen:
@@ -341,8 +360,7 @@ def _mcp_error(target, exc: MCPError, hint: str, timeout: float) -> MCPAgentClou
     """A JSON-RPC error from upstream, as an HTTP error that says whose fault it was."""
     detail = f"{target.key} answered with JSON-RPC error {exc.code}: {exc.message}"
     if exc.code == types.REQUEST_TIMEOUT:
-        return UpstreamTimeout(f"{target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
-                               "allows", hint="raise gateway.request_timeout in the platform config for slow tools")
+        return RequestTimedOut(target.key, timeout)
     if exc.code == types.CONNECTION_CLOSED:
         return UpstreamError(f"the connection to {target.key} closed: {exc.message}",
                              hint=f"check `mcp-agent status {target.name}` and `mcp-agent logs {target.name}`; "
@@ -390,8 +408,11 @@ class SseConnection:
         self.identity = identity
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self.pending: dict[Any, object] = {}  # client request id -> a token of that request, until answered
-        self.expired: set[Any] = set()  # ids answered with a timeout error: a late upstream answer is dropped
+        # client request id -> its gateway.request_timeout deadline, cancelled when the answer arrives
+        self.pending: dict[Any, anyio.CancelScope] = {}
+        # recent ids answered with a timeout error: a late upstream answer is dropped (bounded: the upstream was
+        # told to cancel them, so most never answer)
+        self.expired: OrderedDict[Any, None] = OrderedDict()
         self.ended_by: str | None = None  # "client", "upstream" or "gateway"
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
@@ -408,7 +429,7 @@ class SseConnection:
     async def run(self, name: str, scope, receive, send) -> None:
         scope = dict(scope)
         scope["user"] = _as_user(self.identity)
-        transport = self.bridge.transport(name)
+        transport = self.bridge.stream_transport(name)
         try:
             async with transport.connect_sse(scope, receive, send) as (client_read, client_write):
                 async with client_write:
@@ -441,9 +462,10 @@ class SseConnection:
                             self.gateway.touch(self.session_id)
                             message = item.message
                             if isinstance(message, types.JSONRPCRequest):
-                                token = self.pending[message.id] = object()
-                                self.expired.discard(message.id)
-                                tg.start_soon(self._expire, message.id, token, up_write, client_write)
+                                self._answered(message.id)  # a reused id: the new request gets its own deadline
+                                deadline = self.pending[message.id] = anyio.CancelScope()
+                                self.expired.pop(message.id, None)
+                                tg.start_soon(self._expire, message.id, deadline, up_write, client_write)
                                 if message.method == "initialize":
                                     init_ids.add(message.id)
                             # The client's MCP-Protocol-Version travels as per-message metadata for the transport.
@@ -461,9 +483,9 @@ class SseConnection:
                             message = item.message
                             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
                                 if message.id in self.expired:
-                                    self.expired.discard(message.id)
+                                    del self.expired[message.id]
                                     continue
-                                self.pending.pop(message.id, None)
+                                self._answered(message.id)
                                 if (isinstance(message, types.JSONRPCResponse) and message.id in init_ids
                                         and isinstance(message.result.get("protocolVersion"), str)):
                                     self.protocol_version = message.result["protocolVersion"]
@@ -486,24 +508,27 @@ class SseConnection:
             log.info("SSE session %s: upstream %s failed: %s", self.session_id, self.target.key, failure)
         return failure
 
-    async def _expire(self, request_id, token, up_write, client_write) -> None:
+    def _answered(self, request_id) -> None:
+        deadline = self.pending.pop(request_id, None)
+        if deadline is not None:
+            deadline.cancel()  # its _expire task ends now, not after gateway.request_timeout
+
+    async def _expire(self, request_id, deadline: anyio.CancelScope, up_write, client_write) -> None:
         """gateway.request_timeout for one request: answer it with an error and cancel it upstream."""
         timeout = self.gateway.config.request_timeout
-        await anyio.sleep(timeout)
-        if self.pending.get(request_id) is not token:
-            return  # answered (or the id was reused by a later request)
+        with deadline:
+            await anyio.sleep(timeout)
+        if deadline.cancel_called or self.pending.get(request_id) is not deadline:
+            return  # answered, or the session is ending
         del self.pending[request_id]
-        self.expired.add(request_id)
-        error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(
-            code=REQUEST_TIMED_OUT,
-            message=f"{self.target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
-                    "allows; raise gateway.request_timeout in the platform config for slow tools",
-            data={"limit": "request_timeout", "config_key": "gateway.request_timeout", "value": timeout}))
+        self.expired[request_id] = None
+        while len(self.expired) > EXPIRED_CAP:
+            self.expired.popitem(last=False)
+        error = types.JSONRPCError.model_validate(RequestTimedOut(self.target.key, timeout).error_object(request_id))
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await client_write.send(SessionMessage(error))
-            await up_write.send(SessionMessage(types.JSONRPCNotification(
-                jsonrpc="2.0", method="notifications/cancelled",
-                params={"requestId": request_id, "reason": "gateway.request_timeout"})))
+            await up_write.send(SessionMessage(types.JSONRPCNotification.model_validate(
+                cancelled_notification(request_id, CANCEL_REASON))))
 
     async def _fail_pending(self, client_write, failure: str) -> None:
         if not self.pending:
@@ -512,7 +537,8 @@ class SseConnection:
             text = "the gateway closed this session (idle timeout, redeploy or shutdown); reconnect"
         else:
             text = f"the upstream server {self.target.key} went away" + (f" ({failure})" if failure else "")
-        for request_id in list(self.pending):
+        for request_id, deadline in list(self.pending.items()):
+            deadline.cancel()
             error = types.JSONRPCError(jsonrpc="2.0", id=request_id,
                                        error=types.ErrorData(code=types.CONNECTION_CLOSED, message=text))
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -523,8 +549,8 @@ class SseConnection:
 class _MessageEndpoint:
     """Legacy HTTP+SSE transport: post one JSON-RPC message to the stream named by ?session_id=
 
-    The SDK transport delivers the message (size limit, ownership, parsing); its plain-text errors are answered as
-    the platform's JSON errors."""
+    The deployment is resolved first (404, 403, 503), then the message goes to the SDK transport of an open stream
+    (size limit, ownership, parsing). Every refusal is a JSON-RPC error carrying the platform's error in ``data``."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -532,9 +558,16 @@ class _MessageEndpoint:
     async def __call__(self, scope, receive, send) -> None:
         request = Request(scope, receive)
         name = request.path_params["name"]
+        try:
+            await self.bridge.gateway.target(request)
+        except MCPAgentCloudError as exc:
+            return await platform_error(exc)(scope, receive, send)
+        # Looked up, never created: only an SSE stream the gateway accepted makes a transport.
+        transport = self.bridge._transports.get(name)
+        if transport is None:
+            return await platform_error(self._error(404, "", name))(scope, receive, send)
         scope = dict(scope)
         scope["user"] = _as_user(request.state.identity)
-        transport = self.bridge.transport(name)
         await transport.handle_post_message(scope, receive, self._json_errors(send, name))
 
     def _json_errors(self, send, name: str):
@@ -547,12 +580,11 @@ class _MessageEndpoint:
             if held and message["type"] == "http.response.body":
                 status = held["status"]
                 text = message.get("body", b"").decode("utf-8", "replace")
-                error = self._error(status, text, name)
-                body = json.dumps(error.to_dict()).encode()
+                response = platform_error(self._error(status, text, name))
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+                                        (b"content-length", str(len(response.body)).encode())]})
+                await send({"type": "http.response.body", "body": response.body})
                 held.clear()
                 return
             await send(message)
@@ -563,9 +595,7 @@ class _MessageEndpoint:
         if status == 404:
             return NotFoundError(f"no SSE session with this session_id for your token on {name}", hint=reconnect)
         if status == 413:
-            limit = self.bridge.max_message_bytes
-            return TooLargeError(f"message larger than {limit} bytes (gateway.max_message_bytes)",
-                                 hint="send smaller messages, or raise gateway.max_message_bytes in the config")
+            return MessageTooLarge(self.bridge.max_message_bytes)
         err = ValidationFailed(f"message refused: {text}", hint=reconnect if "session" in text.lower() else
                                "POST one JSON-RPC message with Content-Type: application/json")
         err.status = status

@@ -32,6 +32,18 @@ from starlette.routing import Route
 from ..config import GatewayConfig, PlatformConfig
 from ..errors import MCPAgentCloudError, NotFoundError
 from ..hookspecs.types import Identity
+from ..runtime.jsonrpc_errors import (
+    HEADER_REJECTED,
+    INVALID_REQUEST,
+    LIMIT_EXCEEDED,
+    PARSE_ERROR,
+    REQUEST_TIMED_OUT,
+    UPSTREAM_FAILED,
+    cancelled_notification,
+    error_object,
+    session_not_found,
+    unsupported_version,
+)
 
 log = logging.getLogger("mcp_agent_cloud.gateway")
 
@@ -41,20 +53,11 @@ HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 SESSION_HEADER = "mcp-session-id"
 VERSION_HEADER = "mcp-protocol-version"
 
-# JSON-RPC error codes. -32000..-32019 are implementation-defined in MCP.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-SESSION_NOT_FOUND = -32001
-LIMIT_EXCEEDED = -32010
-REQUEST_TIMED_OUT = -32011
-UPSTREAM_FAILED = -32012
-HEADER_REJECTED = -32013
-UNSUPPORTED_PROTOCOL_VERSION = -32022  # spec-defined (2026-07-28); data: {supported, requested}
-
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
 CORS_ALLOW_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+CANCEL_REASON = "gateway.request_timeout"
 
 
 class LimitExceeded(MCPAgentCloudError):
@@ -62,6 +65,7 @@ class LimitExceeded(MCPAgentCloudError):
 
     status = 429
     code = "limit_exceeded"
+    rpc_code = LIMIT_EXCEEDED
 
     def __init__(self, message: str, *, limit: str, value: int | float, hint: str | None = None) -> None:
         super().__init__(message, hint=hint or f"raise gateway.{limit} in the platform config if this is expected")
@@ -72,20 +76,68 @@ class LimitExceeded(MCPAgentCloudError):
     def config_key(self) -> str:
         return f"gateway.{self.limit}"
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "limit": self.limit, "config_key": self.config_key, "value": self.value}
+
+
+class MessageTooLarge(LimitExceeded):
+    status = 413
+    code = "too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the message is larger than {limit} bytes, the most gateway.max_message_bytes allows",
+                         limit="max_message_bytes", value=limit,
+                         hint="send a smaller message, or raise gateway.max_message_bytes in the platform config")
+
+
+class RequestTimedOut(LimitExceeded):
+    status = 504
+    code = "gateway_timeout"
+    rpc_code = REQUEST_TIMED_OUT
+
+    def __init__(self, key: str, timeout: float) -> None:
+        super().__init__(f"{key} did not answer within {timeout:g}s, the most gateway.request_timeout allows",
+                         limit="request_timeout", value=timeout,
+                         hint="raise gateway.request_timeout in the platform config for slow tools")
+
+    def error_object(self, id: Any) -> dict:
+        return error_object(self.rpc_code, _rpc_message(self), id, self.to_dict())
+
+
+def _rpc_message(exc: MCPAgentCloudError) -> str:
+    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+
 
 def rpc_error(status: int, code: int, message: str, *, id: Any = None, data: dict | None = None,
               headers: dict | None = None) -> JSONResponse:
     """A JSON-RPC error object as an HTTP response (MCP clients read the body of non-2xx answers)."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data:
-        error["data"] = data
-    return JSONResponse({"jsonrpc": "2.0", "id": id, "error": error}, status_code=status, headers=headers)
+    return JSONResponse(error_object(code, message, id, data), status_code=status, headers=headers)
 
 
-def session_not_found(session_id: str) -> JSONResponse:
-    return rpc_error(404, SESSION_NOT_FOUND, "Session not found: it is unknown, expired, ended, belongs to another "
-                     "caller, or its server was restarted; start a new session with initialize",
-                     data={"session_id": session_id[:64]})
+def platform_error(exc: MCPAgentCloudError, id: Any = None) -> JSONResponse:
+    """A platform error on an MCP endpoint: a JSON-RPC error with the same HTTP status, whose ``data`` is the
+    platform's {"error", "message", "hint"} (and, for limits, {"limit", "config_key", "value"})."""
+    code = getattr(exc, "rpc_code", UPSTREAM_FAILED if exc.status >= 500 else INVALID_REQUEST)
+    return rpc_error(exc.status, code, _rpc_message(exc), id=id, data=exc.to_dict())
+
+
+def session_not_found_response(session_id: str) -> JSONResponse:
+    return JSONResponse(session_not_found(
+        "it is unknown, expired, ended, belongs to another caller, or its server was restarted; start a new "
+        "session with initialize", data={"session_id": session_id[:64]}), status_code=404)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with MessageTooLarge past ``limit`` bytes (by Content-Length, or while read)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise MessageTooLarge(limit)
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise MessageTooLarge(limit)
+    return bytes(chunks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,11 +300,11 @@ class Target:
 @dataclass(eq=False)
 class Session:
     id: str
-    kind: str  # "http" (proxied here) or "sse" (bridged by bridge.py)
+    kind: str  # "http" (proxied here), "sse" or "rest" (bridged by bridge.py)
     key: str
     url: str
     instance_id: str
-    owner: tuple[str, str, str | None]  # org, subject, token id
+    owner: tuple[str, str, str, str]  # owner_key()
     token_key: str
     close: Callable[[], Awaitable[None]] | None = None
     upstream_id: str | None = None
@@ -262,8 +314,9 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
 
 
-def _owner(identity: Identity) -> tuple[str, str, str | None]:
-    return (identity.org, identity.subject, identity.token_id)
+def owner_key(identity: Identity) -> tuple[str, str, str, str]:
+    """Who owns a session: the same caller (auth provider, org, subject) with the same token, when it has one."""
+    return identity.provider, identity.org, identity.subject, identity.token_id or ""
 
 
 def _token_key(identity: Identity) -> str:
@@ -366,7 +419,7 @@ class Gateway:
                                 hint="end unused sessions (DELETE), wait for idle ones to expire, or raise "
                                      "gateway.max_sessions_per_token in the platform config")
         session = Session(id=secrets.token_urlsafe(24), kind=kind, key=target.key, url=target.url,
-                          instance_id=target.instance_id, owner=_owner(identity), token_key=token_key, close=close,
+                          instance_id=target.instance_id, owner=owner_key(identity), token_key=token_key, close=close,
                           pending=pending)
         self.sessions[session.id] = session
         return session
@@ -374,6 +427,21 @@ class Gateway:
     def touch(self, session_id: str) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
+            session.last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def in_use(self, session_id: str):
+        """The session is busy meanwhile: the reaper does not end it, however long the work takes."""
+        session = self.sessions.get(session_id)
+        self._acquire(session)
+        try:
+            yield
+        finally:
+            self._release(session, None)
+
+    def _acquire(self, session: Session | None) -> None:
+        if session is not None:
+            session.busy += 1
             session.last_used = time.monotonic()
 
     async def close_session(self, session_id: str) -> None:
@@ -386,7 +454,7 @@ class Gateway:
     def lookup(self, session_id: str, target: Target, identity: Identity) -> Session | None:
         """The session for this caller on this instance, or None (unknown, expired, foreign, instance replaced)."""
         session = self.sessions.get(session_id)
-        if session is None or session.pending or session.owner != _owner(identity) or session.key != target.key:
+        if session is None or session.pending or session.owner != owner_key(identity) or session.key != target.key:
             return None
         if session.instance_id != target.instance_id:
             self._drop(session, "its instance was replaced")
@@ -455,53 +523,47 @@ class Gateway:
         try:
             target = await self.target(request)
         except MCPAgentCloudError as exc:
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
+            return platform_error(exc)
         identity: Identity = request.state.identity
         version = request.headers.get(VERSION_HEADER)
         if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
-            return rpc_error(400, UNSUPPORTED_PROTOCOL_VERSION,
-                             f"unsupported MCP-Protocol-Version {version!r}; known versions: "
-                             f"{', '.join(KNOWN_PROTOCOL_VERSIONS)}",
-                             data={"supported": list(KNOWN_PROTOCOL_VERSIONS), "requested": version})
+            return JSONResponse(unsupported_version(version, KNOWN_PROTOCOL_VERSIONS, "known versions: "
+                                                    f"{', '.join(KNOWN_PROTOCOL_VERSIONS)}"), status_code=400)
         client_sid = request.headers.get(SESSION_HEADER)
         session = None
         if client_sid is not None:
             session = self.lookup(client_sid, target, identity)
             if session is None:
-                return session_not_found(client_sid)
-
-        body = b""
-        ids: list[Any] = []
-        initialize = None
-        if request.method == "POST":
-            parsed = await self._read_message(request)
-            if isinstance(parsed, Response):
-                return parsed
-            body, messages = parsed
-            ids = [m["id"] for m in messages if "method" in m and "id" in m]
-            if session is None and len(messages) == 1 and messages[0].get("method") == "initialize":
-                initialize = messages[0]
-
-        reserved = None
-        if initialize is not None:
-            try:
-                reserved = self._register(target, identity, "http", pending=True)
-            except LimitExceeded as exc:
-                return self._limit_response(exc, initialize.get("id"))
-        if session is not None:
-            session.busy += 1
-            session.last_used = time.monotonic()
+                return session_not_found_response(client_sid)
+            # Busy before the first await (reading the body): the reaper must not end it under this request.
+            self._acquire(session)
             if version:
                 session.protocol_version = version
-        started = time.monotonic()
+        reserved = None
+        relayed = False
         try:
-            response = await self._forward(request, target, identity, session, reserved, body, ids, started)
-        except BaseException:
-            self._release(session, reserved)
-            raise
-        if not isinstance(response, _Relay):
-            self._release(session, reserved)
-        return response
+            body = b""
+            ids: list[Any] = []
+            initialize = None
+            if request.method == "POST":
+                parsed = await self._read_message(request)
+                if isinstance(parsed, Response):
+                    return parsed
+                body, messages = parsed
+                ids = [m["id"] for m in messages if "method" in m and "id" in m]
+                if session is None and len(messages) == 1 and messages[0].get("method") == "initialize":
+                    initialize = messages[0]
+            if initialize is not None:
+                try:
+                    reserved = self._register(target, identity, "http", pending=True)
+                except LimitExceeded as exc:
+                    return platform_error(exc, initialize.get("id"))
+            response = await self._forward(request, target, identity, session, reserved, body, ids)
+            relayed = isinstance(response, _Relay)  # it releases the session when the stream ends
+            return response
+        finally:
+            if not relayed:
+                self._release(session, reserved)
 
     def _release(self, session: Session | None, reserved: Session | None) -> None:
         if session is not None:
@@ -510,26 +572,12 @@ class Gateway:
         if reserved is not None and reserved.pending:
             self.sessions.pop(reserved.id, None)
 
-    def _limit_response(self, exc: LimitExceeded, id: Any = None) -> Response:
-        return rpc_error(exc.status, LIMIT_EXCEEDED, f"{exc.message}; {exc.hint}", id=id,
-                         data={"limit": exc.limit, "config_key": exc.config_key, "value": exc.value})
-
     async def _read_message(self, request: Request) -> tuple[bytes, list[dict]] | Response:
         """The POST body, at most gateway.max_message_bytes, parsed as one JSON-RPC message or a batch."""
-        limit = self._config.max_message_bytes
-        too_big = rpc_error(413, LIMIT_EXCEEDED, f"the message is larger than {limit} bytes, the most "
-                            "gateway.max_message_bytes allows", data={"limit": "max_message_bytes",
-                                                                       "config_key": "gateway.max_message_bytes",
-                                                                       "value": limit})
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            return too_big
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > limit:
-                return too_big
-        body = bytes(chunks)
+        try:
+            body = await read_body(request, self._config.max_message_bytes)
+        except MessageTooLarge as exc:
+            return platform_error(exc)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -541,6 +589,22 @@ class Gateway:
                              "non-empty array of them")
         return body, messages
 
+    def cancel_upstream(self, session: Session | None, ids: list[Any]) -> None:
+        """Tell the upstream that requests of ``session`` were given up on (gateway.request_timeout), so it stops
+        working on them. (A request without a session has nothing to name it by; its connection is closed.)"""
+        if session is not None and session.upstream_id and ids:
+            self._spawn(self._post_cancelled(session, ids))
+
+    async def _post_cancelled(self, session: Session, ids: list[Any]) -> None:
+        headers = {SESSION_HEADER: session.upstream_id or "", "accept": "application/json, text/event-stream"}
+        if session.protocol_version:
+            headers[VERSION_HEADER] = session.protocol_version
+        for request_id in ids:
+            with contextlib.suppress(httpx.HTTPError), anyio.move_on_after(5):
+                resp = await self.http.post(session.url, json=cancelled_notification(request_id, CANCEL_REASON),
+                                            headers=headers)
+                await resp.aclose()
+
     def _upstream_headers(self, request: Request, session: Session | None) -> list[tuple[str, str]]:
         headers = [(k, v) for k, v in request.headers.items()
                    if k.lower() not in HOP_HEADERS and k.lower() not in (SESSION_HEADER, "accept-encoding")]
@@ -551,21 +615,25 @@ class Gateway:
         return headers
 
     async def _forward(self, request: Request, target: Target, identity: Identity, session: Session | None,
-                       reserved: Session | None, body: bytes, ids: list[Any], started: float) -> Response:
+                       reserved: Session | None, body: bytes, ids: list[Any]) -> Response:
         url = httpx.URL(target.url)
         if request.url.query:
             url = url.copy_with(query=request.url.query.encode())
         upstream = self.http.build_request(request.method, url, headers=self._upstream_headers(request, session),
                                            content=body if request.method == "POST" else None)
         timeout = self._config.request_timeout
+        started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
                 resp = await self.http.send(upstream, stream=True)
         except TimeoutError:
-            return self._timeout_response(target, ids, 504)
+            self.cancel_upstream(session, ids)
+            timed_out = RequestTimedOut(target.key, timeout)
+            return _batch_response(timed_out.status, [timed_out.error_object(i) for i in ids or [None]])
         except httpx.HTTPError as exc:
-            return _batch_error(502, UPSTREAM_FAILED, f"{target.key} did not answer: {type(exc).__name__}: {exc}",
-                                ids, data={"deployment": target.key})
+            error = f"{target.key} did not answer: {type(exc).__name__}: {exc}"
+            return _batch_response(502, [error_object(UPSTREAM_FAILED, error, i, {"deployment": target.key})
+                                         for i in ids or [None]])
 
         upstream_sid = resp.headers.get(SESSION_HEADER)
         if session is not None:
@@ -573,7 +641,7 @@ class Gateway:
                 # The upstream forgot the session (it expired or restarted there): so do we.
                 await resp.aclose()
                 self.sessions.pop(session.id, None)
-                return session_not_found(session.id)
+                return session_not_found_response(session.id)
             if request.method == "DELETE" and resp.status_code < 300:
                 self.sessions.pop(session.id, None)
             sid = session.id
@@ -587,10 +655,10 @@ class Gateway:
                 except LimitExceeded as exc:
                     await resp.aclose()
                     orphan = Session(id="", kind="http", key=target.key, url=target.url,
-                                     instance_id=target.instance_id, owner=_owner(identity), token_key="",
+                                     instance_id=target.instance_id, owner=owner_key(identity), token_key="",
                                      upstream_id=upstream_sid)
                     self._spawn(self._delete_upstream(orphan))
-                    return self._limit_response(exc, ids[0] if len(ids) == 1 else None)
+                    return platform_error(exc, ids[0] if len(ids) == 1 else None)
                 opened.upstream_id = upstream_sid
                 sid = opened.id
         else:
@@ -602,16 +670,7 @@ class Gateway:
             headers.append((SESSION_HEADER, sid))
         streamed = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
         deadline = started + timeout if request.method == "POST" and streamed and ids else None
-        return _Relay(self, resp, headers, session, reserved, deadline, ids,
-                      f"{target.key} did not finish within {timeout:g}s, the most gateway.request_timeout allows")
-
-    def _timeout_response(self, target: Target, ids: list[Any], status: int) -> Response:
-        timeout = self._config.request_timeout
-        return _batch_error(status, REQUEST_TIMED_OUT,
-                            f"{target.key} did not answer within {timeout:g}s, the most gateway.request_timeout "
-                            "allows; raise gateway.request_timeout in the platform config for slow tools",
-                            ids, data={"limit": "request_timeout", "config_key": "gateway.request_timeout",
-                                       "value": timeout})
+        return _Relay(self, target, resp, headers, session, reserved, deadline, ids)
 
 
 class NotServing(MCPAgentCloudError):
@@ -627,18 +686,9 @@ def _is_jsonrpc(message: Any) -> bool:
     return "id" in message and ("result" in message or "error" in message)
 
 
-def _error_object(code: int, message: str, id: Any, data: dict | None) -> dict:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "id": id, "error": error}
-
-
-def _batch_error(status: int, code: int, message: str, ids: list[Any], data: dict | None = None) -> Response:
-    """One error per request id (an array for a batch), or one with id null when the POST had no request."""
-    if len(ids) > 1:
-        return JSONResponse([_error_object(code, message, i, data) for i in ids], status_code=status)
-    return JSONResponse(_error_object(code, message, ids[0] if ids else None, data), status_code=status)
+def _batch_response(status: int, errors: list[dict]) -> Response:
+    """One error per request id: an array for a batch, else the one object (id null when there was no request)."""
+    return JSONResponse(errors if len(errors) > 1 else errors[0], status_code=status)
 
 
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -679,19 +729,20 @@ class _SSESplitter:
 
 class _Relay:
     """Streams the upstream response to the client. Ends the upstream response when the client goes away (no
-    leaked connections), and a POST's SSE stream that outlives gateway.request_timeout with an error event."""
+    leaked connections). A POST's SSE stream is cut at event boundaries, so it can end cleanly with an error event
+    for each request still unanswered: when it outlives gateway.request_timeout (the requests are then cancelled
+    upstream), or when the upstream connection breaks (an instance that crashed)."""
 
-    def __init__(self, gateway: Gateway, resp: httpx.Response, headers: list[tuple[str, str]],
-                 session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any],
-                 timeout_message: str) -> None:
+    def __init__(self, gateway: Gateway, target: Target, resp: httpx.Response, headers: list[tuple[str, str]],
+                 session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any]) -> None:
         self.gateway = gateway
+        self.target = target
         self.resp = resp
         self.headers = headers
         self.session = session
         self.reserved = reserved
         self.deadline = deadline
         self.ids = ids
-        self.timeout_message = timeout_message
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -707,33 +758,43 @@ class _Relay:
         except* OSError:
             pass  # the client went away while we were sending
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
                 await self.resp.aclose()
             self.gateway._release(self.session, self.reserved)
 
     async def _stream(self, send) -> None:
         await send({"type": "http.response.start", "status": self.resp.status_code,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]})
-        if self.deadline is None:
-            async for chunk in self.resp.aiter_raw():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        splitter = _SSESplitter()
-        with anyio.move_on_after(max(0.0, self.deadline - time.monotonic())) as scope:
-            async for chunk in self.resp.aiter_raw():
-                whole = splitter.feed(chunk)
-                if whole:
-                    await send({"type": "http.response.body", "body": whole, "more_body": True})
+        # Only a POST's SSE answer has a deadline, and only it is cut at event boundaries.
+        splitter = _SSESplitter() if self.deadline is not None else None
+        broken: httpx.HTTPError | None = None
+        delay = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        with anyio.move_on_after(delay) as scope:
+            try:
+                async for chunk in self.resp.aiter_raw():
+                    whole = splitter.feed(chunk) if splitter is not None else chunk
+                    if whole:
+                        await send({"type": "http.response.body", "body": whole, "more_body": True})
+            except httpx.HTTPError as exc:
+                broken = exc
+                log.info("the upstream stream of %s broke: %s: %s", self.target.key, type(exc).__name__, exc)
         tail = b""
-        if scope.cancelled_caught:
-            data = {"limit": "request_timeout", "config_key": "gateway.request_timeout",
-                    "value": self.gateway.config.request_timeout}
-            for request_id in self.ids:
-                if json.dumps(request_id) not in splitter.answered:
-                    error = _error_object(REQUEST_TIMED_OUT, self.timeout_message, request_id, data)
-                    tail += b"event: message\ndata: " + json.dumps(error).encode() + b"\n\n"
-        elif splitter.buf:
-            tail = splitter.buf  # the upstream ended mid-event: pass on what it sent
+        if splitter is not None:
+            unanswered = [i for i in self.ids if json.dumps(i) not in splitter.answered]
+            if scope.cancelled_caught:
+                self.gateway.cancel_upstream(self.session, unanswered)
+                timed_out = RequestTimedOut(self.target.key, self.gateway.config.request_timeout)
+                tail = _events(timed_out.error_object(i) for i in unanswered)
+            elif broken is not None:
+                message = (f"the connection to {self.target.key} broke before it answered "
+                           f"({type(broken).__name__}: {broken}); check `mcp-agent status {self.target.name}` and "
+                           f"`mcp-agent logs {self.target.name}`")
+                tail = _events(error_object(UPSTREAM_FAILED, message, i, {"deployment": self.target.key})
+                               for i in unanswered)
+            else:
+                tail = splitter.buf  # the upstream ended mid-event: pass on what it sent
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _events(messages) -> bytes:
+    return b"".join(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in messages)

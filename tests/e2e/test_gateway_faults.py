@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 
@@ -369,6 +370,57 @@ def test_hanging_tool_hits_the_request_timeout_and_others_keep_working(gw):
             assert await echo(hung, "hung-session-again") == "hung-session-again"
 
     anyio.run(main)
+
+
+def test_timed_out_request_on_a_shared_child_is_cancelled_there_too(gw):
+    """The gateway cancels upstream what it gave up on. Otherwise the shared child's request stays in flight at the
+    adapter for good, and with requests of two sessions in flight the adapter cannot tell whose log lines the
+    child sends: another client's would go to stderr instead of to it."""
+    endpoint = deploy_marker(gw, "shrto", "shared")["endpoint"]
+    logs: list = []
+
+    async def on_log(params) -> None:
+        logs.append(params.data)
+
+    async def main() -> None:
+        async with open_session(endpoint, gw.token) as (hung, _),                 open_session(endpoint, gw.token, on_log=on_log) as (other, _):
+            error = await expect_error(hung, "block", {"label": "shared-timeout"}, deadline=REQUEST_TIMEOUT + 30)
+            assert "request_timeout" in error.message, error.message
+            assert await echo(other, "routed") == "routed"
+            with anyio.fail_after(30):  # the SDK runs logging callbacks as tasks
+                while "log:routed" not in logs:
+                    await anyio.sleep(0.05)
+
+    anyio.run(main)
+
+
+def test_instance_crash_mid_stream_ends_the_answer_with_a_jsonrpc_error(gw):
+    """An instance that dies while its answer streams (the adapter killed): the client still gets a complete
+    response whose last event is a JSON-RPC error for its request, not a broken chunked body."""
+    endpoint = deploy_marker(gw, "crashy", "isolated")["endpoint"]
+    label = f"crash-{uuid.uuid4().hex[:8]}"
+    with raw_session(endpoint, gw.token) as s:
+        adapter = instance_pid(gw, "crashy")
+        outcome: dict = {}
+
+        def call() -> None:
+            try:
+                outcome["response"] = s.request("tools/call", {"name": "block", "arguments": {"label": label}})
+            except Exception as exc:  # e.g. httpx.RemoteProtocolError: the body broke off
+                outcome["exception"] = exc
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for(lambda: f"blocking:{label}" in app_log(gw, "crashy"), timeout=REQUEST_TIMEOUT - 1, interval=0.05,
+                 what="the call to run in the child")
+        os.kill(adapter, signal.SIGKILL)
+        caller.join(60)
+        assert "response" in outcome, outcome
+        r = outcome["response"]
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        error = reply(r, s.next_id)["error"]
+        assert error["code"] == -32012 and "default.crashy" in error["message"], error
+        s.sid = None  # its instance is gone
 
 
 def test_a_crashing_deployment_does_not_disturb_another(gw):

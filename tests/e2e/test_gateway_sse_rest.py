@@ -118,6 +118,19 @@ async def sse_session(platform: PlatformProcess, name: str, token: str | None = 
             yield session, f"{platform.url}/servers/{name}/messages/?session_id={endpoint[0]}"
 
 
+def refusal(r: httpx.Response, status: int, kind: str, code: int | None = None) -> dict:
+    """A gateway refusal on an MCP message endpoint: a JSON-RPC error, the platform's error in its data."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    body = r.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] is None, body
+    error = body["error"]
+    assert error["data"]["error"] == kind and error["data"]["message"] in error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
 def upstream_session_alive(platform: PlatformProcess, name: str, session_id: str) -> bool:
     """Ask the instance itself (behind the gateway) whether it still knows an MCP session."""
     r = httpx.post(serving_instance_url(platform, name), timeout=30, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
@@ -191,19 +204,45 @@ def test_sse_message_post_is_bound_to_its_owner_and_limited(gw):
             ping = {"jsonrpc": "2.0", "id": 99, "method": "ping"}
             # Another caller cannot post into this session: it does not exist for them.
             r = httpx.post(endpoint, json=ping, headers=auth(other))
-            assert r.status_code == 404, r.text
-            assert r.json()["error"] == "not_found" and "/servers/probe/sse" in r.json()["hint"]
+            assert refusal(r, 404, "not_found")["data"]["hint"].startswith("open a new SSE stream with GET "
+                                                                            "/servers/probe/sse")
             r = httpx.post(endpoint, json=ping)
             assert r.status_code == 401
             unknown = endpoint.split("?")[0] + "?session_id=" + "0" * 32
-            assert httpx.post(unknown, json=ping, headers=auth(gw.token)).status_code == 404
+            refusal(httpx.post(unknown, json=ping, headers=auth(gw.token)), 404, "not_found")
             # The gateway's message size limit, named in the error.
             big = {"jsonrpc": "2.0", "id": 100, "method": "ping", "params": {"pad": "x" * MAX_MESSAGE}}
-            r = httpx.post(endpoint, json=big, headers=auth(gw.token))
-            assert r.status_code == 413 and "gateway.max_message_bytes" in r.json()["message"], r.text
+            error = refusal(httpx.post(endpoint, json=big, headers=auth(gw.token)), 413, "too_large", -32010)
+            assert "gateway.max_message_bytes" in error["message"]
+            assert error["data"]["config_key"] == "gateway.max_message_bytes"
             r = httpx.post(endpoint, content=b"{not json", headers={**auth(gw.token), "Content-Type": "application/json"})
-            assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+            refusal(r, 400, "invalid_request")
             # None of that disturbed the session.
+            assert text_of(await session.call_tool("session_id", {}))
+
+    anyio.run(run)
+
+
+def test_sse_message_endpoint_resolves_the_deployment_and_never_opens_a_transport(gw):
+    """A message POST is checked like every gateway route (unknown deployment 404, another org's 403) and only
+    reaches the SSE transport of a stream that was opened: a name without one has no sessions (404), and posting
+    to made-up names leaves nothing behind."""
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    query = "?session_id=" + "0" * 32
+    for i in range(3):
+        error = refusal(httpx.post(f"{gw.url}/servers/nosuch{i}/messages/{query}", json=ping, headers=auth(gw.token)),
+                        404, "not_found")
+        assert f"no deployment default.nosuch{i}" in error["message"], error
+    refusal(httpx.post(f"{gw.url}/servers/otherorg.probe/messages/{query}", json=ping, headers=auth(gw.token)),
+            403, "forbidden")
+    # The qualified spelling of a real deployment on which no SSE stream was opened: no session there.
+    error = refusal(httpx.post(f"{gw.url}/servers/default.probe/messages/{query}", json=ping,
+                               headers=auth(gw.token)), 404, "not_found")
+    assert "no SSE session" in error["message"], error
+
+    async def run():  # a stream opened under that spelling announces it, and its messages go through
+        async with sse_session(gw, "default.probe") as (session, endpoint):
+            assert endpoint.startswith(f"{gw.url}/servers/default.probe/messages/?session_id=")
             assert text_of(await session.call_tool("session_id", {}))
 
     anyio.run(run)
@@ -311,14 +350,21 @@ def test_rest_surface(gw):
     assert rest(gw, "GET", "clock/prompts").json() == {"prompts": []}
 
 
-def test_rest_reuses_one_upstream_session(gw):
-    def upstream_sid() -> str:
-        r = rest(gw, "POST", "probe/call_tool", json={"name": "session_id"})
+def test_rest_reuses_one_upstream_session_per_token(gw):
+    other = gw.cli_json("admin", "token", "--org", "default", "--subject", "rest-other")["token"]
+
+    def upstream_sid(token: str = "default") -> str:
+        r = rest(gw, "POST", "probe/call_tool", token=token, json={"name": "session_id"})
         assert r.status_code == 200, r.text
         return r.json()["content"][0]["text"]
 
     first = upstream_sid()
     assert first
+    assert upstream_sid() == first
+    # Another token gets its own upstream session (what a server keeps per client is not shared), and keeps it.
+    theirs = upstream_sid(other)
+    assert theirs and theirs != first
+    assert upstream_sid(other) == theirs
     assert upstream_sid() == first
 
     # Concurrent calls share it too.
