@@ -2,9 +2,10 @@
 
 A deployment declares the keys it needs (:class:`SecretRef`); the values live only in the secrets backend, under
 the scope ``{org}/{deployment}``. The registry keeps the declarations and their handles
-(``secret://{org}/{deployment}/{KEY}``), never a value. At start the platform fetches the latest value of every
-declared key and hands them to the instance as environment variables, or as a resolved ``mcp_agent.secrets.yaml``
-on a tmpfs (:class:`SecretFiles`).
+(``secret://{org}/{deployment}/{KEY}``), never a value. At start the platform fetches a value of every
+declared key (the version pinned by the last healthy start, or the latest for a deploy or a rotation) and hands
+them to the instance as environment variables, or as a resolved ``mcp_agent.secrets.yaml`` on a tmpfs
+(:class:`SecretFiles`).
 """
 
 from __future__ import annotations
@@ -149,18 +150,33 @@ async def missing_keys(backend, scope: str, refs: Iterable[SecretRef], supplied:
     return sorted({ref.key for ref in refs} - have)
 
 
-async def resolve(backend, scope: str, refs: list[SecretRef], *, name: str) -> dict[str, str]:
-    """The latest value of every declared key; raises :class:`MissingSecretsError` naming all the missing ones."""
+async def resolve(backend, scope: str, refs: list[SecretRef], *, name: str, pins: dict[str, int] | None = None,
+                  latest: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, int]]:
+    """The value of every declared key, and the version of each: the pinned version (``pins``, what the last
+    healthy instance ran with) unless the key is in ``latest`` or has no pin, else the latest one. Raises
+    :class:`MissingSecretsError` naming every key that has no value (or whose pinned version is gone)."""
+    pins, latest = pins or {}, set(latest)
+    current = {info.key: info.version for info in await backend.list(scope)}
     values: dict[str, str] = {}
+    versions: dict[str, int] = {}
     missing: list[str] = []
     for ref in refs:
-        try:
-            values[ref.key] = await backend.get(scope, ref.key)
-        except NotFoundError:
+        if ref.key not in current:  # removed (`secrets rm`): a pin must not bring it back
             missing.append(ref.key)
+            continue
+        number = current[ref.key] if ref.key in latest or ref.key not in pins else int(pins[ref.key])
+        try:
+            # An explicit version even for the latest: a concurrent put cannot make the number and value disagree.
+            values[ref.key] = await backend.get(scope, ref.key, version=number)
+        except NotFoundError:
+            if number != current[ref.key]:
+                log.warning("secret %s of %s: pinned version %s is gone from the backend", ref.key, scope, number)
+            missing.append(ref.key)
+            continue
+        versions[ref.key] = number
     if missing:
         raise MissingSecretsError(name, missing)
-    return values
+    return values, versions
 
 
 def nest(refs: list[SecretRef], values: dict[str, str]) -> dict:

@@ -614,9 +614,11 @@ class Platform:
             f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---\n")
         return await builder.start(artifact, env=env, log_path=path)
 
-    async def _launch(self, builder, artifact: Artifact, record: DeploymentRecord, version: int) -> Instance:
-        """Start an instance of ``version`` with its environment and secrets resolved now (the latest values)."""
-        env = await self._env_for(record, version)
+    async def _launch(self, builder, artifact: Artifact, record: DeploymentRecord, version: int, *,
+                      latest: set[str] | frozenset[str] = frozenset()) -> Instance:
+        """Start an instance of ``version`` with its environment and secrets resolved now: the secret versions the
+        version is pinned to, except the keys in ``latest`` and keys without a pin (see :meth:`_env_for`)."""
+        env, secret_versions = await self._env_for(record, version, latest=latest)
         file = env.get(SECRETS_FILE_ENV)
         secrets_dir = str(Path(file).parent) if file and self.secret_files.owns(Path(file).parent) else None
         link = None
@@ -630,6 +632,9 @@ class Platform:
             raise
         if secrets_dir:
             instance.data["secrets_dir"] = secrets_dir  # a path, no value: removed when the instance stops
+        if secret_versions:
+            # Numbers only: _switch pins them on the version once this instance has passed its health check.
+            instance.data["secret_versions"] = secret_versions
         return instance
 
     def _drop_secret_files(self, instance: Instance) -> None:
@@ -663,9 +668,14 @@ class Platform:
         fresh = await self.registry.get_deployment_by_id(record.id) or record
         new = Active(record, version, artifact, instance, builder)
         self.active[dq] = new
-        await self.registry.update_version(record.id, version, status="serving",
-                                           instance=instance.model_dump(mode="json"))
         ver = await self.registry.get_version(record.id, version)
+        pinned = {}
+        if ver is not None and (instance.data or {}).get("secret_versions"):
+            # This instance is healthy: what it runs with is what later restarts of the version must use, so a
+            # rotation whose instance failed never reaches the version through a crash or a platform restart.
+            pinned = {"options": {**(ver.options or {}), "secret_versions": dict(instance.data["secret_versions"])}}
+        ver = await self.registry.update_version(record.id, version, status="serving",
+                                                 instance=instance.model_dump(mode="json"), **pinned)
         kind = (ver.options or {}).get("kind", record.kind) if ver else record.kind
         await self.registry.update_deployment(record.id, current_version=version, status="running",
                                               desired_state="running", kind=kind,
@@ -739,22 +749,27 @@ class Platform:
                                         message=f"restarted (restart #{active.restarts})"), rec.id)
                 break
 
-    async def _env_for(self, record: DeploymentRecord, version: int) -> dict[str, str]:
+    async def _env_for(self, record: DeploymentRecord, version: int, *,
+                       latest: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, str], dict[str, int]]:
         """The instance's environment, resolved at every (re)start: the package's env, the version's declared
-        secrets (latest values; in file mode the path of a freshly written secrets file) and its --env values."""
+        secrets (in file mode the path of a freshly written secrets file) and its --env values; and the secret
+        versions used. Each key takes the version pinned in the version's options (``secret_versions``, set by
+        the last healthy start), unless it is in ``latest`` (a rotation) or has no pin yet (a deploy)."""
         ver = await self.registry.get_version(record.id, version)
         options = (ver.options or {}) if ver else {}
         env = dict(((ver.manifest or {}).get("env") or {}) if ver else {})
         scope = scope_of(record.org, record.name)
+        used: dict[str, int] = {}
         if refs := [SecretRef.stored(r) for r in options.get("secret_refs") or []]:
-            values = await resolve(self.secrets, scope, refs, name=self.display_name(record.org, record.name))
+            values, used = await resolve(self.secrets, scope, refs, name=self.display_name(record.org, record.name),
+                                         pins=options.get("secret_versions"), latest=latest)
             if options.get("secrets_as") == "file":
                 env[SECRETS_FILE_ENV] = str(self.secret_files.write(refs, values))
             else:
                 env.update(values)
         if options.get("env_keys"):
             env.update(json.loads(await self.secrets.get(scope, f"_deploy_env_v{version}")))
-        return env
+        return env, used
 
     async def _remove_stale_secret_files(self) -> None:
         """Secrets files of instances a crash left behind. Before serving, so no new instance's file is at risk;
@@ -794,8 +809,10 @@ class Platform:
                                         version=record.current_version, status="failed",
                                         message=f"could not restore after restart: {exc}"), record.id)
 
-    async def _activate(self, record: DeploymentRecord, version: int, *, reason: str) -> None:
-        """Start (or adopt) an already-built version and switch traffic to it."""
+    async def _activate(self, record: DeploymentRecord, version: int, *, reason: str,
+                        latest: set[str] | frozenset[str] = frozenset()) -> None:
+        """Start (or adopt) an already-built version and switch traffic to it, on its pinned secret versions
+        (``latest``: keys to take at their latest version instead, as a rotation does)."""
         ver = await self.registry.get_version(record.id, version)
         if ver is None:
             raise NotFoundError(f"{record.org}.{record.name} has no version {version}",
@@ -819,7 +836,7 @@ class Platform:
             if instance is None:
                 self._drop_secret_files(previous)
         if instance is None:
-            instance = await self._launch(builder, artifact, record, version)
+            instance = await self._launch(builder, artifact, record, version, latest=latest)
         try:
             await self._health(builder, instance)
         except BaseException:
@@ -961,9 +978,15 @@ class Platform:
                        and key in await self._declared(record))
             data = {"key": key, "secret_version": number, "subject": identity.subject, "token_id": identity.token_id}
             error: Exception | None = None
+            if not restart and record is not None and active is None and record.current_version is not None:
+                # Stopped (or failed): no switch can try the value now, so the next `start` takes it instead of the
+                # pinned one; that start pins it once healthy.
+                await self._unpin(record, record.current_version, key)
             if restart:
                 try:
-                    await self._activate(record, active.version, reason="secret")
+                    # The new value for this key, the pinned ones for the others: an earlier failed rotation of
+                    # another key stays out. The pin moves only if the switch succeeds.
+                    await self._activate(record, active.version, reason="secret", latest={key})
                 except Exception as exc:
                     error = exc
             await self.record(Event(type="secret.set", org=org, deployment=short,
@@ -977,11 +1000,18 @@ class Platform:
                 raise RestartFailed(
                     f"secret {key} is stored as version {number}, but the instance started with it failed: "
                     f"{getattr(error, 'message', error)}",
-                    hint=f"version {active.version} keeps serving with the previous value; set a working value "
-                         f"with `mcp-agent secrets set {self.display_name(org, short, identity.org)} {key}`",
+                    hint=f"version {active.version} keeps serving with the previous value, and restarts keep using "
+                         f"it (it is pinned); the new value is stored but not in use: set a working value with "
+                         f"`mcp-agent secrets set {self.display_name(org, short, identity.org)} {key}`",
                     log_tail=getattr(error, "log_tail", "") or tail_file(self.app_log(org, short, active.version), 30),
                 ) from error
         return {"key": key, "version": number, "handle": make_handle(org, short, key), "restarted": restart}
+
+    async def _unpin(self, record: DeploymentRecord, version: int, key: str) -> None:
+        ver = await self.registry.get_version(record.id, version)
+        pins = dict((ver.options or {}).get("secret_versions") or {}) if ver else {}
+        if pins.pop(key, None) is not None:
+            await self.registry.update_version(record.id, version, options={**ver.options, "secret_versions": pins})
 
     async def get_secret(self, identity: Identity, name: str, key: str, version: int | None = None) -> dict:
         """A value, for owners only; every read is recorded as a ``secret.read`` event (without the value)."""

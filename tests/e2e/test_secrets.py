@@ -210,6 +210,68 @@ def test_missing_secret_refused_then_set_deploy_and_rotate(sec):
     assert sec.check("sec-env", "check", "API_TOKEN", token_v4) == "match"
 
 
+def test_secret_versions_are_pinned(sec):
+    """A failed rotation leaves the bad value as the latest version: restarts (supervisor, start, platform restart)
+    must keep the version the last healthy instance ran with, and only a successful switch moves the pin."""
+    good = sec.value("pin-good")
+    status, result = sec.deploy("sec-pin", secrets={"PIN_TOKEN": good})
+    assert status == 200 and result["type"] == "result", result
+
+    def pins(version: int = -1) -> dict:
+        versions = sec.api("GET", "/api/v1/deployments/sec-pin/versions").json()["versions"]
+        return versions[version]["options"].get("secret_versions")
+
+    assert pins() == {"PIN_TOKEN": 1}  # version numbers only, never a value
+
+    # The app refuses to start with a break-me value: the rotation fails, the old instance serves on.
+    pid = sec.serving_instance("sec-pin")["data"]["pid"]
+    bad = "break-me-" + sec.value("pin-bad")
+    sec.values.append(bad)
+    r = sec.api("PUT", "/api/v1/deployments/sec-pin/secrets/PIN_TOKEN", json={"value": bad})
+    assert r.status_code == 500 and r.json()["error"] == "restart_failed", r.text
+    assert sec.serving_instance("sec-pin")["data"]["pid"] == pid
+    assert pins() == {"PIN_TOKEN": 1}
+    assert sec.api("GET", "/api/v1/deployments/sec-pin/secrets").json()["secrets"][0]["version"] == 2  # stored
+
+    # A crash: the supervisor restarts the version on its pinned value, not on the failed latest one.
+    os.kill(pid, 9)
+    wait_for(lambda: sec.serving_instance("sec-pin")["data"]["pid"] != pid, what="the supervisor's restart")
+    wait_for(lambda: sec.api("GET", "/api/v1/deployments/sec-pin").json()["status"] == "running",
+             what="running again")
+    assert sec.check("sec-pin", "check", "PIN_TOKEN", good) == "match"
+
+    # stop + start, and a platform crash + restore: still the pinned value.
+    assert sec.api("POST", "/api/v1/deployments/sec-pin/stop").status_code == 200
+    assert sec.api("POST", "/api/v1/deployments/sec-pin/start").status_code == 200
+    assert sec.check("sec-pin", "check", "PIN_TOKEN", good) == "match"
+    sec.p.kill()
+    sec.p.start()
+    wait_for(lambda: sec.api("GET", "/api/v1/deployments/sec-pin").json()["serving_version"] == 1,
+             what="the deployment to be restored")
+    assert sec.check("sec-pin", "check", "PIN_TOKEN", good) == "match"
+
+    # A value set while stopped is what the next start uses (no switch could try it earlier); pinned once healthy.
+    good2 = sec.value("pin-good2")
+    assert sec.api("POST", "/api/v1/deployments/sec-pin/stop").status_code == 200
+    r = sec.api("PUT", "/api/v1/deployments/sec-pin/secrets/PIN_TOKEN", json={"value": good2})
+    assert r.status_code == 200 and r.json() == {**r.json(), "version": 3, "restarted": False}, r.text
+    assert sec.api("POST", "/api/v1/deployments/sec-pin/start").status_code == 200
+    assert sec.check("sec-pin", "check", "PIN_TOKEN", good2) == "match"
+    assert pins() == {"PIN_TOKEN": 3}
+
+    # A new deploy takes the latest; a successful rotation moves its pin; a rollback uses the old version's pins.
+    status, result = sec.deploy("sec-pin", secret_refs=[{"key": "PIN_TOKEN"}])
+    assert status == 200 and result["version"] == 2, result
+    good3 = sec.value("pin-good3")
+    r = sec.api("PUT", "/api/v1/deployments/sec-pin/secrets/PIN_TOKEN", json={"value": good3})
+    assert r.status_code == 200 and r.json()["restarted"] is True, r.text
+    assert pins() == {"PIN_TOKEN": 4} and pins(0) == {"PIN_TOKEN": 3}
+    r = sec.api("POST", "/api/v1/deployments/sec-pin/rollback", json={"to": 1})
+    assert r.status_code == 200, r.text
+    assert sec.check("sec-pin", "check", "PIN_TOKEN", good2) == "match"
+    assert sec.api("DELETE", "/api/v1/deployments/sec-pin").status_code == 200
+
+
 def test_get_needs_owner_and_is_audited(sec):
     developer = sec.cli_json("admin", "token", "--org", "default", "--role", "developer", "--subject", "dev")["token"]
     viewer = sec.cli_json("admin", "token", "--org", "default", "--role", "viewer", "--subject", "view")["token"]
