@@ -609,6 +609,19 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter(f"{key!r}: keys starting with _ are the platform's own", param_hint="KEY")
         return key
 
+    def _explain_restart_failed(exc, name: str, key: str) -> None:
+        """The platform stored the value, but the instance started with it failed its health check (HTTP 500
+        restart_failed, with the app's log tail): say what serves now, what the new value is, and what to do."""
+        d = exc.data or {}
+        reason = f" ({d['reason']})" if d.get("reason") else ""
+        stored = f"stored as version {d['secret_version']}" if d.get("secret_version") else "stored"
+        serving = f" (deployment version {d['serving_version']})" if d.get("serving_version") else ""
+        exc.message = (f"{name} was not restarted onto the new value of {key}: the instance started with it "
+                       f"failed{reason}. The old instance keeps serving{serving} with the previous value, and "
+                       f"restarts keep using it. The new value is {stored} but not in use.")
+        exc.hint = (f"see why in the log below or with `mcp-agent logs {name}`, fix the value, then run "
+                    f"`mcp-agent secrets set {name} {key}` again")
+
     @secrets.command("set")
     @click.argument("name")
     @click.argument("key")
@@ -624,7 +637,9 @@ def register(cli: click.Group) -> None:
 
         The value is never taken from the command line (it would end up in shell history and `ps`): it comes from
         a hidden prompt (asked twice), --stdin or --from-file. A serving deployment that uses KEY is restarted onto
-        the new value through the health-checked switch; if the new instance fails, the old one keeps serving.
+        the new value through the health-checked switch; if the new instance fails, the old one keeps serving
+        (restarts too keep the previous value), the new value stays stored but unused, and the command prints
+        the app's log tail and exits with status 1.
 
         \b
           mcp-agent secrets set hello OPENAI__API_KEY
@@ -653,7 +668,14 @@ def register(cli: click.Group) -> None:
         if not value:
             raise ValidationFailed(f"empty value for {key}: a secret needs a value",
                                    hint=f"to remove it, use `mcp-agent secrets rm {name} {key}`")
-        data = _client(api_url).set_secret(name, key, value)
+        from ..errors import ApiError
+
+        try:
+            data = _client(api_url).set_secret(name, key, value)
+        except ApiError as exc:
+            if exc.code == "restart_failed":
+                _explain_restart_failed(exc, name, key)
+            raise
         if as_json:
             return emit_json(data)
         out.print(f"{name}: {key} set (version {data.get('version')})", highlight=False)

@@ -141,8 +141,12 @@ class RestartFailed(BuildError):
 
     code = "restart_failed"
 
+    def __init__(self, message: str, *, hint: str | None = None, log_tail: str = "", **details) -> None:
+        super().__init__(message, hint=hint, log_tail=log_tail)
+        self.details = details  # key, secret_version, serving_version, reason: no value
+
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "log_tail": self.log_tail}
+        return {**super().to_dict(), **self.details, "log_tail": self.log_tail}
 
 
 async def missing_keys(backend, scope: str, refs: Iterable[SecretRef], supplied: Iterable[str] = ()) -> list[str]:

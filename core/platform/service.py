@@ -1004,6 +1004,8 @@ class Platform:
                          f"it (it is pinned); the new value is stored but not in use: set a working value with "
                          f"`mcp-agent secrets set {self.display_name(org, short, identity.org)} {key}`",
                     log_tail=getattr(error, "log_tail", "") or tail_file(self.app_log(org, short, active.version), 30),
+                    key=key, secret_version=number, serving_version=active.version,
+                    reason=str(getattr(error, "message", error)),
                 ) from error
         return {"key": key, "version": number, "handle": make_handle(org, short, key), "restarted": restart}
 

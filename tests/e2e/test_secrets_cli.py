@@ -159,6 +159,22 @@ def test_deploy_with_secrets_file_and_the_secrets_commands(platform, tmp_path):
     assert "restarted onto the new value" in r.stdout
     assert check(endpoint, platform.token, "USER__PASSWORD", from_file + "\n") == "match"
 
+    # A value the app fails to start with (it exits on break-me...): the old instance serves on, and the CLI says
+    # so, says the value is stored but unused and what to do, shows the app's log tail, and exits 1.
+    bad = f"break-me-{secrets.token_hex(8)}"
+    r = cli("secrets", "set", "sec", "USER__PASSWORD", "--stdin", input=bad, ok=False)
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    said = " ".join(r.stderr.split())
+    assert "sec was not restarted onto the new value of USER__PASSWORD" in said, r.stderr
+    assert "The old instance keeps serving" in said and "restarts keep using it" in said
+    assert "The new value is stored as version 4 but not in use" in said
+    assert "mcp-agent logs sec" in said and "`mcp-agent secrets set sec USER__PASSWORD` again" in said
+    assert "refusing to start: a credential was rejected" in r.stderr  # the app's log tail
+    failed = json.loads(cli("secrets", "set", "sec", "USER__PASSWORD", "--stdin", "--json", input=bad,
+                            ok=False).stdout)
+    assert failed["error"] == "restart_failed" and "not in use" in failed["message"] and failed["log_tail"]
+    assert check(endpoint, platform.token, "USER__PASSWORD", from_file + "\n") == "match"
+
     # rm: gone from the list; a deploy that needs it again without a value is refused by the CLI (developer
     # secret from an unset env var) or by the platform (user secret).
     r = cli("secrets", "rm", "sec", "USER__PASSWORD", "--yes")
@@ -175,9 +191,9 @@ def test_deploy_with_secrets_file_and_the_secrets_commands(platform, tmp_path):
     r = cli("secrets", "get", "sec", "USER__PASSWORD", ok=False)
     assert r.returncode == 1
 
-    cli.assert_no_leak(plain, token, password, password2, from_file)
+    cli.assert_no_leak(plain, token, password, password2, from_file, bad)
     log = platform.log_path.read_text(errors="replace")
-    for value in (plain, token, password, password2, from_file):
+    for value in (plain, token, password, password2, from_file, bad):
         assert value not in log
 
 
