@@ -147,6 +147,41 @@ def _missing_secrets_hint(exc, target: str) -> None:
                     "--non-interactive to be asked")
 
 
+def _server_secrets(client, target: str, keys: tuple[str, ...], *, non_interactive: bool, as_json: bool
+                    ) -> tuple[dict[str, str], dict]:
+    """`deploy server --secret KEY`: user secrets. Values the platform lacks are asked for (hidden) when
+    interactive; otherwise the platform's 409 names them. Returns (values to send, a value-free summary)."""
+    from ..appspec import SECRET_KEY_RE
+
+    declared: list[str] = []
+    for key in keys:
+        if "=" in key:  # a value on argv would be in the shell history and `ps`
+            raise click.BadParameter(f"{key.partition('=')[0]}=...: give only the name; the value is asked for, or "
+                                     f"set with `mcp-agent secrets set {target} {key.partition('=')[0]}`",
+                                     param_hint="--secret")
+        if not SECRET_KEY_RE.match(key) or key.startswith("_"):
+            raise click.BadParameter(f"{key!r} is not a secret key: use an environment variable name (letters, "
+                                     "digits, _; not starting with _), e.g. GITHUB_TOKEN", param_hint="--secret")
+        if key not in declared:
+            declared.append(key)
+    have = {s["key"] for s in client.list_secrets(target, missing_ok=True)["secrets"]}
+    values: dict[str, str] = {}
+    if _interactive(non_interactive):
+        for key in (k for k in declared if k not in have):
+            value = click.prompt(f"Secret {key}, Enter to skip and set it later with `mcp-agent secrets set`",
+                                 default="", show_default=False, hide_input=True, err=True)
+            if value:
+                values[key] = value
+    stored = [k for k in declared if k not in values and k in have]
+    missing = [k for k in declared if k not in values and k not in have]
+    if not as_json:
+        line = f"secrets: {len(declared)} declared (user), {len(values)} sent, {len(stored)} already stored"
+        if missing:
+            line += f", {len(missing)} missing ({', '.join(missing)})"
+        err.print(f"  [dim]{escape(line)}[/]", markup=True, highlight=False)
+    return values, {"declared": declared, "sent": sorted(values), "already_stored": stored, "missing": missing}
+
+
 def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, env: tuple[str, ...],
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
                    verbose: bool, packager_name: str = "tarball", non_interactive: bool = False,
@@ -362,19 +397,41 @@ def register(cli: click.Group) -> None:
                        "never leaks between clients; costs one process per session. shared: one child for all "
                        "sessions (requests multiplexed); choose it for stateless servers or children that are "
                        "expensive to start.")
+    @click.option("--secret", "secret_keys", multiple=True, metavar="KEY",
+                  help="Stdio servers: a secret the server needs, handed to it as env var KEY (repeatable). Only "
+                       "the name: the value is asked for (hidden) in a terminal, or set with `mcp-agent secrets "
+                       "set NAME KEY`; never on the command line.")
     @click.option("--builder", help="Builder for this deployment.")
     @click.option("--region")
     @click.option("--public", is_flag=True)
     @click.option("-v", "--verbose", is_flag=True)
+    @_secrets_deploy_options[0]
+    @_secrets_deploy_options[1]
     @api_options
     @json_option
     @handle_errors
-    def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, session_mode, builder, region,
-                      public, verbose, api_url, as_json):
-        """Deploy an existing MCP server NAME: a stdio command behind the adapter, a known --type, or a --url."""
+    def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, session_mode, secret_keys,
+                      builder, region, public, verbose, non_interactive, secrets_as, api_url, as_json):
+        """Deploy an existing MCP server NAME: a stdio command behind the adapter, a known --type, or a --url.
+
+        \b
+          mcp-agent deploy server time --type time
+          mcp-agent deploy server t2 --command mcp-server-time --pip mcp-server-time
+          mcp-agent deploy server gh --command npx --arg -y --arg @modelcontextprotocol/server-github \\
+              --secret GITHUB_PERSONAL_ACCESS_TOKEN
+          mcp-agent deploy server remote1 --url https://host/mcp
+
+        --secret KEY declares a user secret: the server gets its value as environment variable KEY (or, with
+        --secrets-as file, in a mcp_agent.secrets.yaml whose path is in MCP_AGENT_SECRETS_FILE). In a terminal
+        the CLI asks for values the platform does not store yet (hidden input; Enter skips); otherwise set them
+        first with `mcp-agent secrets set NAME KEY`, or the platform refuses the deploy and names them.
+        """
         given = [x for x in (server_type, command, url) if x]
         if len(given) != 1:
             raise click.UsageError("give exactly one of --type, --command or --url")
+        if secret_keys and url:
+            raise click.UsageError("--secret is for stdio servers: a remote server (--url) runs elsewhere and gets "
+                                   "its secrets there")
         if url:
             body = {"kind": "remote", "url": url}
         elif server_type:
@@ -384,7 +441,19 @@ def register(cli: click.Group) -> None:
             body = {"kind": "stdio", "command": command, "args": list(args), "pip": list(pip_reqs)}
         body.update({"env": _parse_env(env), "builder": builder, "region": region, "public": public or None,
                      "session_mode": session_mode})
-        _run_deploy(_client(api_url), name, body, as_json=as_json, verbose=verbose)
+        client = _client(api_url)
+        summary = None
+        if secret_keys:
+            values, summary = _server_secrets(client, name, secret_keys, non_interactive=non_interactive,
+                                              as_json=as_json)
+            body.update({"secrets": values, "secret_refs": [{"key": k, "kind": "user"} for k in summary["declared"]],
+                         "secrets_as": secrets_as})
+        try:
+            _run_deploy(client, name, body, as_json=as_json, verbose=verbose,
+                        extra={"secrets": summary} if summary else None)
+        except MCPAgentCloudError as exc:
+            _missing_secrets_hint(exc, name)
+            raise
 
     @deploy.command("server-types")
     @api_options

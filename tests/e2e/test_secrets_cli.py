@@ -308,3 +308,37 @@ def test_interactive_prompts_are_hidden(platform, tmp_path):
     assert term.finish() == 0, term.seen
     assert typed not in term.seen and "restarted onto the new value" in term.seen
     assert check(endpoint, platform.token, "USER__PASSWORD", typed) == "match"
+
+
+def test_deploy_server_with_secret(platform, tmp_path):
+    """`deploy server --secret KEY` declares a user secret for a stdio server: refused while it has no value, set
+    with `secrets set`, or typed at a hidden prompt in a terminal; never taken from the command line."""
+    value, typed = f"srv-{secrets.token_hex(8)}", f"typed-{secrets.token_hex(8)}"
+    cli = Recorder(platform)
+    server = ("deploy", "server", "srv", "--command", "python", "--arg", str(APP / "main.py"),
+              "--pip", "mcp>=2.3,<3", "--pip", "pyyaml>=6", "--secret", "STDIO__TOKEN")
+
+    assert "--secret KEY" in cli("deploy", "server", "--help").stdout
+    r = cli(*server[:-1], "STDIO__TOKEN=oops-a-value", ok=False)  # a value on argv is refused, not stored
+    assert "give only the name" in r.stderr
+    assert cli.json("secrets", "list", "srv", ok=None, keep=False).get("secrets", []) == []
+
+    r = cli(*server, "--non-interactive", ok=False)
+    assert "STDIO__TOKEN" in r.stderr and "mcp-agent secrets set srv STDIO__TOKEN" in r.stderr
+    cli("secrets", "set", "srv", "STDIO__TOKEN", "--stdin", input=value)
+    result = cli.json(*server, "--non-interactive")
+    assert result["secrets"]["declared"] == ["STDIO__TOKEN"] and result["secrets"]["already_stored"] == ["STDIO__TOKEN"]
+    assert check(f"{platform.url}/servers/srv/mcp", platform.token, "STDIO__TOKEN", value) == "match"
+    listed = cli.json("secrets", "list", "srv")["secrets"]
+    assert [(s["key"], s["kind"]) for s in listed] == [("STDIO__TOKEN", "user")]
+
+    # In a terminal the value is asked for, hidden; file mode hands it over in the secrets file.
+    term = Terminal(platform, *server[:2], "srv2", *server[3:], "--secrets-as", "file")
+    term.read_until("Secret STDIO__TOKEN")
+    term.type(typed)
+    assert term.finish() == 0, term.seen
+    assert typed not in term.seen and "1 sent" in term.seen
+    endpoint = f"{platform.url}/servers/srv2/mcp"
+    assert check(endpoint, platform.token, "stdio.token", typed, tool="check_file") == "match"
+    assert check(endpoint, platform.token, "STDIO__TOKEN", typed) == "unset"
+    cli.assert_no_leak(value, typed)
