@@ -406,9 +406,34 @@ def test_files_left_by_a_crash_are_removed_at_start(sec):
 
 
 def test_no_value_leaks(sec):
-    """Every value used above: not in the package, the venvs, the registry, the stores, the logs or any answer."""
-    assert len(sec.values) >= 8, "run the whole module: this test checks the values the tests before it used"
+    """Its own values, and every value the tests before it used: not in the package, the venvs, the registry,
+    the stores, the logs or any answer. It deploys, rotates (once well, once into a failing start), reads and
+    runs in file mode itself, so it means the same run alone."""
+    first, second, rotated, as_file = (sec.value(f"leak-{label}") for label in ("first", "second", "rotated", "file"))
+    bad = "break-me-" + sec.value("leak-bad")
+    sec.values.append(bad)
+    refs = [{"key": "LEAK_A"}, {"key": "LEAK_B", "kind": "user"}]
+    r = sec.api("PUT", "/api/v1/deployments/sec-leak/secrets/LEAK_B", json={"value": second})
+    assert r.status_code == 200, r.text
+    status, result = sec.deploy("sec-leak", secret_refs=refs, secrets={"LEAK_A": first}, env={"PLAIN": "plain"})
+    assert status == 200 and result["type"] == "result", result
+    r = sec.api("PUT", "/api/v1/deployments/sec-leak/secrets/LEAK_A", json={"value": rotated})
+    assert r.status_code == 200 and r.json()["restarted"] is True, r.text
+    r = sec.api("PUT", "/api/v1/deployments/sec-leak/secrets/LEAK_A", json={"value": bad})
+    assert r.status_code == 500 and r.json()["error"] == "restart_failed", r.text
+    assert sec.check("sec-leak", "check", "LEAK_A", rotated) == "match"
+    r = sec.api("GET", "/api/v1/deployments/sec-leak/secrets/LEAK_B")
+    assert r.status_code == 200 and r.json()["value"] == second
+    sec.outputs.pop()  # the one answer allowed to hold a value
+    for path in ("/api/v1/deployments/sec-leak", "/api/v1/deployments/sec-leak/versions",
+                 "/api/v1/deployments/sec-leak/secrets", "/api/v1/deployments", "/api/v1/deployments/sec-leak/events"):
+        assert sec.api("GET", path).status_code == 200, path
+    status, result = sec.deploy("sec-leak-file", secrets={"LEAK__FILE": as_file}, secrets_as="file")
+    assert status == 200 and result["type"] == "result", result
+    assert sec.check("sec-leak-file", "check_file", "leak.file", as_file) == "match"
+
     needles = [v.encode() for v in sec.values]
+    assert {first, second, rotated, bad, as_file} <= set(sec.values)
     found = []
     for base in (sec.p.root, sec.envs):
         for dirpath, _dirs, files in os.walk(base):  # does not follow symlinks: the link into /dev/shm is skipped
