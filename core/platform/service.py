@@ -174,10 +174,12 @@ class Platform:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def _ctx(self) -> PluginContext:
-        gateway = getattr(self.config, "gateway", None)  # PlatformConfig.gateway (being added with the gateway)
+        gateway = self.config.gateway
+        # Builders size what they start (the stdio adapter's idle timeout and session cap) from the gateway's limits.
         return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=getattr(self, "registry", None),
                              settings={"base_url": self.config.base_url,
-                                       "session_idle_timeout": getattr(gateway, "session_idle_timeout", None)})
+                                       "session_idle_timeout": gateway.session_idle_timeout,
+                                       "max_sessions_per_deployment": gateway.max_sessions_per_deployment})
 
     def _build(self, kind: str, ref) -> Any:
         spec = self.pm.get(kind, ref.name)
