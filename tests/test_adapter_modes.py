@@ -25,7 +25,6 @@ from test_adapter import Adapter
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 MODES = pytest.mark.parametrize("mode", ["isolated", "shared"])
 ROOT = Path(__file__).resolve().parent.parent
-EVERYTHING_JS = "@modelcontextprotocol/server-everything/dist/index.js"
 
 # A low-level server with one tool per feature the adapter routes. Stderr lines are what the tests read back.
 FEATURES = textwrap.dedent(
@@ -116,16 +115,9 @@ def features(tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def everything(request) -> list[str]:
-    """The npm server-everything over stdio: conftest's `everything_cmd` when it exists, else a local copy."""
-    try:
-        return list(request.getfixturevalue("everything_cmd"))
-    except pytest.FixtureLookupError:
-        pass
-    for base in (ROOT / ".tools" / "node" / "node_modules", Path("/tmp/npmtest/node_modules")):
-        if (base / EVERYTHING_JS).is_file():
-            return ["node", str(base / EVERYTHING_JS), "stdio"]
-    pytest.skip("npm @modelcontextprotocol/server-everything is not installed (scripts/setup.sh)")
+def everything(everything_cmd) -> list[str]:
+    """The npm server-everything over stdio (conftest fails, never skips, when scripts/setup.sh did not install it)."""
+    return list(everything_cmd)
 
 
 def start(tmp_path: Path, command: list[str], mode: str = "isolated", *flags: str) -> Adapter:
