@@ -600,8 +600,3 @@ class _MessageEndpoint:
                                "POST one JSON-RPC message with Content-Type: application/json")
         err.status = status
         return err
-
-
-def bridge_routes(gateway) -> list:
-    """The SSE and REST routes (a fresh Bridge). Prefer ``Bridge(gateway)`` to also get ``aclose()``."""
-    return Bridge(gateway).routes
