@@ -65,7 +65,11 @@ class RegistrySpec(BackendSpec):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExecutorSpec(BackendSpec):
+    """``backend`` is the in-app half (an :class:`Executor`, built inside each app process by the MCPApp runtime);
+    ``supervisor`` is the platform half (an :class:`ExecutorSupervisor`, built once by ``mcp-agent serve``)."""
+
     kind: ClassVar[str] = "executor"
+    supervisor: type | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -176,6 +180,9 @@ class BuildRequest(BaseModel):
     session_mode: Literal["isolated", "shared"] | None = Field(
         None, description="kind stdio: one child per client session, or one shared child (None: the adapter's default)")
     options: dict[str, Any] = Field(default_factory=dict, description="per-deployment builder overrides")
+    runtime_requirements: list[str] = Field(
+        default_factory=list, description="added by the platform to an app's requirements (kind app): the MCPApp "
+        "runtime (a wheel of this package) and what the executor needs, when the app imports mcp_agent_cloud")
 
 
 class Artifact(BaseModel):
@@ -294,16 +301,95 @@ class TokenRecord(BaseModel):
     revoked: bool = False
 
 
+RunStatus = Literal["running", "paused", "completed", "error", "cancelled", "interrupted"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "error", "cancelled", "interrupted"})
+
+
 class RunRecord(BaseModel):
+    """One workflow run, as ``workflows-get_status`` reports it (plus fields mcp-agent's shape lacks)."""
+
     run_id: str
     workflow_id: str
-    name: str
-    status: Literal["running", "paused", "completed", "error", "cancelled", "interrupted"] = "running"
-    state: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="the workflow's name")
+    status: RunStatus = "running"
+    state: dict[str, Any] = Field(default_factory=dict, description="what the run published with update_state")
     result: Any = None
     error: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="the validated run parameters")
+    waiting_for: str | None = Field(None, description="the signal a paused run waits for ('resume' when paused)")
+    priority: int = 0
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    history: list[dict[str, Any]] = Field(
+        default_factory=list, description="state changes and signals, oldest first: {ts, kind, ...}")
+
+    @property
+    def running(self) -> bool:
+        return self.status not in FINAL_STATUSES
+
+
+class RunPage(BaseModel):
+    runs: list[RunRecord]
+    next_page_token: str | None = None
+
+
+class RetryPolicy(BaseModel):
+    """Retries of a step: attempt ``n`` (from 1) that fails waits ``min(initial_interval * backoff**(n-1),
+    max_interval)`` seconds before attempt ``n+1``, up to ``max_attempts`` attempts in all."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(3, ge=1)
+    initial_interval: float = Field(1.0, gt=0)
+    backoff: float = Field(2.0, ge=1)
+    max_interval: float = Field(60.0, gt=0)
+    non_retryable: list[str] = Field(default_factory=list, description="exception class names never retried")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
+
+
+class Schedule(BaseModel):
+    """Start a workflow on a timer: a cron expression (5 fields, or 6 with seconds first) or a fixed interval."""
+
+    model_config = ConfigDict(extra="forbid")
+    cron: str | None = None
+    every: float | None = Field(None, gt=0, description="seconds between starts")
+    params: dict[str, Any] = Field(default_factory=dict, description="run parameters for each start")
+    id: str | None = Field(None, description="stable id; default: WORKFLOW-INDEX")
+
+
+@dataclasses.dataclass
+class StepDef:
+    """A side-effecting step (a Temporal activity): run through :meth:`RunContext.run_step`, retried per ``retry``."""
+
+    name: str
+    fn: Callable[..., Any]
+    retry: RetryPolicy | None = None
+    timeout: float | None = None  # seconds per attempt
+
+
+@dataclasses.dataclass
+class WorkflowDef:
+    """A workflow class registered with ``@app.workflow`` (or a function with ``@app.async_tool``)."""
+
+    name: str
+    cls: type  # has ``async def run(self, **params)``; the executor makes one instance per run
+    description: str = ""
+    input_model: type[BaseModel] | None = None  # from run()'s signature; validates params
+    schedules: list[Schedule] = dataclasses.field(default_factory=list)
+    priority: int = 0
+    rate_limit: str | None = None  # "N/second|minute|hour"
+
+
+@dataclasses.dataclass
+class AppBinding:
+    """What the MCPApp runtime hands the in-app executor before ``setup``."""
+
+    app_name: str
+    deployment: str  # "org.name" (or the app name when run outside the platform)
+    data_dir: Path  # persistent across versions and restarts
+    workflows: Mapping[str, WorkflowDef]
+    steps: Mapping[str, StepDef]
 
 
 class SecretInfo(BaseModel):
@@ -470,21 +556,88 @@ class Registry(Backend):
             await anyio.sleep(0.5)
 
 
-class Executor(Backend):
-    """Runs workflow code. Runs are addressed by ``run_id``; signals reach only the run named."""
+class RunContext(abc.ABC):
+    """What a running workflow talks to (``Workflow.context``); each executor implements it.
+
+    Every await point here is also a pause point: a paused run stops at the next one until resumed."""
+
+    run_id: str
+    workflow_id: str
 
     @abc.abstractmethod
-    async def start_run(
-        self, name: str, fn: Callable[..., Awaitable[Any]], params: Mapping[str, Any], *, workflow_id: str | None = None
-    ) -> RunRecord: ...
+    async def wait_for_signal(self, name: str, timeout: float | None = None) -> Any:
+        """The payload of the next signal ``name`` for this run; signals sent before the wait are kept.
+        The run shows ``paused`` with ``waiting_for=name`` meanwhile. :class:`TimeoutError` after ``timeout``."""
     @abc.abstractmethod
-    async def status(self, run_id: str) -> RunRecord: ...
+    def update_state(self, **values: Any) -> None:
+        """Merge ``values`` into the run's ``state`` (progress, shown by get_status). JSON values only."""
     @abc.abstractmethod
-    async def signal(self, run_id: str, name: str, payload: Any = None) -> None: ...
+    async def run_step(self, step: StepDef, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Run a side-effecting step with its retry policy (a Temporal activity on temporal)."""
     @abc.abstractmethod
-    async def cancel(self, run_id: str) -> None: ...
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class Executor(Backend):
+    """The in-app half of an executor: runs one app's workflows inside the app process.
+
+    The MCPApp runtime builds it from ``MCPAC_EXECUTOR``/``MCPAC_EXECUTOR_CONFIG`` (set by the platform's
+    :class:`ExecutorSupervisor`), calls :meth:`bind`, then ``setup`` (open the run store, mark runs a dead process
+    left behind, start workers and schedules), and drives it from the ``workflows-*`` tools. Runs are addressed
+    by ``run_id`` (or the latest run of a ``workflow_id``); signals reach only the run named.
+    Errors: :class:`~mcp_agent_cloud.errors.NotFoundError` (unknown run), ``ConflictError`` (a finished run),
+    ``ValidationFailed`` (bad params).
+    """
+
+    binding: AppBinding
+
+    def bind(self, binding: AppBinding) -> None:
+        self.binding = binding
+
     @abc.abstractmethod
-    async def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRecord]: ...
+    async def start_run(self, workflow: str, params: Mapping[str, Any], *, workflow_id: str | None = None,
+                        priority: int | None = None) -> RunRecord:
+        """Start ``workflow`` (a name in ``binding.workflows``) with already-validated params."""
+    @abc.abstractmethod
+    async def status(self, run_id: str | None = None, *, workflow_id: str | None = None,
+                     history: bool = False) -> RunRecord: ...
+    @abc.abstractmethod
+    async def signal(self, run_id: str, name: str, payload: Any = None) -> RunRecord:
+        """Deliver a signal. ``resume`` also lifts a pause."""
+    @abc.abstractmethod
+    async def pause(self, run_id: str) -> RunRecord:
+        """Hold the run at its next pause point until a ``resume`` signal."""
+    @abc.abstractmethod
+    async def cancel(self, run_id: str) -> RunRecord: ...
+    @abc.abstractmethod
+    async def list_runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100,
+                        page_token: str | None = None) -> RunPage:
+        """Newest first."""
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        """Until the run has finished; for tests and batch tools. Default: poll ``status``."""
+        import anyio
+
+        with anyio.fail_after(timeout):
+            while (record := await self.status(run_id)).running:
+                await anyio.sleep(0.1)
+        return record
+
+
+class ExecutorSupervisor(Backend):
+    """The platform half of an executor: what every app process needs to reach it, and any engine the platform
+    runs for it (the embedded Temporal dev server). The default passes the executor's config to the apps."""
+
+    def app_env(self, deployment: DeploymentRef) -> dict[str, str]:
+        """Environment for an app instance; the MCPApp runtime builds the in-app executor from it."""
+        import json
+
+        return {"MCPAC_EXECUTOR": self.spec_name,
+                "MCPAC_EXECUTOR_CONFIG": json.dumps(self.config.model_dump(mode="json"))}
+
+    def app_requirements(self) -> list[str]:
+        """Extra pip requirements for the environment of an app that uses the MCPApp runtime."""
+        return []
 
 
 class SecretsBackend(Backend):
