@@ -74,6 +74,17 @@ class ConflictError(MCPAgentCloudError):
     code = "conflict"
 
 
+class RateLimited(MCPAgentCloudError):
+    """Too many starts of a workflow with a ``rate_limit``; ``retry_after`` is in seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class TooLargeError(MCPAgentCloudError):
     status = 413
     code = "too_large"
