@@ -901,6 +901,289 @@ def register(cli: click.Group) -> None:
         if result.is_error:
             sys.exit(1)
 
+    # -- workflows ----------------------------------------------------------------------------------------------
+    @cli.group()
+    def workflows():
+        """Run and steer the durable workflows of an MCPApp deployment (its workflows-* tools, through the platform).
+
+        \b
+          mcp-agent workflows list hello
+          mcp-agent workflows run hello Approve --param amount=5 --watch
+          mcp-agent workflows runs hello --status paused          what each paused run waits for
+          mcp-agent workflows resume run_... --signal approve --payload '{"ok": true}'
+          mcp-agent workflows cancel run_...
+
+        Runs are named by run id alone: the platform finds the deployment that holds them in your org.
+        """
+
+    def _parse_params(pairs: tuple[str, ...], params_file: str | None) -> dict:
+        params: dict = {}
+        if params_file:
+            try:
+                loaded = json.loads(Path(params_file).read_text())
+            except (OSError, ValueError) as exc:
+                raise click.BadParameter(f"cannot read JSON from {params_file}: {exc}", param_hint="--params-file")
+            if not isinstance(loaded, dict):
+                raise click.BadParameter("the file must hold one JSON object", param_hint="--params-file")
+            params.update(loaded)
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+            try:
+                params[key] = json.loads(value)
+            except ValueError:
+                params[key] = value
+        return params
+
+    def _parse_payload(payload: str | None):
+        if payload is None:
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return payload  # a plain string
+
+    def _describe_run(run: dict) -> str:
+        status = run.get("status", "?")
+        if status == "paused" and run.get("waiting_for"):
+            status += f" (waiting for {run['waiting_for']})"
+        return status
+
+    def _print_run(run: dict) -> None:
+        out.print(f"[bold]{run.get('run_id') or run.get('id')}[/] {run.get('name', '')}", markup=True,
+                  highlight=False)
+        rows = [("status", _describe_run(run)), ("workflow_id", run.get("workflow_id")),
+                ("deployment", run.get("deployment")), ("state", run.get("state") or None),
+                ("params", run.get("params") or None), ("result", run.get("result")), ("error", run.get("error"))]
+        for key, value in rows:
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out.print(f"  {key + ':':12} {text}", markup=False, highlight=False)
+        for event in run.get("history") or []:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts", 0)))
+            rest = {k: v for k, v in event.items() if k not in ("ts", "kind")}
+            out.print(f"    {stamp} {event.get('kind', '')} {json.dumps(rest, default=str) if rest else ''}",
+                      markup=False, highlight=False)
+
+    FINAL = {"completed", "error", "cancelled", "interrupted"}
+
+    def _watch(client, run_id: str, as_json: bool, interval: float = 1.0) -> dict:
+        """Poll the run until it finishes, printing each change of status or state."""
+        last = None
+        try:
+            while True:
+                run = client.run_status(run_id)
+                seen = (run.get("status"), run.get("waiting_for"), json.dumps(run.get("state"), sort_keys=True))
+                if seen != last and not as_json:
+                    stamp = time.strftime("%H:%M:%S")
+                    state = f" state={json.dumps(run['state'])}" if run.get("state") else ""
+                    out.print(f"{stamp} {run_id} {_describe_run(run)}{state}", markup=False, highlight=False)
+                last = seen
+                if run.get("status") in FINAL:
+                    return run
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return run
+
+    def _show_run(run: dict, as_json: bool) -> None:
+        if as_json:
+            return emit_json(run)
+        _print_run(run)
+        if run.get("status") == "error" or run.get("status") == "interrupted":
+            sys.exit(1)
+
+    @workflows.command("list")
+    @click.argument("name")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_list(name, api_url, as_json):
+        """The workflows deployment NAME serves, with their parameters."""
+        data = _client(api_url).workflows(name)
+        if as_json:
+            return emit_json(data)
+        rows = []
+        for w in data["workflows"]:
+            props = (w.get("input_schema") or {}).get("properties") or {}
+            required = set((w.get("input_schema") or {}).get("required") or [])
+            params = ", ".join(f"{p}{'' if p in required else '?'}" for p in props)
+            schedules = ", ".join(s.get("cron") or f"every {s.get('every')}s" for s in w.get("schedules") or [])
+            rows.append({**w, "params": params or "-", "schedule": schedules or "-"})
+        table(rows, [("name", "WORKFLOW"), ("params", "PARAMETERS"), ("schedule", "SCHEDULE"),
+                     ("description", "DESCRIPTION")])
+
+    @workflows.command("run")
+    @click.argument("name")
+    @click.argument("workflow")
+    @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+                  help="A run parameter; VALUE is parsed as JSON when it can be (repeatable).")
+    @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
+                  help="All run parameters as one JSON object (--param adds to it).")
+    @click.option("--workflow-id", help="Your own id for the run (default: WORKFLOW-<uuid>).")
+    @click.option("--priority", type=int, help="Higher runs first when runs queue.")
+    @click.option("--watch", is_flag=True, help="Follow the run until it finishes.")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_run(name, workflow, params, params_file, workflow_id, priority, watch, api_url, as_json):
+        """Start a run of WORKFLOW on deployment NAME."""
+        client = _client(api_url)
+        started = client.run_workflow(name, workflow, _parse_params(params, params_file), workflow_id=workflow_id,
+                                      priority=priority)
+        if watch:
+            return _show_run(_watch(client, started["run_id"], as_json), as_json)
+        if as_json:
+            return emit_json(started)
+        out.print(f"started {workflow}: run {started['run_id']} (workflow id {started['workflow_id']})",
+                  highlight=False)
+        out.print(f"  follow it with: mcp-agent workflows status {started['run_id']} --watch", highlight=False)
+
+    @workflows.command("status")
+    @click.argument("run_id")
+    @click.option("--history", is_flag=True, help="Also show the run's history (state changes, signals).")
+    @click.option("--watch", is_flag=True, help="Follow the run until it finishes.")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_status(run_id, history, watch, api_url, as_json):
+        """Status of run RUN_ID: status, what it waits for, state, result or error."""
+        client = _client(api_url)
+        if watch:
+            _watch(client, run_id, as_json)
+        _show_run(client.run_status(run_id, history=history), as_json)
+
+    def _run_verb(verb: str, doc: str):
+        @workflows.command(verb, help=doc)
+        @click.argument("run_id")
+        @click.option("--watch", is_flag=True, help="Then follow the run until it finishes.")
+        @api_options
+        @json_option
+        @handle_errors
+        def command(run_id, watch, api_url, as_json):
+            client = _client(api_url)
+            run = client.run_action(run_id, verb)
+            if watch:
+                run = _watch(client, run_id, as_json)
+            if as_json:
+                return emit_json(run)
+            out.print(f"{verb}: {run_id} -> {_describe_run(run)}", highlight=False)
+        return command
+
+    _run_verb("pause", "Pause run RUN_ID at its next pause point (a step, a sleep or a wait for a signal).")
+    _run_verb("cancel", "Cancel run RUN_ID.")
+
+    @workflows.command("resume")
+    @click.argument("run_id")
+    @click.option("--signal", "signal", default=None,
+                  help="The signal to send (default: resume, which also lifts a pause).")
+    @click.option("--payload", help="The signal's payload: JSON, or else a plain string.")
+    @click.option("--watch", is_flag=True, help="Then follow the run until it finishes.")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_resume(run_id, signal, payload, watch, api_url, as_json):
+        """Resume run RUN_ID, or send it the signal it waits for, with an optional payload."""
+        client = _client(api_url)
+        run = client.run_action(run_id, "resume", signal=signal, payload=_parse_payload(payload))
+        if watch:
+            run = _watch(client, run_id, as_json)
+        if as_json:
+            return emit_json(run)
+        out.print(f"resume: {run_id} -> {_describe_run(run)}", highlight=False)
+
+    @workflows.command("runs")
+    @click.argument("name", required=False)
+    @click.option("--status", type=click.Choice(["running", "paused", "completed", "error", "cancelled",
+                                                 "interrupted"]), help="Only runs with this status.")
+    @click.option("--workflow", help="Only runs of this workflow.")
+    @click.option("--limit", default=100, show_default=True, help="At most this many runs.")
+    @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_runs(name, status, workflow, limit, watch, api_url, as_json):
+        """Runs of deployment NAME (or of every serving app of your org), newest first; paused runs show what they
+        wait for."""
+        client = _client(api_url)
+        while True:
+            data = client.runs(name, status=status, workflow=workflow, limit=limit)
+            if as_json:
+                return emit_json(data)
+            rows = [{**r, "status": _describe_run(r),
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at") or 0))}
+                    for r in data["runs"]]
+            if watch:
+                click.clear()
+            table(rows, [("run_id", "RUN ID"), ("name", "WORKFLOW"), ("status", "STATUS"), ("created", "CREATED")]
+                  + ([] if name else [("deployment", "DEPLOYMENT")]))
+            if not watch:
+                return
+            try:
+                time.sleep(2)
+            except KeyboardInterrupt:
+                return
+
+    @workflows.command("batch")
+    @click.argument("name")
+    @click.argument("action", type=click.Choice(["run", "cancel", "pause", "resume"]))
+    @click.option("--workflow", help="run: the workflow to start; else only runs of this workflow.")
+    @click.option("--status", help="cancel/pause/resume: every run with this status.")
+    @click.option("--run-id", "run_ids", multiple=True, help="A run to act on (repeatable).")
+    @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
+                  help="run: a JSON list of run-parameter objects, one run each.")
+    @click.option("--signal", "signal", help="resume: the signal to send (default resume).")
+    @click.option("--payload", help="resume: the signal's payload (JSON, or a plain string).")
+    @api_options
+    @json_option
+    @handle_errors
+    def workflows_batch(name, action, workflow, status, run_ids, params_file, signal, payload, api_url, as_json):
+        """Start, cancel, pause or resume many runs of deployment NAME at once."""
+        body: dict = {"action": action}
+        if workflow:
+            body["workflow_name"] = workflow
+        if status:
+            body["status"] = status
+        if run_ids:
+            body["run_ids"] = list(run_ids)
+        if params_file:
+            try:
+                runs = json.loads(Path(params_file).read_text())
+            except (OSError, ValueError) as exc:
+                raise click.BadParameter(f"cannot read JSON from {params_file}: {exc}", param_hint="--params-file")
+            if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+                raise click.BadParameter("the file must hold a JSON list of objects", param_hint="--params-file")
+            body["runs"] = runs
+        if signal:
+            body["signal_name"] = signal
+        if payload is not None:
+            body["payload"] = _parse_payload(payload)
+        data = _client(api_url).workflow_batch(name, body)
+        if as_json:
+            return emit_json(data)
+        table(data.get("results", []), [("run_id", "RUN ID"), ("ok", "OK"), ("error", "ERROR")])
+        if any(not r.get("ok") for r in data.get("results", [])):
+            sys.exit(1)
+
+    def _agent_verb(verb: str, action: str, doc: str):
+        @workflows.command(verb, help=doc)
+        @click.argument("name")
+        @api_options
+        @json_option
+        @handle_errors
+        def command(name, api_url, as_json):
+            data = _client(api_url).agent(name, action)
+            if as_json:
+                return emit_json(data)
+            runs = f", {data['active_runs']} run(s) in flight" if data.get("active_runs") is not None else ""
+            out.print(f"{name}: {'suspended: it starts no new runs' if data['suspended'] else 'accepting runs'}"
+                      f"{runs}", highlight=False)
+        return command
+
+    _agent_verb("suspend", "pause", "Suspend deployment NAME: it starts no new runs (runs in flight go on).")
+    _agent_verb("unsuspend", "resume", "Lift the suspension of deployment NAME.")
+
     # -- local helpers ------------------------------------------------------------------------------------------
     @cli.command()
     @click.argument("directory", default="hello", type=click.Path(file_okay=False))

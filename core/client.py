@@ -16,6 +16,8 @@ from .state import resolve_api_url, resolve_token
 
 # Stop, start, rollback and delete wait behind a deploy of the same deployment: no read deadline.
 LIFECYCLE_TIMEOUT = httpx.Timeout(30.0, read=None)
+# Workflow calls go through the app; the platform gives each one up to two minutes.
+WORKFLOW_TIMEOUT = httpx.Timeout(30.0, read=180.0)
 
 
 class PlatformClient:
@@ -203,6 +205,51 @@ class PlatformClient:
     def delete_secret(self, name: str, key: str, *, destroy: bool = False) -> dict:
         return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}/secrets/{key}",
                             params={"destroy": "1"} if destroy else None)
+
+    # -- workflows: runs live in the apps; the platform calls their workflows-* tools ----------------------------
+
+    def workflows(self, name: str) -> dict:
+        """``{"deployment", "workflows": [{name, description, run_tool, input_schema, schedules, ...}]}``."""
+        return self.request("GET", f"/api/v1/workflows/{self._qualify(name)}", timeout=WORKFLOW_TIMEOUT)
+
+    def run_workflow(self, name: str, workflow: str, params: dict | None = None, *, workflow_id: str | None = None,
+                     priority: int | None = None) -> dict:
+        """Start a run; ``{"workflow_id", "run_id", "execution_id", ...}``."""
+        body = {"params": params or {}}
+        if workflow_id:
+            body["workflow_id"] = workflow_id
+        if priority is not None:
+            body["priority"] = priority
+        return self.request("POST", f"/api/v1/workflows/{self._qualify(name)}/{workflow}/run", json=body,
+                            timeout=WORKFLOW_TIMEOUT)
+
+    def runs(self, name: str | None = None, *, status: str | None = None, workflow: str | None = None,
+             limit: int = 100) -> dict:
+        """Runs of one deployment (or of every serving app of the org), newest first."""
+        params = {k: v for k, v in {"deployment": self._qualify(name) if name else None, "status": status,
+                                    "workflow": workflow, "limit": limit}.items() if v}
+        return self.request("GET", "/api/v1/runs", params=params, timeout=WORKFLOW_TIMEOUT)
+
+    def run_status(self, run_id: str, *, history: bool = False) -> dict:
+        return self.request("GET", f"/api/v1/runs/{run_id}", params={"history": "1"} if history else None,
+                            timeout=WORKFLOW_TIMEOUT)
+
+    def run_action(self, run_id: str, action: str, *, signal: str | None = None, payload: Any = None) -> dict:
+        """``action``: pause, resume (with an optional signal name and payload) or cancel; the run's status."""
+        body: dict[str, Any] = {}
+        if signal:
+            body["signal"] = signal
+        if payload is not None:
+            body["payload"] = payload
+        return self.request("POST", f"/api/v1/runs/{run_id}/{action}", json=body, timeout=WORKFLOW_TIMEOUT)
+
+    def workflow_batch(self, name: str, body: dict) -> dict:
+        return self.request("POST", f"/api/v1/workflows/{self._qualify(name)}/batch", json=body,
+                            timeout=WORKFLOW_TIMEOUT)
+
+    def agent(self, name: str, action: str) -> dict:
+        """``action``: run (start the instance), pause (suspend: no new runs), resume, stop."""
+        return self.request("POST", f"/api/v1/agents/{self._qualify(name)}/{action}", timeout=LIFECYCLE_TIMEOUT)
 
     def logs(self, name: str, tail: int = 100, follow: bool = False, version: int | None = None) -> Iterator[str]:
         params = {"tail": tail, "follow": "1" if follow else "0"}

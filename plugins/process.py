@@ -255,6 +255,21 @@ def app_env_key(reqs: list[str], request: BuildRequest) -> tuple[str, EnvScope, 
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest(), scope, paths
 
 
+def runtime_env_key(key: str, runtime_requirements: list[str]) -> str:
+    """``key`` extended by the platform's runtime requirements. A ``name @ file://PATH`` line counts by the file's
+    sha256, not its path: the same wheel in another data dir (another platform, a test) shares the env."""
+    parts = []
+    for line in runtime_requirements:
+        name, sep, url = line.partition(" @ ")
+        if sep and url.startswith("file:"):
+            path = Path(unquote(urlsplit(url).path))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else url
+            parts.append(f"{name.strip()} @ sha256:{digest}")
+        else:
+            parts.append(line.strip())
+    return hashlib.sha256(json.dumps({"app": key, "runtime": parts}).encode()).hexdigest()
+
+
 def child_env(env: Mapping[str, str], venv: Path | None) -> dict[str, str]:
     """The instance's environment: the platform's minus its own settings, plus the deployment's."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(PLATFORM_ENV_PREFIX)}
@@ -340,6 +355,11 @@ class ProcessBuilder(Builder):
                                  hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
             reqs = app_requirements(request.manifest.requirements if request.manifest else [])
             key, scope, paths = app_env_key(reqs, request)
+            if request.runtime_requirements:
+                # The MCPApp runtime (a wheel on the platform host) and what its executor needs: installed with the
+                # app's own requirements, and part of the env key by content, so new runtime code means a new env.
+                key = runtime_env_key(key, request.runtime_requirements)
+                reqs = [*reqs, *request.runtime_requirements]
             await emit(log, f"environment key {key[:12]}: " + {
                 "shared": "requirements only, shared",
                 "org": f"requirements + files under {', '.join(paths)}, org {request.deployment.org} only",

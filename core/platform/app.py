@@ -25,6 +25,7 @@ from . import bridge as _bridge
 from .bridge import Bridge
 from .gateway import Gateway, TransportGuard
 from .service import DeployRequest, Platform
+from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
@@ -111,6 +112,80 @@ class SecretRead(BaseModel):
 class Uploaded(BaseModel):
     sha256: str
     manifest: Manifest
+
+
+class WorkflowRunBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    params: dict[str, Any] = Field(default_factory=dict, description="the workflow's run parameters")
+    workflow_id: str | None = Field(None, description="default: {workflow}-{uuid hex}")
+    priority: int | None = Field(None, description="higher runs first when runs queue")
+
+
+class RunActionBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    run_id: str | None = None
+    workflow_id: str | None = Field(None, description="instead of run_id: the latest run of this workflow id")
+    signal: str | None = Field(None, description="resume only: the signal to send (default resume)")
+    payload: Any = Field(None, description="resume only: the signal's payload (any JSON)")
+
+
+class RunSignalBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    signal: str | None = Field(None, description="resume only: the signal to send (default resume)")
+    payload: Any = Field(None, description="resume only: the signal's payload (any JSON)")
+
+
+class BatchBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    action: str = Field(description="run, cancel, pause or resume")
+    workflow_name: str | None = Field(None, description="run: the workflow; else: only runs of this workflow")
+    status: str | None = Field(None, description="cancel/pause/resume: every run with this status")
+    run_ids: list[str] | None = None
+    runs: list[dict[str, Any]] | None = Field(None, description="run: the run parameters of each run to start")
+    signal_name: str | None = None
+    payload: Any = None
+
+
+class RunStatusModel(BaseModel):
+    id: str
+    workflow_id: str
+    run_id: str
+    name: str
+    status: str = Field(description="running, paused, completed, error, cancelled or interrupted")
+    running: bool
+    state: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    waiting_for: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    created_at: float | None = None
+    updated_at: float | None = None
+    deployment: str | None = None
+
+
+class RunList(BaseModel):
+    runs: list[RunStatusModel]
+    next_page_token: str | None = None
+
+
+class AgentState(BaseModel):
+    name: str
+    org: str
+    suspended: bool
+    active_runs: int | None = None
+    status: str
+
+
+async def json_body(request: Request, model: type[BaseModel], example: str) -> Any:
+    """The request body validated by ``model``; an empty body is ``{}``."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(f"invalid body: {safe_errors(exc)}", hint=f"send {example}") from None
+    except ValueError:
+        raise ValidationFailed("the body must be JSON", hint=f"send {example}") from None
 
 
 @dataclass(frozen=True)
@@ -287,6 +362,98 @@ def build_app(platform: Platform) -> Starlette:
         return JSONResponse(await platform.delete_secret(identity_of(request), request.path_params["name"],
                                                          request.path_params["key"], destroy=destroy))
 
+    # -- workflows: calls into the serving app's workflows-* tools (see workflows.py) ------------------------------
+    flows = Workflows(platform)
+
+    async def list_workflows(request: Request) -> Response:
+        return JSONResponse(await flows.list_workflows(identity_of(request), request.path_params["deployment"]))
+
+    async def run_workflow(request: Request) -> Response:
+        body = await json_body(request, WorkflowRunBody, '{"params": {...}, "workflow_id": "optional"}')
+        return JSONResponse(await flows.run(identity_of(request), request.path_params["deployment"],
+                                            request.path_params["workflow"], body.params,
+                                            workflow_id=body.workflow_id, priority=body.priority))
+
+    def workflow_action(action: str):
+        async def handler(request: Request) -> Response:
+            body = await json_body(request, RunActionBody, '{"run_id": "run_..."} or {"workflow_id": "..."}')
+            return JSONResponse(await flows.act(identity_of(request), request.path_params["deployment"], action,
+                                                run_id=body.run_id, workflow_id=body.workflow_id,
+                                                signal=body.signal, payload=body.payload))
+        handler.__name__ = f"workflow_{action}"
+        return handler
+
+    async def workflow_batch(request: Request) -> Response:
+        body = await json_body(request, BatchBody, '{"action": "cancel", "status": "paused"}')
+        return JSONResponse(await flows.batch(identity_of(request), request.path_params["deployment"],
+                                              body.model_dump(exclude_none=True)))
+
+    async def list_runs(request: Request) -> Response:
+        identity = identity_of(request)
+        q = request.query_params
+        limit = min(int_param(request, "limit", 100) or 100, 1000)
+        if q.get("deployment"):
+            out = await flows.list_runs(identity, q["deployment"], status=q.get("status") or None,
+                                        workflow=q.get("workflow") or None, limit=limit,
+                                        page_token=q.get("page_token") or None)
+        else:
+            out = await flows.all_runs(identity, status=q.get("status") or None, workflow=q.get("workflow") or None,
+                                       limit=limit)
+        return JSONResponse(out)
+
+    async def get_run(request: Request) -> Response:
+        history = request.query_params.get("history") in ("1", "true", "yes")
+        return JSONResponse(await flows.run_status(identity_of(request), request.path_params["run_id"],
+                                                   history=history))
+
+    def run_action(action: str):
+        async def handler(request: Request) -> Response:
+            body = await json_body(request, RunSignalBody, '{"signal": "approve", "payload": {...}}')
+            return JSONResponse(await flows.run_action(identity_of(request), request.path_params["run_id"], action,
+                                                       signal=body.signal, payload=body.payload))
+        handler.__name__ = f"run_{action}"
+        return handler
+
+    def agent_action(action: str):
+        async def handler(request: Request) -> Response:
+            identity, name = identity_of(request), request.path_params["deployment"]
+            if action in ("pause", "resume"):
+                return JSONResponse(await platform.set_suspended(identity, name, action == "pause"))
+            rec = await (platform.start_deployment(identity, name) if action == "run"
+                         else platform.stop_deployment(identity, name))
+            return JSONResponse(await platform.status(rec))
+        handler.__name__ = f"agent_{action}"
+        return handler
+
+    workflow_endpoints = [
+        Endpoint("GET", "/api/v1/workflows/{deployment}", list_workflows,
+                 "The workflows an app serves (its workflows-list tool)"),
+        Endpoint("POST", "/api/v1/workflows/{deployment}/batch", workflow_batch,
+                 "Start, cancel, pause or resume many runs at once", request=BatchBody),
+        Endpoint("POST", "/api/v1/workflows/{deployment}/{workflow}/run", run_workflow,
+                 "Start a run of a workflow; returns workflow_id, run_id and execution_id", request=WorkflowRunBody),
+        *[Endpoint("POST", f"/api/v1/workflows/{{deployment}}/{{workflow}}/{action}", workflow_action(action),
+                   summary, request=RunActionBody, response=RunStatusModel)
+          for action, summary in (("pause", "Pause a run at its next pause point"),
+                                  ("resume", "Send a run a signal (resume by default, lifting a pause) with an "
+                                             "optional payload"),
+                                  ("stop", "Cancel a run"))],
+        Endpoint("GET", "/api/v1/runs", list_runs,
+                 "Workflow runs, newest first (?deployment=&status=&workflow=&limit=); without deployment, the "
+                 "runs of every serving app of the org", response=RunList),
+        Endpoint("GET", "/api/v1/runs/{run_id}", get_run, "Status of one run (?history=1 adds its history)",
+                 response=RunStatusModel),
+        *[Endpoint("POST", f"/api/v1/runs/{{run_id}}/{action}", run_action(action), summary,
+                   request=RunSignalBody, response=RunStatusModel)
+          for action, summary in (("pause", "Pause a run"), ("resume", "Resume a run or send it a signal"),
+                                  ("cancel", "Cancel a run"))],
+        *[Endpoint("POST", f"/api/v1/agents/{{deployment}}/{action}", agent_action(action), summary,
+                   response=AgentState if action in ("pause", "resume") else None)
+          for action, summary in (("run", "Start the app's instance"),
+                                  ("pause", "Suspend the app: it starts no new runs; runs in flight go on"),
+                                  ("resume", "Lift a suspension"), ("stop", "Stop the app's instance"))],
+    ]
+
     endpoints = [
         Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
         Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
@@ -321,6 +488,7 @@ def build_app(platform: Platform) -> Starlette:
                  "A secret's value (owner role; ?version=N); audited as a secret.read event", response=SecretRead),
         Endpoint("DELETE", "/api/v1/deployments/{name}/secrets/{key}", delete_secret,
                  "Delete a secret (?destroy=1 also destroys its stored versions)"),
+        *workflow_endpoints,
     ]
 
     async def openapi(request: Request) -> Response:
@@ -353,6 +521,7 @@ def build_app(platform: Platform) -> Starlette:
     app.state.platform = platform
     app.state.gateway = gateway
     app.state.endpoints = endpoints
+    app.state.workflows = flows
     return app
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -37,6 +39,7 @@ from ..hookspecs.types import (
     DeploymentRecord,
     Event,
     EventRecord,
+    ExecutorSupervisor,
     Identity,
     Instance,
     Manifest,
@@ -61,6 +64,40 @@ from .secrets import (
 )
 
 log = logging.getLogger("mcp_agent_cloud.platform")
+
+# An app runs our MCPApp runtime when it imports the package (or names it in its requirements).
+RUNTIME_IMPORT = re.compile(rb"^[ \t]*(?:from|import)[ \t]+mcp_agent_cloud\b", re.MULTILINE)
+RUNTIME_DIST = "mcp-agent-cloud"
+SCAN_SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".mcpac-data"})
+SCAN_MAX_BYTES = 2 * 1024 * 1024
+CONTROL_PATH = "/_mcpac/control"
+
+
+def _requirement_name(line: str) -> str | None:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    if not match or line.lstrip().startswith("-"):
+        return None
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def uses_runtime(source_dir: Path | None, requirements: list[str]) -> bool:
+    """Whether the app needs the MCPApp runtime: a requirement on mcp-agent-cloud, or a .py file importing it."""
+    if any(_requirement_name(r) == RUNTIME_DIST for r in requirements):
+        return True
+    if source_dir is None or not Path(source_dir).is_dir():
+        return False
+    for dirpath, dirnames, filenames in os.walk(source_dir):
+        dirnames[:] = [d for d in dirnames if d not in SCAN_SKIP_DIRS]
+        for name in filenames:
+            if not name.endswith(".py"):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.stat().st_size <= SCAN_MAX_BYTES and RUNTIME_IMPORT.search(path.read_bytes()):
+                    return True
+            except OSError:
+                continue
+    return False
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -170,6 +207,10 @@ class Platform:
         self.started = False
         self.bootstrap_token: str | None = None
         self.secret_files = SecretFiles(self.data_dir)
+        # Control-route bearer tokens of running app instances, by instance URL. In memory only: a token never
+        # reaches the registry, and an instance started by an earlier platform process has none here.
+        self._control_tokens: dict[str, str] = {}
+        self._wheel: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -185,6 +226,14 @@ class Platform:
         spec = self.pm.get(kind, ref.name)
         return self.pm.build(spec, ref.options, self._ctx())
 
+    def _build_supervisor(self) -> ExecutorSupervisor:
+        """The platform half of the configured executor (``executor:``). Workflows run inside the app processes;
+        the supervisor tells them how to reach the executor (env vars) and runs any engine it needs."""
+        ref = self.config.executor
+        spec = self.pm.get_executor(ref.name)
+        cls = getattr(spec, "supervisor", None) or ExecutorSupervisor
+        return self.pm.build(dataclasses.replace(spec, backend=cls), ref.options, self._ctx())
+
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for sub in ("packages", "deployments", "keys"):
@@ -195,7 +244,7 @@ class Platform:
         exporters = [self._build("telemetry", ref) for ref in cfg.telemetry]
         self.packager = self._build("packager", cfg.packager)
         self.builder = self._build("builder", cfg.builder)
-        self.executor = self._build("executor", cfg.executor)
+        self.executor = self._build_supervisor()
         self.secrets = self._build("secrets", cfg.secrets)
         await self.registry.setup()
         ctx = self._ctx()
@@ -550,12 +599,18 @@ class Platform:
                             archive, src, max_bytes=self.config.limits.max_unpacked_bytes)
                     manifest = await step("unpack", unpack)
                     await self.registry.update_version(record.id, version, manifest=manifest.model_dump(mode="json"))
+                build_manifest, runtime_reqs = manifest, []
+                if req.kind == "app" and manifest is not None and uses_runtime(work_dir / "app", manifest.requirements):
+                    build_manifest, runtime_reqs = await self._runtime_build(manifest)
+                    options = {**options, "mcpac_runtime": True}
+                    await self.registry.update_version(record.id, version, options=options)
                 request = BuildRequest(
                     deployment=ref, version=version, kind=req.kind, work_dir=work_dir,
-                    source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=manifest,
+                    source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=build_manifest,
                     entrypoint=req.entrypoint or (manifest.entrypoint if manifest else None),
                     command=req.command, args=req.args, pip=req.pip, npm=req.npm, url=req.url,
-                    session_mode=req.session_mode, options=req.builder if isinstance(req.builder, dict) else {})
+                    session_mode=req.session_mode, options=req.builder if isinstance(req.builder, dict) else {},
+                    runtime_requirements=runtime_reqs)
                 if req.kind == "app" and not request.entrypoint:
                     raise ValidationFailed("the package names no entrypoint",
                                            hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
@@ -601,6 +656,18 @@ class Platform:
             record = await self.registry.get_deployment_by_id(record.id)
             return self.describe_result(record, version, tools)
 
+    async def _runtime_build(self, manifest: Manifest) -> tuple[Manifest, list[str]]:
+        """The manifest to build with and the runtime requirements of an app that uses the MCPApp runtime: a wheel of
+        this very package (the app's own ``mcp-agent-cloud`` line is dropped: the runtime must match the platform)
+        plus what the executor needs in the app."""
+        from ..runtime.wheel import build_wheel, requirement
+
+        if self._wheel is None or not self._wheel.is_file():
+            self._wheel = await asyncio.to_thread(build_wheel, self.data_dir / "wheelhouse")
+        kept = [r for r in manifest.requirements if _requirement_name(r) != RUNTIME_DIST]
+        return manifest.model_copy(update={"requirements": kept}), [requirement(self._wheel),
+                                                                     *self.executor.app_requirements()]
+
     def describe_result(self, record: DeploymentRecord, version: int, tools: list[str] | None = None) -> dict:
         return {"id": record.id, "org": record.org, "name": record.name, "version": version, "status": record.status,
                 "builder": record.builder, "endpoint": self.endpoint(record), "tools": tools or []}
@@ -621,6 +688,10 @@ class Platform:
         """Start an instance of ``version`` with its environment and secrets resolved now: the secret versions the
         version is pinned to, except the keys in ``latest`` and keys without a pin (see :meth:`_env_for`)."""
         env, secret_versions = await self._env_for(record, version, latest=latest)
+        control_token = None
+        if artifact.kind == "app":
+            control_token = secrets.token_urlsafe(32)
+            env.update(await self._runtime_env(record, control_token))
         file = env.get(SECRETS_FILE_ENV)
         secrets_dir = str(Path(file).parent) if file and self.secret_files.owns(Path(file).parent) else None
         link = None
@@ -632,6 +703,8 @@ class Platform:
         except BaseException:
             self.secret_files.remove(secrets_dir, link)
             raise
+        if control_token:
+            self._control_tokens[instance.url] = control_token
         if secrets_dir:
             instance.data["secrets_dir"] = secrets_dir  # a path, no value: removed when the instance stops
         if secret_versions:
@@ -651,6 +724,25 @@ class Platform:
             await builder.stop(instance, **kw)
         finally:
             self._drop_secret_files(instance)
+            self._control_tokens.pop(instance.url, None)
+
+    def app_data_dir(self, org: str, name: str) -> Path:
+        """The app's own persistent directory (run stores): shared by its versions, kept across restarts, removed
+        with the deployment."""
+        return self._dep_dir(org, name) / "data"
+
+    async def _runtime_env(self, record: DeploymentRecord, control_token: str) -> dict[str, str]:
+        """What the MCPApp runtime inside an app instance reads: the executor (from the supervisor), the
+        deployment's name and data dir, the control route's token, and whether the deployment is suspended."""
+        data = self.app_data_dir(record.org, record.name)
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = await self.registry.get_deployment_by_id(record.id) or record
+        env = {k: str(v) for k, v in self.executor.app_env(record.ref).items()}
+        env.update({"MCPAC_DEPLOYMENT": f"{record.org}.{record.name}", "MCPAC_APP_DATA_DIR": str(data),
+                    "MCPAC_CONTROL_TOKEN": control_token})
+        if fresh.spec.get("suspended"):
+            env["MCPAC_SUSPENDED"] = "1"  # a restart keeps a suspended deployment suspended
+        return env
 
     async def _health(self, builder, instance: Instance) -> list[str]:
         alive = None
@@ -870,6 +962,52 @@ class Platform:
             await self.record(Event(type="deployment.stopped", org=record.org, deployment=record.name,
                                     version=record.current_version), record.id)
             return record
+
+    async def control(self, record: DeploymentRecord, body: dict | None = None) -> dict:
+        """``GET`` (or ``POST body``) the control route of the deployment's serving MCPApp instance."""
+        import httpx
+
+        dq = f"{record.org}.{record.name}"
+        active = self.active.get(dq)
+        if active is None or active.builder is None:
+            raise ConflictError(f"{dq} is not running", hint=f"start it with `mcp-agent start {record.name}`")
+        ver = await self.registry.get_version(record.id, active.version)
+        if not ((ver.options or {}).get("mcpac_runtime") if ver else False):
+            raise ConflictError(f"{dq} does not run the MCPApp runtime: pause and resume apply to apps built with "
+                                "`from mcp_agent_cloud import MCPApp`",
+                                hint="stop it with `mcp-agent stop NAME` instead, or rebuild the app on MCPApp")
+        token = self._control_tokens.get(active.instance.url)
+        if token is None:
+            raise ConflictError(f"{dq} was started by an earlier platform process, which holds its control token",
+                                hint=f"restart it so this platform can control it: `mcp-agent stop {record.name}` "
+                                     f"then `mcp-agent start {record.name}`")
+        base = active.instance.url.rsplit("/", 1)[0] if active.instance.url.endswith("/mcp") else active.instance.url
+        try:
+            async with httpx.AsyncClient(timeout=30.0) as http:
+                headers = {"Authorization": f"Bearer {token}"}
+                resp = await (http.post(base + CONTROL_PATH, json=body, headers=headers) if body is not None
+                              else http.get(base + CONTROL_PATH, headers=headers))
+        except httpx.HTTPError as exc:
+            raise MCPAgentCloudError(f"{dq}: its control route did not answer: {type(exc).__name__}: {exc}",
+                                     hint=f"check `mcp-agent logs {record.name}`") from None
+        if resp.status_code != 200:
+            raise MCPAgentCloudError(f"{dq}: its control route answered {resp.status_code}: {resp.text[:300]}",
+                                     hint=f"check `mcp-agent logs {record.name}`")
+        return resp.json()
+
+    async def set_suspended(self, identity: Identity, name: str, suspended: bool) -> dict:
+        """Suspend (no new runs; runs in flight go on) or resume an MCPApp deployment. The state is kept in the
+        deployment's spec, so restarts of its instance keep it."""
+        async with self._locked(identity, name) as record:
+            reply = await self.control(record, {"suspended": suspended})
+            record = await self.registry.update_deployment(record.id, spec={**record.spec, "suspended": suspended})
+            verb = "suspended" if suspended else "resumed"
+            await self.record(Event(type=f"deployment.{verb}", org=record.org, deployment=record.name,
+                                    message=f"{identity.subject} {verb} {record.org}.{record.name}"
+                                    + (": it accepts no new runs" if suspended else ""),
+                                    data={"active_runs": reply.get("active_runs")}), record.id)
+            return {"name": record.name, "org": record.org, "suspended": bool(reply.get("suspended", suspended)),
+                    "active_runs": reply.get("active_runs"), "status": record.status}
 
     async def start_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
         async with self._locked(identity, name) as record:
