@@ -436,7 +436,17 @@ class AsyncioExecutor(Executor):
                     queued=run.queued)
         self._runs[record.run_id] = run
         run.task = asyncio.get_running_loop().create_task(self._drive(run), name=record.run_id)
+        run.task.add_done_callback(lambda _task: self._task_done(run))
         return record.model_copy(deep=True)
+
+    def _task_done(self, run: _Run) -> None:
+        # A task cancelled before its first step never enters _drive, so nothing recorded the end: do it here.
+        if run.record.status not in FINAL_STATUSES:
+            if self._closing:
+                self._finish(run, "interrupted", error=INTERRUPTED_ERROR)
+            else:
+                self._finish(run, "cancelled")
+            self._release(run)
 
     async def _drive(self, run: _Run) -> None:
         rec = run.record
