@@ -40,6 +40,50 @@ APP = textwrap.dedent(
         return "not a server"
 
     number = 42
+
+
+    # Served by duck typing, as mcp_agent_cloud.MCPApp is: the launcher must not import mcp_agent_cloud.
+    class DuckApp:
+        __mcp_agent_cloud_app__ = True
+
+        def streamable_http_app(self, *, streamable_http_path, host):
+            server = MCPServer("duck")
+
+            @server.tool()
+            def where() -> str:
+                return f"{host} {streamable_http_path}"
+
+            return server.streamable_http_app(streamable_http_path=streamable_http_path, host=host)
+
+
+    duck = DuckApp()
+
+
+    # A proxy-like object: every attribute exists (and is truthy), so it looks like any type but is none.
+    class AnswersEverything:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: "not an app"
+
+
+    proxy = AnswersEverything()
+    """
+)
+
+# An app of this very package, served through the launcher with no platform around it.
+WORKFLOW_APP = textwrap.dedent(
+    """
+    from mcp_agent_cloud import MCPApp, Workflow
+
+    app = MCPApp(name="launched", data_dir=".mcpac-data")
+
+    @app.tool
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.workflow
+    class Echo(Workflow):
+        async def run(self, text: str) -> str:
+            return await self.wait_for_signal("go", timeout=60) + text
     """
 )
 
@@ -48,6 +92,7 @@ APP = textwrap.dedent(
 def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "main.py").write_text(APP)
     (tmp_path / "broken.py").write_text("import does_not_exist_mcpac_xyz\n")
+    (tmp_path / "workflows.py").write_text(WORKFLOW_APP)
     return tmp_path
 
 
@@ -121,6 +166,60 @@ def test_unsupported_object_exits_2(app_dir: Path) -> None:
     code, err = finished(app_dir, "main:number")
     assert code == 2
     assert "builtins.int" in err and "MCPServer" in err and "FastMCP" in err
+    assert "mcp_agent_cloud.MCPApp" in err and "mcp_agent.app.MCPApp" in err
+
+
+def test_duck_typed_app_object_builds_its_own_asgi_app(app_dir: Path) -> None:
+    proc, base = serving(app_dir, "main:duck", "--path", "/agent")
+
+    async def main() -> str:
+        async with Client(base + "/agent") as client:
+            return (await client.call_tool("where", {})).content[0].text
+
+    try:
+        # The object got the launcher's path and host, and what it returned is what the launcher served.
+        assert anyio.run(main) == "127.0.0.1 /agent"
+    finally:
+        code, _ = stop(proc)
+    assert code == 0
+
+
+def test_object_answering_every_attribute_is_not_taken_for_an_app(app_dir: Path) -> None:
+    # Its __mcp_agent_cloud_app__ is a truthy lambda, not True: the launcher must not call its streamable_http_app.
+    code, err = finished(app_dir, "main:proxy")
+    assert code == 2
+    assert "main.AnswersEverything" in err and "supported:" in err
+
+
+def test_serves_an_mcp_agent_cloud_app_with_its_workflow_tools(app_dir: Path) -> None:
+    proc, base = serving(app_dir, "workflows:app")
+
+    async def main() -> tuple[list[str], str, dict]:
+        async with Client(base + "/mcp") as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            added = (await client.call_tool("add", {"a": 2, "b": 3})).content[0].text
+            started = (await client.call_tool("workflows-Echo-run",
+                                              {"run_parameters": {"text": "!"}})).structured_content
+            await client.call_tool("workflows-resume", {"run_id": started["run_id"], "signal_name": "go",
+                                                        "payload": "done"})
+            for _ in range(100):
+                status = (await client.call_tool("workflows-get_status",
+                                                 {"run_id": started["run_id"]})).structured_content
+                if status["status"] == "completed":
+                    break
+                await anyio.sleep(0.05)
+            return names, added, status
+
+    try:
+        names, added, status = anyio.run(main)
+    finally:
+        code, _ = stop(proc)
+    assert {"add", "workflows-list", "workflows-Echo-run", "workflows-resume"} <= set(names)
+    assert added == "5"
+    assert status["status"] == "completed" and status["result"] == "done!", status
+    # The app's lifespan set up its executor (the run store lives in its data dir) and closed it on SIGTERM.
+    assert (app_dir / ".mcpac-data").is_dir()
+    assert code == 0
 
 
 def test_factory_returning_unsupported_object_exits_2(app_dir: Path) -> None:

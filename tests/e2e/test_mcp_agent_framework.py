@@ -1,0 +1,207 @@
+"""An app built with the real lastmile-ai mcp-agent framework (PyPI mcp-agent 0.2.6, on mcp 1.x), deployed on the
+process builder through the real platform, driven through the gateway with our mcp 2.x SDK client.
+
+The framework serves its own workflow tools (workflows-list, workflows-<Name>-run, workflows-get_status,
+workflows-resume, workflows-cancel, ...); the launcher serves the app with the framework's create_mcp_server_for_app
+inside ``async with app.run()``. The gateway passes the tool calls through unchanged, so what these tests see is the
+framework's behaviour, including the limitation of its asyncio executor that docs/workflows.md describes: a resume or
+cancel reaches every run waiting on that signal, not only the run named.
+
+The app's venv (mcp-agent and ~100 dependencies, about 40 s of pip) is built once per machine: the platform of this
+module keeps its envs in a cache outside the test's tmp dir (see ``envs_cache``), keyed by requirements like any
+process-builder env, so later runs (and CI on the same machine) reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.conftest import ROOT, PlatformProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.network]
+
+APP = ROOT / "tests" / "apps" / "mcp_agent_app"
+NAME = "approvals"
+
+
+def envs_cache() -> Path:
+    """A per-machine cache of process-builder envs: MCPAC_TEST_ENVS_CACHE, else ~/.cache/mcp-agent-cloud/test-envs.
+
+    A venv is tied to the interpreter that made it, which the env key (requirements only) does not cover: the
+    directory is per interpreter. The builder's file lock and completion marker make sharing it between concurrent
+    test runs safe, and a half-built env is rebuilt.
+    """
+    base = Path(os.environ.get("MCPAC_TEST_ENVS_CACHE") or Path.home() / ".cache" / "mcp-agent-cloud" / "test-envs")
+    interpreter = hashlib.sha256(f"{sys.base_prefix}|{sys.version}".encode()).hexdigest()[:12]
+    path = base.expanduser() / f"py{sys.version_info.major}{sys.version_info.minor}-{interpreter}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Deployed:
+    def __init__(self, platform: PlatformProcess, endpoint: str, deploy_seconds: float) -> None:
+        self.platform = platform
+        self.endpoint = endpoint
+        self.deploy_seconds = deploy_seconds
+
+    async def call(self, tool: str, arguments: dict) -> object:
+        """One tool call through the gateway; returns the JSON the framework's tool answered."""
+        from mcp_agent_cloud.client import mcp_client
+
+        async with mcp_client(self.endpoint, self.platform.token, read_timeout=60.0) as client:
+            result = await client.call_tool(tool, arguments)
+        text = "".join(getattr(c, "text", "") for c in result.content)
+        assert not result.is_error, f"{tool} {arguments} failed: {text}"
+        # The framework's FastMCP (mcp 1.x) sends a returned list as one text block per item; its structured
+        # content holds the whole value, wrapped as {"result": ...} for lists, bools and dict annotations.
+        data = result.structured_content
+        assert data is not None, f"{tool} returned no structured content through the gateway: {result}"
+        return data["result"] if list(data) == ["result"] else data
+
+    async def wait_status(self, run_id: str, status: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            last = await self.call("workflows-get_status", {"run_id": run_id})
+            if last["status"] == status:
+                return last
+            await anyio.sleep(0.2)
+        raise AssertionError(f"run {run_id} not {status} after {timeout}s: {last}")
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Deployed:
+    platform = PlatformProcess(tmp_path_factory.mktemp("mcpagentfw"), envs_cache())
+    platform.start()
+    try:
+        started = time.monotonic()
+        result = platform.cli_json("deploy", "app", str(APP), "--name", NAME, timeout=900)
+        seconds = time.monotonic() - started
+        assert result["status"] == "running", result
+        # Shown with -s or -rA: how long the deploy took (a fresh env is ~40 s of pip; a cached one, seconds).
+        print(f"\nmcp-agent app deployed in {seconds:.1f}s", file=sys.stderr)
+        yield Deployed(platform, result["endpoint"], seconds)
+    finally:
+        platform.stop()
+
+
+def test_workflow_waits_for_human_input_and_finishes_with_it(deployed: Deployed) -> None:
+    async def main() -> None:
+        from mcp_agent_cloud.client import mcp_client
+
+        async with mcp_client(deployed.endpoint, deployed.platform.token) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+        for name in ("workflows-list", "workflows-runs-list", "workflows-run", "workflows-get_status",
+                     "workflows-resume", "workflows-cancel", "workflows-Approval-run", "workflows-ScopedApproval-run"):
+            assert name in tools, sorted(tools)
+        # The framework's run tool takes the run() arguments in one `run_parameters` object.
+        assert "run_parameters" in tools["workflows-Approval-run"].input_schema["properties"]
+
+        listed = await deployed.call("workflows-list", {})
+        approval = listed["Approval"]
+        assert approval["tool_endpoints"] == ["workflows-Approval-run"]
+        assert approval["description"].startswith("Ask a human to approve a request")
+        schema = approval["run_parameters"]
+        assert schema["required"] == ["request"]
+        assert schema["properties"]["amount"]["type"] == "integer"
+
+        started = await deployed.call("workflows-Approval-run",
+                                      {"run_parameters": {"request": "laptop", "amount": 1200}})
+        run_id = started["run_id"]
+        assert started["execution_id"] == run_id and started["workflow_id"] == "Approval"
+
+        waiting = await deployed.call("workflows-get_status", {"run_id": run_id})
+        assert waiting["status"] == "running" and waiting["name"] == "Approval", waiting
+        await anyio.sleep(0.5)  # still waiting: nothing but the resume below ends it
+        assert (await deployed.call("workflows-get_status", {"run_id": run_id}))["status"] == "running"
+
+        decision = {"approved": True, "by": "ada", "note": "within budget"}
+        resumed = await deployed.call("workflows-resume", {"run_id": run_id, "payload": decision})
+        assert resumed is True
+
+        done = await deployed.wait_status(run_id, "completed")
+        assert done["running"] is False and done["error"] is None, done
+        assert done["result"]["value"] == {"request": "laptop", "amount": 1200, "decision": decision}
+
+        runs = await deployed.call("workflows-runs-list", {})
+        assert run_id in [r["run_id"] for r in runs], runs
+
+    anyio.run(main)
+
+
+def test_resume_reaches_every_run_waiting_on_the_signal(deployed: Deployed) -> None:
+    """The framework's asyncio executor (AsyncioSignalHandler.signal) wakes every waiting run on a signal name; the
+    run_id the resume names only picks the run it reports on. This pins that behaviour of mcp-agent 0.2.6, which
+    docs/workflows.md documents: if a new pin fixes it, this test fails and the docs need updating."""
+
+    async def main() -> None:
+        first = await deployed.call("workflows-Approval-run", {"run_parameters": {"request": "first"}})
+        second = await deployed.call("workflows-Approval-run", {"run_parameters": {"request": "second"}})
+        await deployed.wait_status(second["run_id"], "running")
+        await anyio.sleep(0.3)  # both are parked in wait_for_signal
+        assert await deployed.call("workflows-resume", {"run_id": first["run_id"], "payload": {"ok": 1}}) is True
+        one = await deployed.wait_status(first["run_id"], "completed")
+        other = await deployed.wait_status(second["run_id"], "completed")
+        assert one["result"]["value"]["decision"] == {"ok": 1}
+        assert other["result"]["value"] == {"request": "second", "amount": 0, "decision": {"ok": 1}}
+
+    anyio.run(main)
+
+
+def test_a_signal_named_after_the_run_reaches_that_run_only(deployed: Deployed) -> None:
+    """The workaround docs/workflows.md gives for the limitation above, through the gateway."""
+
+    async def main() -> None:
+        first = await deployed.call("workflows-ScopedApproval-run", {"run_parameters": {"request": "a"}})
+        second = await deployed.call("workflows-ScopedApproval-run", {"run_parameters": {"request": "b"}})
+        await deployed.wait_status(second["run_id"], "running")
+        await anyio.sleep(0.3)
+        resumed = await deployed.call("workflows-resume", {"run_id": first["run_id"], "payload": {"ok": True},
+                                                           "signal_name": f"approve-{first['run_id']}"})
+        assert resumed is True
+        done = await deployed.wait_status(first["run_id"], "completed")
+        assert done["result"]["value"] == {"request": "a", "decision": {"ok": True}}
+        await anyio.sleep(0.5)
+        assert (await deployed.call("workflows-get_status", {"run_id": second["run_id"]}))["status"] == "running"
+        await deployed.call("workflows-resume", {"run_id": second["run_id"], "payload": {"ok": False},
+                                                 "signal_name": f"approve-{second['run_id']}"})
+        done = await deployed.wait_status(second["run_id"], "completed")
+        assert done["result"]["value"] == {"request": "b", "decision": {"ok": False}}
+
+    anyio.run(main)
+
+
+def test_missing_run_parameter_fails_the_run(deployed: Deployed) -> None:
+    """The framework does not validate run_parameters against the schema it lists: the run starts, then fails."""
+
+    async def main() -> None:
+        started = await deployed.call("workflows-Approval-run", {"run_parameters": {"amount": 3}})
+        failed = await deployed.wait_status(started["run_id"], "error")
+        assert "request" in json.dumps(failed), failed
+
+    anyio.run(main)
+
+
+def test_cancel_reaches_every_waiting_run(deployed: Deployed) -> None:
+    """Cancelling one run cancels every run of the app that waits for a signal, of any workflow: each run of the
+    framework's asyncio executor listens for the one `cancel` signal name. Pinned like the resume test above; it runs
+    last in this module because it ends the waiting runs the others might leave."""
+
+    async def main() -> None:
+        named = await deployed.call("workflows-Approval-run", {"run_parameters": {"request": "cancel me"}})
+        bystander = await deployed.call("workflows-ScopedApproval-run", {"run_parameters": {"request": "keep me"}})
+        await deployed.wait_status(bystander["run_id"], "running")
+        await anyio.sleep(0.3)
+        assert await deployed.call("workflows-cancel", {"run_id": named["run_id"]}) is True
+        await deployed.wait_status(named["run_id"], "cancelled")
+        await deployed.wait_status(bystander["run_id"], "cancelled")
+
+    anyio.run(main)
