@@ -57,6 +57,8 @@ def error_from_tool(text: str, *, deployment: str, tool: str) -> MCPAgentCloudEr
             exc = MCPAgentCloudError(body["message"], hint=body.get("hint"))
         if type(exc).code != body["error"]:
             exc.code = body["error"]
+            # Codes without a class of their own: the app failed (502) or timed out (504), not the caller.
+            exc.status = {"internal_error": 502, "timeout": 504}.get(body["error"], exc.status)
         return exc
     if "unknown tool" in text.lower() or "not found" in text.lower() and tool in text:
         return NotFoundError(f"{deployment} has no tool {tool}", hint=NO_WORKFLOWS_HINT)
