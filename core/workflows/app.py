@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, TextContent
+from pydantic.json_schema import PydanticJsonSchemaWarning
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -273,8 +275,10 @@ class MCPApp:
             f"{defn.description}\nRuns as workflow {defn.name}: returns workflow_id and run_id at once; the result "
             "comes from workflows-get_status.").strip()
         schema = Tool.from_function(_with_globals(_schema_only(fn), fn), name=defn.name).parameters
-        return Tool.from_function(call, name=defn.name, description=description).model_copy(
-            update={"parameters": schema})
+        with warnings.catch_warnings():  # the _MISSING defaults have no JSON form; that schema is replaced anyway
+            warnings.simplefilter("ignore", PydanticJsonSchemaWarning)
+            tool = Tool.from_function(call, name=defn.name, description=description)
+        return tool.model_copy(update={"parameters": schema})
 
     def _failed(self, exc: BaseException, tool: str) -> CallToolResult:
         if not isinstance(exc, MCPAgentCloudError):
