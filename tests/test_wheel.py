@@ -28,6 +28,7 @@ def test_wheel_holds_every_subpackage_and_a_valid_record(built):
     for module in ("mcp_agent_cloud/__init__.py", "mcp_agent_cloud/hookspecs/types.py",
                    "mcp_agent_cloud/plugins/process.py", "mcp_agent_cloud/cli/commands.py",
                    "mcp_agent_cloud/platform/service.py", "mcp_agent_cloud/runtime/wheel.py",
+                   "mcp_agent_cloud/workflows/app.py",
                    "mcp_agent_cloud/templates/hello/main.py"):
         assert module in names, module
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

@@ -62,8 +62,10 @@ def error_from_tool(text: str, *, deployment: str, tool: str) -> MCPAgentCloudEr
         return exc
     if "unknown tool" in text.lower() or "not found" in text.lower() and tool in text:
         return NotFoundError(f"{deployment} has no tool {tool}", hint=NO_WORKFLOWS_HINT)
-    return MCPAgentCloudError(f"{deployment}: {tool} failed: {text.strip()[:2000]}",
-                              hint=f"see the app's log: `mcp-agent logs {deployment.split('.', 1)[-1]}`")
+    exc = MCPAgentCloudError(f"{deployment}: {tool} failed: {text.strip()[:2000]}",
+                             hint=f"see the app's log: `mcp-agent logs {deployment.split('.', 1)[-1]}`")
+    exc.status = 502  # the app failed, not the caller's request
+    return exc
 
 
 def tool_value(result: Any) -> Any:
