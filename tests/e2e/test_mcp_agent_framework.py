@@ -190,10 +190,32 @@ def test_missing_run_parameter_fails_the_run(deployed: Deployed) -> None:
     anyio.run(main)
 
 
+def test_platform_run_routes_reach_a_framework_run(deployed: Deployed) -> None:
+    """The platform's per-run REST routes and CLI find a framework app's run by its id and pass the resume on."""
+    platform = deployed.platform
+    started = anyio.run(deployed.call, "workflows-Approval-run", {"run_parameters": {"request": "via rest"}})
+    run_id = started["run_id"]
+
+    status = platform.api("GET", f"/api/v1/runs/{run_id}")
+    assert status.status_code == 200, status.text
+    assert status.json()["status"] == "running" and status.json()["deployment"] == NAME
+
+    resumed = platform.api("POST", f"/api/v1/runs/{run_id}/resume", json={"payload": {"approved": "rest"}})
+    assert resumed.status_code == 200, resumed.text
+
+    done = anyio.run(deployed.wait_status, run_id, "completed")
+    assert done["result"]["value"]["decision"] == {"approved": "rest"}
+    shown = platform.cli("workflows", "status", run_id, check=True)
+    assert "completed" in shown.stdout and "rest" in shown.stdout
+
+    missing = platform.api("GET", "/api/v1/runs/no-such-run")
+    assert missing.status_code == 404, missing.text
+
+
 def test_cancel_reaches_every_waiting_run(deployed: Deployed) -> None:
-    """Cancelling one run cancels every run of the app that waits for a signal, of any workflow: each run of the
-    framework's asyncio executor listens for the one `cancel` signal name. Pinned like the resume test above; it runs
-    last in this module because it ends the waiting runs the others might leave."""
+    """Cancelling one run cancels every run of the app in flight, of any workflow: each run of the framework's
+    asyncio executor watches for the one `cancel` signal name. Pinned like the resume test above; it runs last in
+    this module because it ends the runs the others might leave."""
 
     async def main() -> None:
         named = await deployed.call("workflows-Approval-run", {"run_parameters": {"request": "cancel me"}})
