@@ -145,6 +145,18 @@ class _Store:
         self.db.execute("INSERT INTO history (run_id, ts, kind, data) VALUES (?,?,?,?)",
                         (run_id, time.time(), kind, json.dumps(data)))
 
+    def state_event(self, run_id: str, values: dict[str, Any]) -> None:
+        """Record a state update; consecutive updates merge into one event, so a run that reports progress in a
+        loop does not grow its history without bound."""
+        last = self.db.execute("SELECT id, kind, data FROM history WHERE run_id=? ORDER BY id DESC LIMIT 1",
+                               (run_id,)).fetchone()
+        if last is not None and last[1] == "state":
+            merged = {**json.loads(last[2]).get("values", {}), **values}
+            self.db.execute("UPDATE history SET ts=?, data=? WHERE id=?",
+                            (time.time(), json.dumps({"values": merged}), last[0]))
+        else:
+            self.event(run_id, "state", values=values)
+
     @staticmethod
     def _record(row: tuple) -> RunRecord:
         (run_id, workflow_id, name, status, state, result, error, params, waiting_for, priority, created_at,
@@ -288,7 +300,7 @@ class AsyncioRunContext(RunContext):
         rec.state.update(values)
         rec.updated_at = time.time()
         self._ex._store.save(rec)
-        self._ex._store.event(self.run_id, "state", values=values)
+        self._ex._store.state_event(self.run_id, values)
 
     async def run_step(self, step: StepDef, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         await self._pause_point()

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from mcp_agent_cloud.client import mcp_client
 from mcp_agent_cloud.errors import UnknownBackendError
 from mcp_agent_cloud.plugins.asyncio_executor import INTERRUPTED_ERROR, AsyncioExecutor, AsyncioExecutorConfig
 from mcp_agent_cloud.hookspecs.types import PluginContext
-from mcp_agent_cloud.runtime.ports import free_port
+from mcp_agent_cloud.runtime.ports import free_port, wait_port
 from tests.contracts import async_test
 
 TOKEN = "control-token-for-tests"
@@ -417,3 +421,56 @@ def test_registration_errors(tmp_path) -> None:
         app.workflow(Twice)
     with pytest.raises(ValueError, match="invalid rate_limit '5 per minute'"):
         app.workflow(name="other", rate_limit="5 per minute")(Twice)
+
+
+def test_import_stays_light_and_exports_load_lazily() -> None:
+    code = ("import sys, mcp_agent_cloud\n"
+            "heavy = [m for m in ('pydantic', 'mcp', 'starlette') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from mcp_agent_cloud import MCPApp, Workflow, RetryPolicy, Schedule, current_run\n"
+            "from mcp_agent_cloud.workflows import MCPApp as same\n"
+            "assert MCPApp is same and MCPApp.__mcp_agent_cloud_app__ is True\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+MAIN_PY = '''
+from mcp_agent_cloud import MCPApp, Workflow
+
+app = MCPApp(name="local")
+
+
+@app.workflow
+class Echo(Workflow):
+    async def run(self, text: str) -> str:
+        return text.upper()
+
+
+if __name__ == "__main__":
+    app.run()
+'''
+
+
+@async_test
+async def test_python_main_py_serves_the_app(tmp_path) -> None:
+    (tmp_path / "main.py").write_text(MAIN_PY)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPAC_")} | {"PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert await wait_port("127.0.0.1", port, 30), proc.stdout.read() if proc.poll() is not None else "no port"
+        async with mcp_client(f"http://127.0.0.1:{port}/mcp") as client:
+            tools = Tools(client)
+            ids = await tools.ok("workflows-Echo-run", {"run_parameters": {"text": "hi"}})
+            assert (await tools.until(ids["run_id"], "completed"))["result"] == "HI"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0
+    assert (tmp_path / ".mcpac-data" / "runs.sqlite3").is_file()  # the default data dir, next to the app

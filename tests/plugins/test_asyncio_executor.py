@@ -506,3 +506,13 @@ async def test_bad_schedules_fail_setup(tmp_path) -> None:
     neither = workflow_def(Add, name="z", schedules=[Schedule(params={"a": 1})])
     with pytest.raises(ValidationFailed, match="exactly one of cron and every"):
         await make(tmp_path, neither).setup()
+
+
+@async_test
+async def test_progress_updates_merge_in_the_history(tmp_path) -> None:
+    async with running(make(tmp_path, Ticker)) as ex:
+        done = await ex.wait((await ex.start_run("Ticker", {"ticks": 20})).run_id, timeout=5)
+        assert done.state == {"count": 20}
+        history = (await ex.status(done.run_id, history=True)).history
+        states = [h for h in history if h["kind"] == "state"]
+        assert [h["values"] for h in states] == [{"count": 20}]  # 20 updates in a row: one event
