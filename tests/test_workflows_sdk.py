@@ -421,6 +421,11 @@ def test_registration_errors(tmp_path) -> None:
         app.workflow(Twice)
     with pytest.raises(ValueError, match="invalid rate_limit '5 per minute'"):
         app.workflow(name="other", rate_limit="5 per minute")(Twice)
+    with pytest.raises(ValueError, match="invalid workflow name 'two words'"):
+        app.workflow(name="two words")(Twice)
+    with pytest.raises(ValueError, match="tool name 'add' is taken"):
+        app.tool(name="add")(lambda: 1)
+        app.async_tool(name="add")(Twice.run)
 
 
 def test_import_stays_light_and_exports_load_lazily() -> None:

@@ -11,6 +11,7 @@ Tool names and result shapes follow lastmile-ai mcp-agent (``workflows-list``, `
 is JSON ``{"error": CODE, "message": ..., "hint": ...}`` (see :func:`~mcp_agent_cloud.workflows.base.error_payload`).
 """
 
+import contextlib
 import hmac
 import inspect
 import json
@@ -475,7 +476,12 @@ class MCPApp:
         executor = self._injected or self._build_executor(data_dir)
         executor.bind(AppBinding(app_name=self.name, deployment=self.deployment, data_dir=data_dir,
                                  workflows=self.workflows, steps=self.steps))
-        await executor.setup()
+        try:
+            await executor.setup()
+        except BaseException:
+            with contextlib.suppress(Exception):  # release what a half-done setup opened; its error is the news
+                await executor.aclose()
+            raise
         self.executor = executor
         await self.set_suspended(os.environ.get(ENV_SUSPENDED) == "1")
         log.info("app %s: executor %s ready (%d workflows, data in %s)", self.name,

@@ -171,6 +171,15 @@ def validate_params(defn: WorkflowDef, params: Mapping[str, Any] | None) -> dict
 
 # -- definitions -----------------------------------------------------------------------------------------------
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _check_name(name: str) -> None:
+    # the name becomes part of a tool name (workflows-<Name>-run) and of URLs of the platform API
+    if not _NAME.match(name or ""):
+        raise ValueError(f"invalid workflow name {name!r}: use letters, digits, '_', '-' or '.'")
+
+
 def _check_async(fn: Callable[..., Any], what: str) -> None:
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{what} must be an `async def` function: a workflow runs on the event loop, and blocking "
@@ -186,6 +195,7 @@ def workflow_def(cls: type, *, name: str | None = None, description: str | None 
     if cls.run is Workflow.run:
         raise TypeError(f"workflow class {cls.__name__} must define `async def run(self, ...)`")
     wf_name = name or cls.__name__
+    _check_name(wf_name)
     _check_async(cls.run, f"{cls.__name__}.run")
     if rate_limit is not None:
         parse_rate_limit(rate_limit)
@@ -200,6 +210,7 @@ def function_workflow_def(fn: Callable[..., Any], *, name: str | None = None, de
     """A workflow whose run is ``fn(**params)`` (what ``@app.async_tool`` registers); ``fn`` reaches its run
     through :func:`current_run`."""
     wf_name = name or fn.__name__
+    _check_name(wf_name)
     _check_async(fn, f"@app.async_tool function {fn.__name__}")
 
     async def run(self: Workflow, **params: Any) -> Any:
