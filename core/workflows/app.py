@@ -177,9 +177,10 @@ class MCPApp:
         executor = self._ready()
         defn = lookup(self.workflows, workflow)
         if self.suspended:
+            short = self.deployment.split(".", 1)[-1]
             raise ConflictError(f"deployment {self.deployment} is suspended: it accepts no new runs",
-                                hint=f"resume it with `mcp-agent agents resume {self.deployment}` "
-                                     f"(POST /api/v1/agents/{self.deployment}/resume)")
+                                hint=f"lift it with `mcp-agent workflows unsuspend {short}` "
+                                     f"(POST /api/v1/agents/{short}/resume)")
         valid = validate_params(defn, params)
         limiter = self._limiters.get(defn.name)
         if limiter is not None:
