@@ -762,6 +762,7 @@ class TemporalExecutor(Executor):
         for defn in self.binding.workflows.values():
             for i, sched in enumerate(defn.schedules):
                 wanted[self._schedule_id(defn, i, sched)] = self._temporal_schedule(defn, i, sched)
+        self._schedule_ids = list(wanted)
         with self._rpc():
             for sid, schedule in wanted.items():
                 try:
@@ -784,6 +785,18 @@ class TemporalExecutor(Executor):
                     log.info("temporal: deleting schedule %s (no longer declared)", listed.id)
                     with contextlib.suppress(Exception):
                         await self.client.get_schedule_handle(listed.id).delete()
+
+    async def set_suspended(self, suspended: bool) -> None:
+        """Called by the MCPApp (at start and from the control route): a suspended deployment starts no runs, so
+        its schedules are paused on the server, which keeps that state across app restarts."""
+        note = "deployment suspended" if suspended else "deployment resumed"
+        with self._rpc():
+            for sid in getattr(self, "_schedule_ids", []):
+                handle = self.client.get_schedule_handle(sid)
+                if suspended:
+                    await handle.pause(note=note)
+                else:
+                    await handle.unpause(note=note)
 
     def _temporal_schedule(self, defn: WorkflowDef, index: int, sched: Schedule) -> Any:
         from temporalio.client import (
@@ -931,6 +944,10 @@ class TemporalSupervisor(ExecutorSupervisor):
         argv = [self.binary(), "server", "start-dev", "--ip", ip, "--port", port, "--db-filename",
                 str(self.db_file), "--log-level", "warn"]
         argv += ["--ui-port", str(cfg.ui_port)] if cfg.ui_port else ["--headless"]
+        # One partition per task queue: a single-node server gains nothing from four, and with one the server
+        # hands out queued tasks strictly by priority (with four, only within each partition)
+        argv += ["--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+                 "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"]
         if cfg.namespace != "default":
             argv += ["--namespace", cfg.namespace]
         return argv

@@ -298,7 +298,10 @@ class TemporalDevServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--db-filename", str(self.db_file), "--log-level", "warn"],
+             "--db-filename", str(self.db_file), "--log-level", "warn",
+             # as the embedded server runs: one partition per task queue, so priority orders queued tasks strictly
+             "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+             "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
             preexec_fn=_die_with_parent)
         log.close()

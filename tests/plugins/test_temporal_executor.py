@@ -348,6 +348,25 @@ async def test_priority_reaches_temporal(temporal_server, tmp_path) -> None:
 
 
 @async_test
+async def test_priority_orders_queued_runs(temporal_server, tmp_path) -> None:
+    from mcp_agent_cloud.plugins.temporal_executor import connect
+
+    ex = make(temporal_server, tmp_path, Compute)
+    # runs queued while no worker polls (the app is starting): the server hands out the high-priority one first
+    ex._client, ex.task_queue = await connect(ex.config), ex.config.task_queue
+    low = [await ex.start_run("Compute", {"n": i}) for i in range(6)]
+    high = await ex.start_run("Compute", {"n": 99}, priority=2)
+    ex._client = None
+    async with running(ex):
+        started = {}
+        for run in [*low, high]:
+            rec = await ex.wait(run.run_id, timeout=60)
+            started[run.run_id] = (await ex.status(run.run_id, history=True)).history[0]["ts"]
+            assert rec.status == "completed"
+    assert started[high.run_id] == min(started.values()), started
+
+
+@async_test
 async def test_schedules_fire_and_are_kept_in_step_with_the_app(temporal_server, tmp_path) -> None:
     queue = f"test.{uuid.uuid4().hex}"
     schedules = {"Scheduled": [Schedule(every=1, params={"source": "every"}, id="each-second"),
@@ -365,6 +384,18 @@ async def test_schedules_fire_and_are_kept_in_step_with_the_app(temporal_server,
             assert sources.count("every") >= 2 and sources.count("cron") >= 2, sources
             ids = sorted([s.id async for s in await ex.client.list_schedules() if s.id.startswith(queue + ".")])
             assert ids == [f"{queue}.Scheduled-1", f"{queue}.each-second"]
+            # a suspended deployment starts no runs: its schedules are paused on the server until it resumes
+            await ex.set_suspended(True)
+            await asyncio.sleep(1)  # a start already under way may still land
+            before = len((await ex.list_runs(workflow="Scheduled")).runs)
+            await asyncio.sleep(3)
+            assert len((await ex.list_runs(workflow="Scheduled")).runs) == before
+            assert (await ex.client.get_schedule_handle(ids[0]).describe()).schedule.state.paused
+            await ex.set_suspended(False)
+            deadline = time.monotonic() + 10
+            while len((await ex.list_runs(workflow="Scheduled")).runs) <= before:
+                assert time.monotonic() < deadline, "schedules did not resume"
+                await asyncio.sleep(0.3)
         # the next version of the app drops one schedule: setup deletes it from the server
         fewer = make(temporal_server, tmp_path, Scheduled, queue=queue,
                      schedules={"Scheduled": schedules["Scheduled"][:1]})
