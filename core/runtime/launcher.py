@@ -13,8 +13,8 @@ Besides MCP server objects it serves two kinds of agent app:
   its apps: ``async with app.run()`` (it reads ``mcp_agent.config.yaml`` from the working directory, which is the
   app directory), then ``mcp_agent.server.app_server.create_mcp_server_for_app(app)``, an mcp 1.x FastMCP.
 
-Exit codes: 0 after SIGTERM/SIGINT, 1 when the entrypoint cannot be imported, 2 for a bad entrypoint or an
-object of an unsupported type.
+Exit codes: 0 after SIGTERM/SIGINT, 1 when the entrypoint cannot be imported or an mcp-agent app fails to start,
+2 for a bad entrypoint or an object of an unsupported type.
 """
 
 from __future__ import annotations
@@ -111,7 +111,16 @@ async def _mcp_agent_framework_app(app, host: str, port: int, path: str, stack: 
     """
     from mcp_agent.server.app_server import create_mcp_server_for_app
 
-    await stack.enter_async_context(app.run())
+    try:
+        await stack.enter_async_context(app.run())
+    except Exception as exc:  # noqa: BLE001 - the framework may raise anything while it sets up
+        raise LauncherError(
+            f"the mcp-agent app {getattr(app, 'name', '?')!r} failed to start (in MCPApp.run()): "
+            f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            f"hint: check mcp_agent.config.yaml in {os.getcwd()} and that the app's requirements install what it "
+            "configures (e.g. mcp-agent[temporal] for execution_engine: temporal)",
+            1,
+        ) from exc
     return _fastmcp1_app(create_mcp_server_for_app(app), host, port, path)
 
 

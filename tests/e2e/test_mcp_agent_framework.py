@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -227,3 +228,18 @@ def test_cancel_reaches_every_waiting_run(deployed: Deployed) -> None:
         await deployed.wait_status(bystander["run_id"], "cancelled")
 
     anyio.run(main)
+
+
+def test_an_app_that_fails_to_start_says_why(deployed: Deployed, tmp_path: Path) -> None:
+    """execution_engine: temporal without the framework's temporal extra fails in app.run(): the deploy fails and the
+    reason reaches the user. Same requirements as the app above, so the cached env is reused."""
+    broken = tmp_path / "broken"
+    shutil.copytree(APP, broken)
+    config = broken / "mcp_agent.config.yaml"
+    temporal = "execution_engine: temporal\ntemporal: {host: '127.0.0.1:1', task_queue: q}"
+    config.write_text(config.read_text().replace("execution_engine: asyncio", temporal))
+    result = deployed.platform.cli("deploy", "app", str(broken), "--name", "broken-approvals", "--json")
+    assert result.returncode != 0, result.stdout
+    logs = deployed.platform.cli("logs", "broken-approvals").stdout
+    said = result.stdout + result.stderr + logs
+    assert "failed to start (in MCPApp.run())" in said and "temporalio" in said, said
