@@ -512,3 +512,106 @@ async def test_embedded_server_left_by_a_crashed_platform_is_adopted(tmp_path) -
     finally:
         await second.aclose()
     assert not plugin._alive(pid)
+
+
+# -- the MCPApp runtime on temporal, through the workflow tools over a real MCP client -----------------------
+
+
+@contextlib.asynccontextmanager
+async def app_tools(app):
+    """The app's ASGI app under uvicorn on a free port and an mcp SDK client on it; yields ``call(tool, args)``
+    returning ``(is_error, json_body)``. Leaving stops the server, which runs the executor's aclose."""
+    import uvicorn
+
+    from mcp_agent_cloud.client import mcp_client
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app.streamable_http_app(), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                raise RuntimeError(f"uvicorn did not start: {task.exception()!r}")
+            await asyncio.sleep(0.01)
+        async with mcp_client(f"http://127.0.0.1:{port}/mcp") as client:
+            async def call(tool: str, args: dict | None = None):
+                result = await client.call_tool(tool, args or {})
+                return bool(result.is_error), json.loads("".join(getattr(c, "text", "") for c in result.content))
+
+            yield call
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@async_test
+async def test_mcpapp_workflow_tools_on_temporal(temporal_server, tmp_path, monkeypatch) -> None:
+    from mcp_agent_cloud import MCPApp, current_run
+
+    queue = f"test.{uuid.uuid4().hex}"
+    monkeypatch.setenv("MCPAC_EXECUTOR", "temporal")
+    monkeypatch.setenv("MCPAC_EXECUTOR_CONFIG", json.dumps({"host": temporal_server.address, "task_queue": queue}))
+    for var in ("MCPAC_DEPLOYMENT", "MCPAC_APP_DATA_DIR", "MCPAC_CONTROL_TOKEN", "MCPAC_SUSPENDED"):
+        monkeypatch.delenv(var, raising=False)
+    app = MCPApp(name="demo", data_dir=tmp_path / "data")
+    attempts = {"n": 0}
+
+    @app.step(retry=RetryPolicy(max_attempts=3, initial_interval=0.1))
+    async def charge(amount: int) -> str:
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise ConnectionError("payment service busy")
+        return f"receipt-{amount}"
+
+    @app.workflow
+    class Approve(Workflow):
+        async def run(self, amount: int, reason: str = "") -> dict:
+            self.update_state(stage="waiting", amount=amount)
+            decision = await self.wait_for_signal("approve", timeout=120)
+            receipt = await self.step(charge, amount)
+            return {"decision": decision, "receipt": receipt, "reason": reason}
+
+    @app.async_tool
+    async def long_job(n: int) -> dict:
+        run = current_run()
+        run.update_state(half=n)
+        await run.sleep(0.2)
+        return {"double": n * 2, "run_id": run.run_id}
+
+    async def until(call, run_id: str, *statuses: str) -> dict:
+        deadline = time.monotonic() + 30
+        while True:
+            is_error, status = await call("workflows-get_status", {"run_id": run_id})
+            assert not is_error, status
+            if status["status"] in statuses:
+                return status
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.1)
+
+    async with app_tools(app) as call:
+        assert app.executor.task_queue == queue and isinstance(app.executor, TemporalExecutor)
+        is_error, ids = await call("workflows-Approve-run", {"run_parameters": {"amount": 5, "reason": "books"}})
+        assert not is_error and ids["execution_id"] == ids["run_id"], ids
+        status = await until(call, ids["run_id"], "paused")
+        assert (status["waiting_for"], status["state"]) == ("approve", {"stage": "waiting", "amount": 5})
+        is_error, listed = await call("workflows-runs-list", {"status": "paused"})
+        assert [r["run_id"] for r in listed["runs"]] == [ids["run_id"]], listed
+        is_error, _ = await call("workflows-resume", {"run_id": ids["run_id"], "signal_name": "approve",
+                                                      "payload": {"approved": True}})
+        assert not is_error
+        done = await until(call, ids["run_id"], "completed", "error")
+        assert done["result"] == {"decision": {"approved": True}, "receipt": "receipt-5", "reason": "books"}, done
+        assert attempts["n"] == 3  # the step failed twice, then succeeded (Temporal retried the activity)
+
+        is_error, job = await call("long_job", {"n": 4})
+        assert not is_error, job
+        finished = await until(call, job["run_id"], "completed")
+        assert finished["result"] == {"double": 8, "run_id": job["run_id"]} and finished["state"] == {"half": 4}
+
+        is_error, body = await call("workflows-resume", {"run_id": ids["run_id"]})
+        assert is_error and body["error"] == "conflict", body
+        is_error, body = await call("workflows-get_status", {"run_id": str(uuid.uuid4())})
+        assert is_error and body["error"] == "not_found", body
+        is_error, body = await call("workflows-Approve-run", {"run_parameters": {"amount": "lots"}})
+        assert is_error and "amount" in body["message"], body
