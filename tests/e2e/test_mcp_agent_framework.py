@@ -27,7 +27,8 @@ import pytest
 
 from tests.conftest import ROOT, PlatformProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.network]
+# A fresh env is ~100 packages from PyPI; its build counts against the first test's timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.timeout(900)]
 
 APP = ROOT / "tests" / "apps" / "mcp_agent_app"
 NAME = "approvals"
