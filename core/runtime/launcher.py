@@ -103,7 +103,7 @@ async def make_app(obj: object, host: str, port: int, path: str, stack: AsyncExi
 
 
 async def _mcp_agent_framework_app(app, host: str, port: int, path: str, stack: AsyncExitStack):
-    """Serve a lastmile-ai mcp-agent app as its own ``mcp-agent serve`` and examples do.
+    """Serve a lastmile-ai mcp-agent app as the framework's own examples do.
 
     ``app.run()`` initializes the app (config, executor, logging) and cleans it up on exit; the server's own
     lifespan only initializes, leaving cleanup to its caller, so the run context is held for the whole serve.
