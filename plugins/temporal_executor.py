@@ -450,7 +450,11 @@ class TemporalExecutor(Executor):
 
         return Worker(self._client, task_queue=self.task_queue, workflows=[self._wf_class],
                       activities=[self._activity], workflow_runner=UnsandboxedWorkflowRunner(),
-                      graceful_shutdown_timeout=timedelta(seconds=self.config.shutdown_timeout))
+                      graceful_shutdown_timeout=timedelta(seconds=self.config.shutdown_timeout),
+                      # after an app process is killed, its runs' next tasks (a signal, a status query) wait this
+                      # long on the dead worker's sticky queue before any worker may take them; Temporal's 10 s
+                      # would outlast query_timeout
+                      sticky_queue_schedule_to_start_timeout=timedelta(seconds=3))
 
     async def _run_worker(self) -> None:
         """Keep a worker polling; a worker that stops on an error (the server went away for long) is replaced."""
@@ -1069,6 +1073,7 @@ class TemporalSupervisor(ExecutorSupervisor):
         self._adopted_pid = None
 
     def _emit(self, type_: str, message: str, status: str = "info") -> None:
+        log.info("%s", message)
         with contextlib.suppress(Exception):
             self.ctx.emit(Event(type=type_, message=message, status=status))  # type: ignore[arg-type]
 

@@ -615,3 +615,31 @@ async def test_mcpapp_workflow_tools_on_temporal(temporal_server, tmp_path, monk
         assert is_error and body["error"] == "not_found", body
         is_error, body = await call("workflows-Approve-run", {"run_parameters": {"amount": "lots"}})
         assert is_error and "amount" in body["message"], body
+
+
+def test_platform_runs_adopts_and_stops_the_embedded_server(tmp_path, shared_envs) -> None:
+    """`mcp-agent serve` with `executor: {name: temporal, embedded: true}`: the dev server starts with the platform,
+    outlives a SIGKILLed platform (its apps keep their runs), is taken over by the next start and stopped by a
+    clean shutdown."""
+    from tests.conftest import PlatformProcess, wait_for
+
+    port = free_port()
+    p = PlatformProcess(tmp_path, shared_envs,
+                        extra_config=f"executor: {{name: temporal, embedded: true, host: '127.0.0.1:{port}'}}\n")
+    pid_file = tmp_path / "data" / "temporal" / "dev.pid"
+    pid = None
+    try:
+        p.start(timeout=90)
+        pid = json.loads(pid_file.read_text())["pid"]
+        assert plugin._alive(pid) and (tmp_path / "data" / "temporal" / "dev.db").exists()
+        p.kill()
+        assert plugin._alive(pid)  # a crash of the platform does not take the server (and the apps' runs) down
+        p.start(timeout=90)
+        assert json.loads(pid_file.read_text())["pid"] == pid  # the same server: adopted, not a second one
+        p.stop()
+        wait_for(lambda: not plugin._alive(pid), timeout=20, what="the dev server to stop with the platform")
+        assert not pid_file.exists()
+    finally:
+        p.stop(signal.SIGKILL)
+        if pid is not None and plugin._alive(pid):
+            os.kill(pid, signal.SIGKILL)
