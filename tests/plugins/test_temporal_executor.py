@@ -295,7 +295,10 @@ async def test_list_runs_pages_and_filters(temporal_server, tmp_path) -> None:
                 page = await ex.list_runs(limit=3, page_token=page.next_page_token)
                 seen += page.runs
             await asyncio.sleep(0.2)
-        assert [r.run_id for r in seen] == [waiting.run_id] + [r.run_id for r in reversed(runs)]  # newest first
+        # Temporal's visibility order: runs in flight first, then the finished ones, last to finish first
+        assert seen[0].run_id == waiting.run_id and len(seen) == 4
+        assert {r.run_id for r in seen[1:]} == {r.run_id for r in runs}
+        assert [r.updated_at for r in seen[1:]] == sorted((r.updated_at for r in seen[1:]), reverse=True)
         completed = await ex.list_runs(status="completed", workflow="Compute")
         assert {r.run_id for r in completed.runs} == {r.run_id for r in runs}
         assert all(r.result == {"n": r.params["n"], "doubled": 2 * r.params["n"]} for r in completed.runs)
