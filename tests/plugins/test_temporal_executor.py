@@ -224,6 +224,25 @@ async def test_pause_holds_the_run_until_resume(temporal_server, tmp_path) -> No
 
 
 @async_test
+async def test_early_signals_are_kept_and_a_paused_wait_holds_after_its_signal(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path)) as ex:
+        early = await ex.start_run("Approval", {"who": "kim"})
+        await ex.signal(early.run_id, "approve", "before the wait")  # sent right away, maybe before run() waits
+        assert (await ex.wait(early.run_id, timeout=20)).result == {"who": "kim", "decision": "before the wait"}
+
+        run = await ex.start_run("Approval", {"who": "lou"})
+        await until(ex, run.run_id, lambda r: r.status == "paused")
+        rec = await ex.pause(run.run_id)
+        assert (rec.status, rec.waiting_for) == ("paused", "approve")  # still shows what it waits for
+        rec = await ex.signal(run.run_id, "approve", "yes")
+        assert (rec.status, rec.waiting_for) == ("paused", "resume")  # got it, and holds at the pause point
+        await asyncio.sleep(0.5)
+        assert (await ex.status(run.run_id)).status == "paused"
+        await ex.signal(run.run_id, "resume")
+        assert (await ex.wait(run.run_id, timeout=20)).result == {"who": "lou", "decision": "yes"}
+
+
+@async_test
 async def test_cancel(temporal_server, tmp_path) -> None:
     async with running(make(temporal_server, tmp_path)) as ex:
         run = await ex.start_run("Approval", {"who": "dan"})
