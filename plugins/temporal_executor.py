@@ -896,6 +896,28 @@ class TemporalSupervisor(ExecutorSupervisor):
 
         return [f"temporalio=={version('temporalio')}"]
 
+    async def remove_deployment(self, deployment: DeploymentRef) -> list[str]:
+        """Delete the Temporal Schedules of a deployment that is being deleted (they live on the server and would
+        go on starting runs nobody serves). Returns the ids deleted. Runs and their history stay (retention)."""
+        from temporalio.service import RPCError, RPCStatusCode
+
+        prefix = _queue_for(self.config.task_queue, deployment.qualified) + "."
+        client = await connect(self.config)
+        deleted = []
+        try:
+            async for listed in await client.list_schedules():
+                if listed.id.startswith(prefix):
+                    try:
+                        await client.get_schedule_handle(listed.id).delete()
+                    except RPCError as exc:  # listings lag behind: one deleted a moment ago may still show
+                        if exc.status != RPCStatusCode.NOT_FOUND:
+                            raise
+                        continue
+                    deleted.append(listed.id)
+        finally:
+            del client
+        return deleted
+
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -432,6 +433,25 @@ async def test_schedules_fire_and_are_kept_in_step_with_the_app(temporal_server,
             await fewer.client.get_schedule_handle(f"{queue}.each-second").delete()
     finally:
         await ex.aclose()
+
+
+@async_test
+async def test_deleting_a_deployment_removes_its_schedules(temporal_server, tmp_path) -> None:
+    name = f"shop{uuid.uuid4().hex[:8]}"
+    cfg = TemporalConfig(host=temporal_server.address)
+    ex = TemporalExecutor(cfg, PluginContext(tmp_path))
+    ex.bind(dataclasses.replace(binding(tmp_path, Scheduled, schedules={"Scheduled": [Schedule(every=3600)]}),
+                                deployment=f"acme.{name}"))
+    async with running(ex):
+        assert ex.task_queue == f"mcpac.acme.{name}"
+    sup = TemporalSupervisor(cfg, PluginContext(tmp_path))
+    await sup.setup()
+    try:
+        assert await sup.remove_deployment(DeploymentRef(id="x", org="acme", name=name)) == [
+            f"mcpac.acme.{name}.Scheduled-0"]
+        assert await sup.remove_deployment(DeploymentRef(id="x", org="acme", name=name)) == []
+    finally:
+        await sup.aclose()
 
 
 @async_test
