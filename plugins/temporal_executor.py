@@ -750,6 +750,13 @@ class TemporalExecutor(Executor):
         nxt = it.next_page_token
         return RunPage(runs=list(runs), next_page_token=base64.urlsafe_b64encode(nxt).decode() if nxt else None)
 
+    async def count_active(self) -> int:
+        """Runs in flight (running or paused) of this app: one visibility count, no query per run."""
+        with self._rpc():
+            counted = await self.client.count_workflows(
+                f"TaskQueue = '{self.task_queue}' AND ExecutionStatus = 'Running'")
+        return counted.count
+
     # -- schedules ---------------------------------------------------------------------------------------------
 
     def _schedule_id(self, defn: WorkflowDef, index: int, sched: Schedule) -> str:

@@ -325,6 +325,7 @@ async def test_list_runs_pages_and_filters(temporal_server, tmp_path) -> None:
         paused = await ex.list_runs(status="paused")
         assert [(r.run_id, r.waiting_for) for r in paused.runs] == [(waiting.run_id, "approve")]
         assert (await ex.list_runs(status="running")).runs == []
+        assert await ex.count_active() == 1
         assert (await ex.list_runs(workflow="Broken")).runs == []
         with pytest.raises(ValidationFailed, match="unknown status"):
             await ex.list_runs(status="sleeping")
