@@ -126,6 +126,10 @@ class TemporalConfig(BaseModel):
     def _queue_chars(cls, v: str) -> str:
         if not _TQ_RE.match(v):
             raise ValueError("use letters, digits, '.', '-', '_' (and {deployment}, {org}, {name})")
+        try:
+            _queue_for(v, "org.name")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("the only placeholders are {deployment}, {org} and {name}") from None
         return v
 
     @field_validator("host")

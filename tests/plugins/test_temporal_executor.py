@@ -484,6 +484,8 @@ async def test_unreachable_server_and_missing_namespace(temporal_server, tmp_pat
 def test_config_checks_and_app_env(tmp_path) -> None:
     with pytest.raises(ValueError):
         TemporalConfig(task_queue="bad queue'")
+    with pytest.raises(ValueError, match="placeholders"):
+        TemporalConfig(task_queue="mcpac.{app}")
     with pytest.raises(ValueError):
         TemporalConfig(host="no-port")
     sup = TemporalSupervisor(TemporalConfig(api_key="s3cret", tls=True), PluginContext(tmp_path))
