@@ -510,10 +510,11 @@ class TemporalExecutor(Executor):
         from temporalio.exceptions import ApplicationError
 
         info = activity.info()
-        step = self.binding.steps.get(info.activity_type) or self._adhoc_steps.get(info.activity_type)
+        step = (self.binding.steps.get(info.activity_type) or self._adhoc_steps.get(info.activity_type)
+                or _resolve_function(info.activity_type))
         if step is None:
-            raise ApplicationError(f"this app has no step {info.activity_type!r}", type="NotFoundError",
-                                   non_retryable=True)
+            # retryable: during a deploy, another instance of the app (the version that has it) may take it
+            raise ApplicationError(f"this app has no step {info.activity_type!r}", type="NotFoundError")
         body = activity.payload_converter().from_payload(args[0].payload) if args else {}
         call_args, call_kwargs = body.get("args", []), body.get("kwargs", {})
 
@@ -841,6 +842,23 @@ class TemporalExecutor(Executor):
                             intervals=[Interval(every=timedelta(seconds=sched.every))] if sched.every else [])
         # a short catch-up window: after an outage, one start for the missed ticks, not a burst of them
         return TSchedule(action=action, spec=spec, policy=SchedulePolicy(catchup_window=timedelta(minutes=1)))
+
+
+def _resolve_function(name: str) -> StepDef | None:
+    """A plain function passed to ``self.step()`` is named ``module.qualname``; a new app process may get a retry
+    of it before any run there has called it: find it in the modules already loaded (never import anything)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        obj: Any = sys.modules.get(".".join(parts[:i]))
+        if obj is None:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if callable(obj) and not isinstance(obj, type):
+            return StepDef(name=name, fn=obj)
+    return None
 
 
 def temporal_cron(expr: str) -> str:

@@ -99,12 +99,21 @@ class Broken(Workflow):
         raise ValueError(message)
 
 
+def triple(n: int) -> int:
+    return n * 3
+
+
+class PlainStep(Workflow):
+    async def run(self, n: int) -> int:
+        return await self.step(triple, n)  # not an @app.step: run once, found by its module.qualname
+
+
 class Scheduled(Workflow):
     async def run(self, source: str = "") -> str:
         return source
 
 
-ALL = [Compute, Approval, Ticker, Retrying, Broken]
+ALL = [Compute, Approval, Ticker, Retrying, Broken, PlainStep]
 
 
 def binding(tmp_path: Path, *classes: type, schedules: dict[str, list[Schedule]] | None = None) -> AppBinding:
@@ -269,6 +278,8 @@ async def test_step_fails_twice_then_succeeds_and_errors_are_reported(temporal_s
         rec = await ex.wait(run.run_id, timeout=30)
         assert rec.status == "error" and CALLS[key2] == 3
         assert "step flaky failed" in rec.error and "ConnectionError" in rec.error and "attempt 3" in rec.error
+        run = await ex.start_run("PlainStep", {"n": 5})
+        assert (await ex.wait(run.run_id, timeout=30)).result == 15
         run = await ex.start_run("Broken", {"message": "it broke"})
         rec = await ex.wait(run.run_id, timeout=30)
         assert rec.status == "error" and rec.error == "ValueError: it broke"
@@ -479,6 +490,14 @@ async def test_unreachable_server_and_missing_namespace(temporal_server, tmp_pat
         await ex.setup()
     assert "temporal operator namespace create" in err.value.hint
     await ex.aclose()
+
+
+def test_a_plain_step_function_is_found_by_its_name() -> None:
+    # what a fresh app process does when a retry of a `self.step(plain_fn)` reaches it before any run called it
+    found = plugin._resolve_function(f"{__name__}.double")
+    assert found is not None and found.fn is double
+    assert plugin._resolve_function(f"{__name__}.no_such_function") is None
+    assert plugin._resolve_function("not_a_loaded_module.fn") is None
 
 
 def test_config_checks_and_app_env(tmp_path) -> None:
