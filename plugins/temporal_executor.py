@@ -346,7 +346,9 @@ def _workflow_class(executor: TemporalExecutor) -> type:
             executor._run_ids[info.run_id] = info.workflow_id
             defn = executor.binding.workflows.get(info.workflow_type)
             st = self.st
-            st.event("started")
+            sched = workflow.memo_value("schedule", None)
+            st.event("started", by=f"schedule {sched}" if sched else "api",
+                     priority=workflow.memo_value("priority", 0))
             if defn is None:
                 error = (f"this app has no workflow {info.workflow_type!r} (known: "
                          f"{', '.join(sorted(executor.binding.workflows)) or 'none'})")

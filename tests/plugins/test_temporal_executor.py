@@ -191,6 +191,7 @@ async def test_run_completes_with_state_result_and_history(temporal_server, tmp_
         full = await ex.status(started.run_id, history=True)
         kinds = [h["kind"] for h in full.history]
         assert kinds[0] == "started" and kinds[-1] == "completed" and "step" in kinds, kinds
+        assert full.history[0]["by"] == "api"
         # by workflow id: the latest run of it
         assert (await ex.status(workflow_id=started.workflow_id)).run_id == started.run_id
 
@@ -417,6 +418,8 @@ async def test_schedules_fire_and_are_kept_in_step_with_the_app(temporal_server,
                     break
                 await asyncio.sleep(0.5)
             assert sources.count("every") >= 2 and sources.count("cron") >= 2, sources
+            first = await ex.status(runs[0].run_id, history=True)
+            assert first.history[0]["by"] in ("schedule each-second", "schedule Scheduled-1"), first.history
             ids = sorted([s.id async for s in await ex.client.list_schedules() if s.id.startswith(queue + ".")])
             assert ids == [f"{queue}.Scheduled-1", f"{queue}.each-second"]
             # a suspended deployment starts no runs: its schedules are paused on the server until it resumes
