@@ -560,6 +560,9 @@ def register(cli: click.Group) -> None:
                   highlight=False)
         for key in ("status", "desired_state", "serving_version", "endpoint", "restarts", "id"):
             out.print(f"  {key + ':':16} {data.get(key)}", highlight=False)
+        if (data.get("spec") or {}).get("suspended"):
+            out.print(f"  {'suspended:':16} yes: it starts no new workflow runs (`mcp-agent workflows unsuspend "
+                      f"{name}` lifts it)", highlight=False)
         if data.get("stats"):
             s = data["stats"]
             out.print(f"  {'resources:':16} " + ", ".join(f"{k}={v}" for k, v in s.items()), highlight=False)

@@ -602,6 +602,9 @@ class Platform:
                 build_manifest, runtime_reqs = manifest, []
                 if req.kind == "app" and manifest is not None and uses_runtime(work_dir / "app", manifest.requirements):
                     build_manifest, runtime_reqs = await self._runtime_build(manifest)
+                    names = ", ".join(r.split(" @ ")[0] for r in runtime_reqs)
+                    await build_line(f"the app uses the MCPApp runtime: installing {names} (runtime wheel "
+                                     f"{self._wheel.parent.name}, executor {self.executor.spec_name})")
                     options = {**options, "mcpac_runtime": True}
                     await self.registry.update_version(record.id, version, options=options)
                 request = BuildRequest(

@@ -89,6 +89,8 @@ def test_deploy_installs_the_runtime_and_hands_it_the_platform(wf):
     # The platform built a wheel of itself into its wheelhouse, and the app's env installed it from there.
     wheels = list((wf.root / "data" / "wheelhouse").glob("*/mcp_agent_cloud-*.whl"))
     assert len(wheels) == 1
+    build_log = (wf.root / "data" / "deployments" / f"default.{NAME}" / "v1" / "build.log").read_text()
+    assert f"uses the MCPApp runtime: installing mcp-agent-cloud (runtime wheel {wheels[0].parent.name}" in build_log
     # The control token is in the instance's environment and the platform's memory only: no file of the
     # platform's data dir (registry, logs, events) holds it.
     environ = dict(kv.split("=", 1) for kv in
@@ -257,6 +259,7 @@ def test_suspend_refuses_new_runs_and_survives_a_restart(wf):
     r = wf.api("POST", f"/api/v1/workflows/{NAME}/Slow/run", json={"params": {"ticks": 1}})
     assert r.status_code == 409 and "suspended" in r.json()["message"], r.text
     assert wf.api("POST", f"/api/v1/workflows/{NAME}/Slow/run", json={}).json()["hint"]
+    assert "suspended:" in wf.cli("status", NAME, check=True).stdout
     # A restart of the instance keeps the suspension (the platform passes it in the environment).
     wf.cli("stop", NAME, check=True)
     api_ok(wf, "POST", f"/api/v1/agents/{NAME}/run")
