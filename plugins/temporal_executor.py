@@ -161,9 +161,19 @@ async def connect(cfg: TemporalConfig) -> Client:
     tls: Any = cfg.tls
     if isinstance(cfg.tls, TemporalTLS):
         t = cfg.tls
-        tls = TLSConfig(server_root_ca_cert=t.ca.read_bytes() if t.ca else None,
-                        client_cert=t.cert.read_bytes() if t.cert else None,
-                        client_private_key=t.key.read_bytes() if t.key else None, domain=t.server_name)
+
+        def pem(path: Path | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"executor.tls.{what}: cannot read {path}: {exc.strerror}",
+                                  hint="the PEM files must be readable by the platform and by the app processes")\
+                    from None
+
+        tls = TLSConfig(server_root_ca_cert=pem(t.ca, "ca"), client_cert=pem(t.cert, "cert"),
+                        client_private_key=pem(t.key, "key"), domain=t.server_name)
     try:
         return await asyncio.wait_for(Client.connect(
             cfg.host, namespace=cfg.namespace, tls=tls, data_converter=pydantic_data_converter,

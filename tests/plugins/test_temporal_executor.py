@@ -486,6 +486,11 @@ async def test_unreachable_server_and_missing_namespace(temporal_server, tmp_pat
     with pytest.raises(ExecutorUnavailable, match=f"127.0.0.1:{port}") as err:
         await ex.setup()
     assert "embedded: true" in err.value.hint and err.value.code == "executor_unavailable"
+    ex = TemporalExecutor(TemporalConfig(host=temporal_server.address, tls={"ca": str(tmp_path / "missing.pem")}),
+                          PluginContext(tmp_path))
+    ex.bind(binding(tmp_path, Compute))
+    with pytest.raises(ConfigError, match=r"executor.tls.ca: cannot read .*missing.pem"):
+        await ex.setup()
     ex = TemporalExecutor(TemporalConfig(host=temporal_server.address, namespace="no-such-ns"),
                           PluginContext(tmp_path))
     ex.bind(binding(tmp_path, Compute))
