@@ -187,6 +187,16 @@ def test_cli_drives_runs(wf):
     r = wf.cli("workflows", "cancel", "run_" + "f" * 32)
     assert r.returncode == 1 and "no run run_fff" in r.stderr, r.stderr
 
+    # batch: start two runs from a file of parameters, then cancel both by id.
+    params = wf.root / "batch.json"
+    params.write_text(json.dumps([{"ticks": 1000}, {"ticks": 1000}]))
+    started = wf.cli_json("workflows", "batch", NAME, "run", "--workflow", "Slow", "--params-file", str(params))
+    ids = [row["run_id"] for row in started["results"] if row["ok"]]
+    assert len(ids) == 2
+    cancelled = wf.cli("workflows", "batch", NAME, "cancel", "--run-id", ids[0], "--run-id", ids[1], check=True)
+    assert ids[0] in cancelled.stdout and ids[1] in cancelled.stdout
+    assert {wf.cli_json("workflows", "status", i)["status"] for i in ids} <= {"cancelled"}
+
     # --watch follows a run to its end, printing each change.
     watched = wf.cli("workflows", "run", NAME, "Slow", "--param", "ticks=3", "--param", "interval=0.2", "--watch",
                      check=True).stdout
