@@ -246,6 +246,14 @@ def test_rest_routes_and_org_isolation(wf):
     cancelled = api_ok(wf, "POST", f"/api/v1/workflows/{NAME}/batch", json={"action": "cancel", "run_ids": ids})
     assert all(row["ok"] for row in cancelled["results"])
 
+    # The routes are in the OpenAPI document, as authenticated operations.
+    doc = api_ok(wf, "GET", "/api/v1/openapi.json")
+    for path, method in (("/api/v1/workflows/{deployment}/{workflow}/run", "post"), ("/api/v1/runs", "get"),
+                         ("/api/v1/runs/{run_id}/resume", "post"), ("/api/v1/agents/{deployment}/pause", "post"),
+                         ("/api/v1/workflows/{deployment}/batch", "post")):
+        assert doc["paths"][path][method]["security"] == [{"bearer": []}], path
+    assert "WorkflowRunBody" in doc["components"]["schemas"]
+
     # Another org sees none of it.
     other = wf.cli_json("admin", "token", "--org", "other", "--role", "developer")["token"]
     assert wf.api("GET", f"/api/v1/runs/{run_id}", token=other).status_code == 404
@@ -272,6 +280,8 @@ def test_suspend_refuses_new_runs_and_survives_a_restart(wf):
     assert "suspended:" in wf.cli("status", NAME, check=True).stdout
     # A restart of the instance keeps the suspension (the platform passes it in the environment).
     wf.cli("stop", NAME, check=True)
+    r = wf.api("GET", f"/api/v1/workflows/{NAME}")
+    assert r.status_code == 409 and "not running" in r.json()["message"] and "mcp-agent start" in r.json()["hint"]
     api_ok(wf, "POST", f"/api/v1/agents/{NAME}/run")
     assert wf.api("POST", f"/api/v1/workflows/{NAME}/Slow/run", json={}).status_code == 409
     out = wf.cli_json("workflows", "unsuspend", NAME)
