@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -1061,10 +1062,24 @@ class Platform:
             with contextlib.suppress(Exception):
                 for info in await self.secrets.list(scope):
                     await self.secrets.delete(scope, info.key, destroy=True)
+            # What the executor keeps outside the app for it (Temporal Schedules would go on starting runs that
+            # nobody serves). A failure does not stop the delete; the event says what is left behind.
+            leftover = ""
+            remove = getattr(self.executor, "remove_deployment", None)
+            if callable(remove):
+                try:
+                    result = remove(record.ref)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    leftover = (f"; the {self.executor.spec_name} executor could not remove what it keeps for it "
+                                f"({type(exc).__name__}: {exc})")
+                    log.warning("delete %s.%s: executor cleanup failed: %s", record.org, record.name, exc)
             await self.registry.delete_deployment(record.id)
             shutil.rmtree(self._dep_dir(record.org, record.name), ignore_errors=True)
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
-                                    message=f"deleted {record.org}.{record.name}"), record.id)
+                                    status="failed" if leftover else "info",
+                                    message=f"deleted {record.org}.{record.name}{leftover}"), record.id)
 
     # -- secrets -----------------------------------------------------------------------------------------------
 

@@ -4,12 +4,14 @@ of the app process (unlike asyncio, where it is reported interrupted)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, PlatformProcess, free_port, wait_for
+from tests.conftest import BIN, ROOT, PlatformProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.temporal]
 
@@ -53,5 +55,16 @@ def test_temporal_runs_are_durable_across_an_app_crash(tmp_path, shared_envs):
         finished = wait_for(lambda: (s := run(slow["run_id"]))["status"] in ("completed", "error", "interrupted")
                             and s, timeout=120, what="Slow to finish")
         assert finished["status"] == "completed" and finished["result"] == {"ticks": 12}, finished
+
+        # The app's Heartbeat schedule lives on the Temporal server; deleting the deployment removes it.
+        def schedules() -> list[str]:
+            out = subprocess.run([str(BIN / "temporal"), "schedule", "list", "--address", f"127.0.0.1:{port}",
+                                  "-o", "json"], capture_output=True, text=True, timeout=60, check=True).stdout
+            rows = json.loads(out) if out.strip() else []
+            return [r.get("scheduleId", "") for r in rows if "durable" in r.get("scheduleId", "")]
+
+        wait_for(schedules, what="the app's schedule on the Temporal server")
+        p.cli("delete", "durable", "--yes", check=True)
+        wait_for(lambda: not schedules(), timeout=30, what="the schedule to be deleted with the deployment")
     finally:
         p.stop()
