@@ -187,6 +187,15 @@ def test_cli_drives_runs(wf):
     r = wf.cli("workflows", "cancel", "run_" + "f" * 32)
     assert r.returncode == 1 and "no run run_fff" in r.stderr, r.stderr
 
+    # pause, resume and cancel a ticking run.
+    slow = wf.cli_json("workflows", "run", NAME, "Slow", "--param", "ticks=2000", "--param", "interval=0.05")["run_id"]
+    wait_for(lambda: wf.cli_json("workflows", "status", slow)["state"].get("tick", 0) >= 1, what="Slow to tick")
+    assert "pause: " + slow in wf.cli("workflows", "pause", slow, check=True).stdout
+    wait_for(lambda: wf.cli_json("workflows", "status", slow)["waiting_for"] == "resume", what="paused")
+    assert wf.cli_json("workflows", "resume", slow)["run_id"] == slow
+    wait_for(lambda: wf.cli_json("workflows", "status", slow)["status"] == "running", what="running again")
+    assert wf.cli_json("workflows", "cancel", slow)["status"] == "cancelled"
+
     # batch: start two runs from a file of parameters, then cancel both by id.
     params = wf.root / "batch.json"
     params.write_text(json.dumps([{"ticks": 1000}, {"ticks": 1000}]))
