@@ -6,6 +6,12 @@ internal URL, like the health check) per call. A tool error whose text is the JS
 :class:`~mcp_agent_cloud.errors.MCPAgentCloudError` (``{"error": CODE, "message", "hint"}``) is raised again as the
 same error class, so a 404 in the app is a 404 of the API.
 
+Apps built on the lastmile-ai mcp-agent framework serve tools of the same names with other shapes (its workflows-list
+is an object keyed by workflow name, its workflows-runs-list a plain list without filters, its workflows-run a
+required ``kwargs`` field, FastMCP 1.x's reading of ``**kwargs``); :func:`workflows_of`, :func:`runs_of` and
+:func:`fit_arguments` turn them into the platform's shapes here, in one place, so the REST routes and the CLI work the
+same for both kinds of app.
+
 ``run_id -> deployment`` is remembered in a small LRU filled by starts and listings; on a miss the caller's org's
 running app deployments are asked (``workflows-get_status``) concurrently.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -30,6 +37,14 @@ ACTIONS = {"pause": "workflows-pause", "resume": "workflows-resume", "cancel": "
            "stop": "workflows-cancel"}
 NO_WORKFLOWS_HINT = ("its app must serve the workflows tools: build it with `from mcp_agent_cloud import MCPApp` "
                      "(or lastmile-ai mcp-agent's MCPApp)")
+
+
+def no_tool_hint(tool: str) -> str:
+    """The hint of a missing workflows tool: pause and batch are ours only, so a framework app lacks just them."""
+    if tool in ("workflows-pause", "workflows-batch"):
+        return (f"apps built with lastmile-ai mcp-agent serve no {tool} (only apps built with `from mcp_agent_cloud "
+                "import MCPApp` do); resume and cancel work on both")
+    return NO_WORKFLOWS_HINT
 
 
 def _error_classes() -> dict[str, type[MCPAgentCloudError]]:
@@ -60,8 +75,13 @@ def error_from_tool(text: str, *, deployment: str, tool: str) -> MCPAgentCloudEr
             # Codes without a class of their own: the app failed (502) or timed out (504), not the caller.
             exc.status = {"internal_error": 502, "timeout": 504}.get(body["error"], exc.status)
         return exc
-    if "unknown tool" in text.lower() or "not found" in text.lower() and tool in text:
-        return NotFoundError(f"{deployment} has no tool {tool}", hint=NO_WORKFLOWS_HINT)
+    low = text.lower()
+    if "unknown tool" in low or re.search(rf"\btool '?{re.escape(tool.lower())}'? not found", low):
+        return NotFoundError(f"{deployment} has no tool {tool}", hint=no_tool_hint(tool))
+    if "not found" in low:
+        # A framework app's plain-text error for an unknown workflow or run ("Workflow 'X' not found."): a 404 too.
+        return NotFoundError(f"{deployment}: {text.strip()[:2000]}",
+                             hint="`mcp-agent workflows list` shows the workflows; `mcp-agent workflows runs` the runs")
     exc = MCPAgentCloudError(f"{deployment}: {tool} failed: {text.strip()[:2000]}",
                              hint=f"see the app's log: `mcp-agent logs {deployment.split('.', 1)[-1]}`")
     exc.status = 502  # the app failed, not the caller's request
@@ -86,6 +106,72 @@ def tool_value(result: Any) -> Any:
         return json.loads(texts)
     except ValueError:
         return texts
+
+
+def workflows_of(out: Any) -> list[dict]:
+    """The workflows of a workflows-list value, as a list of dicts that each have ``input_schema``.
+
+    Ours is ``{"workflows": [...]}``; the lastmile-ai mcp-agent framework's is ``{name: {name, description,
+    capabilities, tool_endpoints, run_parameters}}``, whose ``run_parameters`` is the input schema (kept as well).
+    """
+    if isinstance(out, dict) and isinstance(out.get("workflows"), list):
+        return [w for w in out["workflows"] if isinstance(w, dict)]
+    if isinstance(out, list):
+        return [w for w in out if isinstance(w, dict)]
+    if not isinstance(out, dict):
+        return []
+    found = []
+    for key, value in out.items():
+        if not isinstance(value, dict):
+            continue
+        entry = {"name": key, **value}
+        if isinstance(value.get("run_parameters"), dict):
+            entry.setdefault("input_schema", value["run_parameters"])
+        endpoints = value.get("tool_endpoints")
+        if isinstance(endpoints, list) and endpoints:
+            entry.setdefault("run_tool", endpoints[0])
+        found.append(entry)
+    return found
+
+
+def runs_of(out: Any, *, status: str | None = None, workflow: str | None = None) -> tuple[list[dict], str | None]:
+    """The runs and next page token of a workflows-runs-list value, filtered by ``status`` and ``workflow``.
+
+    Ours is ``{"runs": [...], "next_page_token"}`` and already filtered; the framework's is a plain list (asyncio) or
+    ``{"runs", "next_page_token"}`` (temporal), and takes no filters (FastMCP drops arguments a tool does not
+    declare), so the filters are applied here too; on our pages they change nothing.
+    """
+    if isinstance(out, dict):
+        runs, token = out.get("runs") or [], out.get("next_page_token")
+    elif isinstance(out, list):
+        runs, token = out, None
+    else:
+        return [], None
+    runs = [r for r in runs if isinstance(r, dict)
+            and (status is None or r.get("status") == status)
+            and (workflow is None or r.get("name") == workflow)]
+    return runs, token if isinstance(token, str) else None
+
+
+def fit_arguments(schema: dict[str, Any] | None, arguments: dict[str, Any], *, deployment: str,
+                  tool: str) -> dict[str, Any]:
+    """``arguments`` (``None`` values dropped) fitted to the input schema the app lists for ``tool``.
+
+    An argument the tool does not declare is refused rather than silently dropped by the app's FastMCP (a
+    ``workflow_id`` that would not be used, say); the framework's workflows-run declares its ``**kwargs`` as a required
+    ``kwargs`` field (FastMCP 1.x), which gets an empty object.
+    """
+    given = {k: v for k, v in arguments.items() if v is not None}
+    props = (schema or {}).get("properties")
+    if not isinstance(props, dict):
+        return given
+    extra = sorted(k for k in given if k not in props)
+    if extra and (schema or {}).get("additionalProperties") is not True:
+        raise ValidationFailed(f"{deployment}'s {tool} takes no {', '.join(extra)}",
+                               hint="leave it out: the app's framework (lastmile-ai mcp-agent?) does not support it")
+    if "kwargs" in ((schema or {}).get("required") or []) and "kwargs" not in given:
+        given["kwargs"] = {}
+    return given
 
 
 class Workflows:
@@ -113,23 +199,45 @@ class Workflows:
         return active.instance.url
 
     async def call(self, record: DeploymentRecord, tool: str, arguments: dict[str, Any],
-                   timeout: float = CALL_TIMEOUT) -> Any:
-        """Call ``tool`` on the deployment's serving instance; its value, or the mapped error."""
+                   timeout: float = CALL_TIMEOUT, *, fit: bool = False) -> Any:
+        """Call ``tool`` on the deployment's serving instance; its value, or the mapped error.
+
+        ``fit``: first read the tool's input schema (tools/list, same session) and fit the arguments to it
+        (:func:`fit_arguments`), for tools whose arguments differ between our runtime and the framework.
+        """
         from ..client import mcp_client
 
         dq = f"{record.org}.{record.name}"
         url = self._url(record)
+        args = {k: v for k, v in arguments.items() if v is not None}
+        refused: MCPAgentCloudError | None = None  # raised after the session closed, not wrapped by its task group
         try:
             async with asyncio.timeout(timeout):
                 async with mcp_client(url, mode="legacy", read_timeout=timeout) as client:
-                    result = await client.call_tool(tool, {k: v for k, v in arguments.items() if v is not None})
+                    if fit:
+                        schema, cursor = None, None
+                        while True:
+                            page = await client.list_tools(cursor=cursor)
+                            schema = next((t.input_schema for t in page.tools if t.name == tool), None)
+                            cursor = page.next_cursor
+                            if schema is not None or not cursor:
+                                break
+                        try:
+                            if schema is None:
+                                raise NotFoundError(f"{dq} has no tool {tool}", hint=no_tool_hint(tool))
+                            args = fit_arguments(schema, args, deployment=dq, tool=tool)
+                        except MCPAgentCloudError as exc:
+                            refused = exc
+                    result = None if refused else await client.call_tool(tool, args)
         except TimeoutError:
             raise MCPAgentCloudError(f"{dq}: {tool} did not answer within {timeout:.0f}s",
                                      hint=f"check `mcp-agent logs {record.name}`") from None
         except MCPAgentCloudError as exc:
             if "unknown tool" in exc.message.lower():
-                raise NotFoundError(f"{dq} has no tool {tool}", hint=NO_WORKFLOWS_HINT) from None
+                raise NotFoundError(f"{dq} has no tool {tool}", hint=no_tool_hint(tool)) from None
             raise
+        if refused is not None:
+            raise refused
         if result.is_error:
             raise error_from_tool("".join(getattr(c, "text", "") or "" for c in result.content),
                                   deployment=dq, tool=tool)
@@ -156,8 +264,7 @@ class Workflows:
     async def list_workflows(self, identity: Identity, name: str) -> dict:
         record = await self._record(identity, name)
         out = await self.call(record, "workflows-list", {})
-        return {"deployment": self.platform.display_name(record.org, record.name),
-                "workflows": (out or {}).get("workflows", []) if isinstance(out, dict) else out}
+        return {"deployment": self.platform.display_name(record.org, record.name), "workflows": workflows_of(out)}
 
     async def run(self, identity: Identity, name: str, workflow: str, params: dict[str, Any] | None = None, *,
                   workflow_id: str | None = None, priority: int | None = None) -> dict:
@@ -165,7 +272,8 @@ class Workflows:
         if params is not None and not isinstance(params, dict):
             raise ValidationFailed("params must be a JSON object of run parameters", hint='e.g. {"amount": 5}')
         out = await self.call(record, "workflows-run", {"workflow_name": workflow, "run_parameters": params or {},
-                                                        "workflow_id": workflow_id, "priority": priority})
+                                                        "workflow_id": workflow_id, "priority": priority},
+                              fit=True)
         return self._tag(record, out)
 
     async def act(self, identity: Identity, name: str, action: str, *, run_id: str | None = None,
@@ -179,7 +287,21 @@ class Workflows:
         args: dict[str, Any] = {"run_id": run_id, "workflow_id": workflow_id}
         if action == "resume":
             args.update(signal_name=signal or "resume", payload=payload)
-        return self._tag(record, await self.call(record, ACTIONS[action], args))
+        out = await self.call(record, ACTIONS[action], args)
+        if isinstance(out, bool):
+            # The framework's resume and cancel answer a bare bool; the routes and the CLI answer the run's status.
+            what = run_id or f"workflow id {workflow_id}"
+            if not out:
+                raise ConflictError(f"{record.org}.{record.name} did not {action} run {what}",
+                                    hint="the run is unknown to the app, or already finished: see "
+                                         f"`mcp-agent workflows status {run_id or 'RUN_ID'}`")
+            try:
+                out = await self.call(record, "workflows-get_status", {"run_id": run_id, "workflow_id": workflow_id},
+                                      timeout=LOCATE_TIMEOUT)
+            except MCPAgentCloudError as exc:
+                log.info("%s.%s: status after %s of %s failed: %s", record.org, record.name, action, what, exc)
+                out = {"run_id": run_id, "workflow_id": workflow_id, "status": "unknown"}
+        return self._tag(record, out)
 
     async def batch(self, identity: Identity, name: str, body: dict[str, Any]) -> dict:
         record = await self._record(identity, name, "write")
@@ -198,8 +320,8 @@ class Workflows:
         out = await self.call(record, "workflows-runs-list", {"limit": limit, "status": status,
                                                               "workflow_name": workflow,
                                                               "next_page_token": page_token})
-        runs = [self._tag(record, r) for r in (out or {}).get("runs", [])] if isinstance(out, dict) else []
-        return {"runs": runs, "next_page_token": out.get("next_page_token") if isinstance(out, dict) else None}
+        runs, token = runs_of(out, status=status, workflow=workflow)
+        return {"runs": [self._tag(record, r) for r in runs[:limit]], "next_page_token": token}
 
     # -- across the org's deployments ---------------------------------------------------------------------------
 
@@ -220,7 +342,7 @@ class Workflows:
                                       timeout=LOCATE_TIMEOUT)
             except MCPAgentCloudError:
                 return []  # not a workflows app, or not answering: listed by deployment on its own
-            return [self._tag(record, r) for r in (out or {}).get("runs", [])] if isinstance(out, dict) else []
+            return [self._tag(record, r) for r in runs_of(out, status=status, workflow=workflow)[0]]
 
         found = await asyncio.gather(*(one(r) for r in self._serving(identity)))
         runs = sorted((r for rows in found for r in rows), key=lambda r: r.get("created_at") or 0, reverse=True)

@@ -214,6 +214,76 @@ def test_platform_run_routes_reach_a_framework_run(deployed: Deployed) -> None:
     assert missing.status_code == 404, missing.text
 
 
+def test_platform_workflow_routes_and_cli_speak_the_framework_shapes(deployed: Deployed) -> None:
+    """The platform's REST routes and `mcp-agent workflows list/run/runs` on a framework app: its workflows-list is
+    an object keyed by workflow name, its workflows-runs-list a plain list (filters are not its arguments) and its
+    workflows-run takes a required `kwargs` field (FastMCP 1.x's reading of `**kwargs`). core/platform/workflows.py
+    turns these into the platform's shapes."""
+    platform = deployed.platform
+
+    listed = platform.api("GET", f"/api/v1/workflows/{NAME}")
+    assert listed.status_code == 200, listed.text
+    workflows = {w["name"]: w for w in listed.json()["workflows"]}
+    assert set(workflows) == {"Approval", "ScopedApproval"}, listed.json()
+    approval = workflows["Approval"]
+    # The framework's run_parameters schema, under the platform's name for it as well.
+    assert approval["input_schema"]["required"] == ["request"] and approval["input_schema"] == approval[
+        "run_parameters"]
+    assert approval["description"].startswith("Ask a human to approve a request")
+    shown = platform.cli("workflows", "list", NAME, check=True).stdout
+    assert "ScopedApproval" in shown and "request, amount?" in shown, shown
+
+    started = platform.api("POST", f"/api/v1/workflows/{NAME}/Approval/run",
+                           json={"params": {"request": "rest run", "amount": 7}})
+    assert started.status_code == 200, started.text
+    rest_run = started.json()["run_id"]
+    assert started.json()["deployment"] == NAME
+    cli_run = platform.cli_json("workflows", "run", NAME, "ScopedApproval", "--param", "request=cli run")["run_id"]
+
+    # Arguments the framework's workflows-run does not take are refused, not dropped.
+    own_id = platform.api("POST", f"/api/v1/workflows/{NAME}/Approval/run",
+                          json={"params": {"request": "x"}, "workflow_id": "mine"})
+    assert own_id.status_code == 400 and "workflow_id" in own_id.json()["message"], own_id.text
+    unknown = platform.api("POST", f"/api/v1/workflows/{NAME}/NoSuch/run", json={"params": {}})
+    assert unknown.status_code >= 400 and "NoSuch" in unknown.text, unknown.text
+
+    def run_ids(**query) -> list[str]:
+        got = platform.api("GET", "/api/v1/runs", params=query)
+        assert got.status_code == 200, got.text
+        return [r["run_id"] for r in got.json()["runs"]]
+
+    deadline = time.monotonic() + 30
+    while not {rest_run, cli_run} <= set(run_ids(deployment=NAME, status="running")):
+        assert time.monotonic() < deadline, run_ids(deployment=NAME)
+        time.sleep(0.2)
+    runs = platform.api("GET", "/api/v1/runs", params={"deployment": NAME}).json()["runs"]
+    mine = next(r for r in runs if r["run_id"] == rest_run)
+    assert mine["name"] == "Approval" and mine["deployment"] == NAME, mine
+    # The framework's tool takes no filters: the platform applies them.
+    assert rest_run not in run_ids(deployment=NAME, workflow="ScopedApproval")
+    assert cli_run in run_ids(deployment=NAME, workflow="ScopedApproval")
+    assert rest_run not in run_ids(deployment=NAME, status="completed")
+    assert {rest_run, cli_run} <= set(run_ids())  # every serving app of the org
+    table = platform.cli("workflows", "runs", NAME, check=True).stdout
+    assert rest_run in table and cli_run in table, table
+
+    # The framework has no workflows-pause: a 404 that says so.
+    paused = platform.api("POST", f"/api/v1/runs/{rest_run}/pause")
+    assert paused.status_code == 404 and "lastmile-ai mcp-agent" in paused.json()["hint"], paused.text
+
+    # The framework's resume answers a bare `true`; the platform answers the run's status, as for its own apps.
+    resumed = platform.api("POST", f"/api/v1/runs/{rest_run}/resume", json={"payload": {"ok": "rest"}})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["run_id"] == rest_run and resumed.json()["deployment"] == NAME, resumed.json()
+    said = platform.cli("workflows", "resume", cli_run, "--signal", f"approve-{cli_run}", "--payload",
+                        '{"ok": "cli"}', check=True).stdout
+    assert f"resume: {cli_run} -> " in said, said
+    assert anyio.run(deployed.wait_status, rest_run, "completed")["result"]["value"]["decision"] == {"ok": "rest"}
+    assert anyio.run(deployed.wait_status, cli_run, "completed")["result"]["value"] == {
+        "request": "cli run", "decision": {"ok": "cli"}}
+    assert rest_run in run_ids(deployment=NAME, status="completed")
+
+
 def test_cancel_reaches_every_waiting_run(deployed: Deployed) -> None:
     """Cancelling one run cancels every run of the app in flight, of any workflow: each run of the framework's
     asyncio executor watches for the one `cancel` signal name. Pinned like the resume test above; it runs last in
