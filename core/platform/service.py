@@ -250,10 +250,15 @@ class Platform:
         await self.registry.setup()
         ctx = self._ctx()
         providers = [self._build("auth", ref) for ref in cfg.auth]
-        for backend in (*exporters, self.packager, self.builder, self.executor, self.secrets, *providers):
+        for backend in exporters:
             backend.ctx = ctx
             await backend.setup()
+        # The exporters are in place before the other backends start, so the events those emit while starting
+        # (the executor supervisor's `executor.temporal.started` or `.adopted`, say) are exported too.
         self.exporters = exporters
+        for backend in (self.packager, self.builder, self.executor, self.secrets, *providers):
+            backend.ctx = ctx
+            await backend.setup()
         self.auth_providers = providers
         self.pm.hook.mcp_agent_cloud_configure.call_historic(kwargs={"config": cfg})
         await self.registry.ensure_org(cfg.default_org)
