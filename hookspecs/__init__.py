@@ -97,13 +97,20 @@ def mcp_agent_cloud_registries() -> Iterable[RegistrySpec]:
 
 @hookspec
 def mcp_agent_cloud_executors() -> Iterable[ExecutorSpec]:
-    """Register workflow executors (asyncio in-process, Temporal, ...).
+    """Register workflow executors (asyncio, Temporal, ...): what runs the workflows of MCPApp apps.
 
-    Selected by ``executor: NAME``. Example::
+    An executor has two halves. ``backend`` is the in-app :class:`~.types.Executor`: the MCPApp runtime builds it
+    inside each app process (in the app's own venv) from ``MCPAC_EXECUTOR``/``MCPAC_EXECUTOR_CONFIG`` and runs the
+    workflow code there. ``supervisor`` (optional) is the platform-side :class:`~.types.ExecutorSupervisor`, built
+    once by ``mcp-agent serve`` from ``executor: NAME``: it sets those variables per app instance (``app_env``),
+    adds pip requirements to the app envs (``app_requirements``; a third-party plugin names itself there, since the
+    app looks the executor up by entry point), may run an engine (the embedded Temporal server) and may clean up
+    after a deleted deployment (``remove_deployment``). Example::
 
         @hookimpl
         def mcp_agent_cloud_executors():
-            yield ExecutorSpec(name="asyncio", backend=AsyncioExecutor)
+            yield ExecutorSpec(name="asyncio", backend=AsyncioExecutor, supervisor=AsyncioSupervisor,
+                               config_model=AsyncioExecutorConfig)
     """
 
 
