@@ -27,9 +27,9 @@ def whoami() -> dict:
             "has_control_token": bool(os.environ.get("MCPAC_CONTROL_TOKEN"))}
 
 
-@app.step(retry=RetryPolicy(max_attempts=3, initial_interval=0.1, backoff=1.0))
+@app.step(retry=RetryPolicy(max_attempts=3, initial_interval=0.2, backoff=2.0))
 async def flaky_charge(key: str, amount: int) -> str:
-    """Fails on its first two attempts, so only the retry policy gets it through."""
+    """Fails on its first two attempts, so only the retry policy (0.2 s, then 0.4 s) gets it through."""
     ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
     if ATTEMPTS[key] < 3:
         raise RuntimeError(f"payment service unavailable (attempt {ATTEMPTS[key]})")
