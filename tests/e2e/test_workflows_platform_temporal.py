@@ -137,6 +137,11 @@ def test_paused_run_survives_a_platform_restart(tw, how):
     started = mcp(tw, "workflows-Approve-run", {"run_parameters": {"amount": 11, "reason": how}})
     run_id = started["run_id"]
     assert wait_status(tw, run_id, {"paused"})["waiting_for"] == "approve"
+    # And a run held by workflows-pause mid-way: it stays held, where it was.
+    slow = mcp(tw, "workflows-run", {"workflow_name": "Slow", "run_parameters": {"ticks": 8, "interval": 0.05}})
+    wait_for(lambda: status(tw, slow["run_id"])["state"].get("tick", 0) >= 2, what="Slow to tick")
+    mcp(tw, "workflows-pause", {"run_id": slow["run_id"]})
+    tick = wait_status(tw, slow["run_id"], {"paused"})["state"]["tick"]
     old_app, old_server = mcp(tw, "whoami")["pid"], _dev_server_pid(tw)
     if how == "sigterm":
         tw.stop()  # graceful: the platform stops its apps and its dev server; the run is in the server's db file
@@ -154,6 +159,9 @@ def test_paused_run_survives_a_platform_restart(tw, how):
                      and r.json()["status"] == "paused" and r.json(), timeout=60, what="the run to be paused again")
     assert again["waiting_for"] == "approve" and again["params"] == {"amount": 11, "reason": how}
     assert mcp(tw, "whoami")["pid"] != old_app
+    held = status(tw, slow["run_id"])
+    assert held["status"] == "paused" and held["waiting_for"] == "resume" and held["state"]["tick"] <= tick + 1, held
+    mcp(tw, "workflows-resume", {"run_id": slow["run_id"]})
     r = tw.cli("workflows", "resume", run_id, "--signal", "approve", "--payload", json.dumps({"by": how}),
                "--watch", "--json", timeout=180)
     done = json.loads(r.stdout)
@@ -161,6 +169,8 @@ def test_paused_run_survives_a_platform_restart(tw, how):
     assert done["result"] == {"amount": 11, "reason": how, "decision": {"by": how},
                               "receipt": "charged 11 after 3 attempts"}
     assert status(tw, run_id)["result"] == done["result"]
+    finished = wait_status(tw, slow["run_id"], FINAL)
+    assert finished["status"] == "completed" and finished["result"] == {"ticks": 8}, finished
 
 
 def test_delete_removes_the_schedule_from_the_server(tw):

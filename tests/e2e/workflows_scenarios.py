@@ -120,6 +120,20 @@ def check_gateway_runs(p) -> dict:
     # An async tool starts a run of its function and returns the ids.
     started = mcp(p, "double", {"n": 21})
     assert wait_status(p, started["run_id"], FINAL)["result"] == 42
+
+    # workflows-runs-list pages with next_page_token: every run once (the schedule adds runs meanwhile).
+    assert len(mcp(p, "workflows-runs-list", {"limit": 1})["runs"]) == 1
+    seen: list[str] = []
+    token = None
+    for _ in range(100):
+        page = mcp(p, "workflows-runs-list", {"page_size": 2, **({"next_page_token": token} if token else {})})
+        assert 0 < len(page["runs"]) <= 2 or not page["next_page_token"], page
+        seen += [r["run_id"] for r in page["runs"]]
+        if not (token := page["next_page_token"]):
+            break
+    assert len(seen) == len(set(seen)), seen
+    assert {run_id, slow["run_id"], started["run_id"]} <= set(seen)
+    assert mcp(p, "workflows-runs-list", {"workflow_name": "Slow"})["runs"][0]["run_id"] == slow["run_id"]
     return ids
 
 
