@@ -287,6 +287,8 @@ class AsyncioRunContext(RunContext):
         self._ex._refresh(run)
         try:
             signal_id, payload = await asyncio.wait_for(run.queue(name).get(), timeout)
+        except TimeoutError:  # the same message as the temporal executor's
+            raise TimeoutError(f"no signal {name!r} within {timeout} s") from None
         finally:
             run.waiting.remove(name)
             self._ex._refresh(run)

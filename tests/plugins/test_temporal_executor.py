@@ -108,6 +108,19 @@ class PlainStep(Workflow):
         return await self.step(triple, n)  # not an @app.step: run once, found by its module.qualname
 
 
+class Impatient(Workflow):
+    """Waits for a signal with a timeout: a durable timer on Temporal."""
+
+    async def run(self, timeout: float, catch: bool = True) -> str:
+        try:
+            payload = await self.wait_for_signal("answer", timeout=timeout)
+        except TimeoutError as exc:
+            if not catch:
+                raise
+            return f"gave up: {exc}"
+        return f"got {payload}"
+
+
 class Scheduled(Workflow):
     async def run(self, source: str = "") -> str:
         return source
@@ -251,6 +264,21 @@ async def test_early_signals_are_kept_and_a_paused_wait_holds_after_its_signal(t
         assert (await ex.status(run.run_id)).status == "paused"
         await ex.signal(run.run_id, "resume")
         assert (await ex.wait(run.run_id, timeout=20)).result == {"who": "lou", "decision": "yes"}
+
+
+@async_test
+async def test_wait_for_signal_times_out(temporal_server, tmp_path) -> None:
+    async with running(make(temporal_server, tmp_path, Impatient)) as ex:
+        caught = await ex.start_run("Impatient", {"timeout": 1})
+        uncaught = await ex.start_run("Impatient", {"timeout": 1, "catch": False})
+        answered = await ex.start_run("Impatient", {"timeout": 60})
+        await until(ex, answered.run_id, lambda r: r.status == "paused" and r.waiting_for == "answer")
+        await ex.signal(answered.run_id, "answer", "yes")
+        assert (await ex.wait(answered.run_id, timeout=20)).result == "got yes"
+        rec = await ex.wait(caught.run_id, timeout=20)
+        assert rec.status == "completed" and rec.result == "gave up: no signal 'answer' within 1.0 s", rec
+        rec = await ex.wait(uncaught.run_id, timeout=20)
+        assert rec.status == "error" and rec.error == "TimeoutError: no signal 'answer' within 1.0 s", rec
 
 
 @async_test
