@@ -990,6 +990,30 @@ def register(cli: click.Group) -> None:
         except KeyboardInterrupt:
             return run
 
+    def _refresh(fetch, show, as_json: bool, watch: bool, interval: float = 2.0) -> None:
+        """Show ``fetch()`` once, or with ``watch`` again every ``interval`` seconds until Ctrl-C: the table redrawn,
+        or with ``as_json`` one compact JSON document per line each time the data changes."""
+        last = None
+        try:
+            while True:
+                data = fetch()
+                if as_json:
+                    if not watch:
+                        return emit_json(data)
+                    line = json.dumps(data, default=str, sort_keys=True)
+                    if line != last:
+                        click.echo(line)
+                    last = line
+                else:
+                    if watch:
+                        click.clear()
+                    show(data)
+                if not watch:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
     def _show_run(run: dict, as_json: bool) -> None:
         if as_json:
             return emit_json(run)
@@ -999,23 +1023,26 @@ def register(cli: click.Group) -> None:
 
     @workflows.command("list")
     @click.argument("name")
+    @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C (e.g. across a redeploy).")
     @api_options
     @json_option
     @handle_errors
-    def workflows_list(name, api_url, as_json):
+    def workflows_list(name, watch, api_url, as_json):
         """The workflows deployment NAME serves, with their parameters."""
-        data = _client(api_url).workflows(name)
-        if as_json:
-            return emit_json(data)
-        rows = []
-        for w in data["workflows"]:
-            props = (w.get("input_schema") or {}).get("properties") or {}
-            required = set((w.get("input_schema") or {}).get("required") or [])
-            params = ", ".join(f"{p}{'' if p in required else '?'}" for p in props)
-            schedules = ", ".join(s.get("cron") or f"every {s.get('every')}s" for s in w.get("schedules") or [])
-            rows.append({**w, "params": params or "-", "schedule": schedules or "-"})
-        table(rows, [("name", "WORKFLOW"), ("params", "PARAMETERS"), ("schedule", "SCHEDULE"),
-                     ("description", "DESCRIPTION")])
+        client = _client(api_url)
+
+        def show(data: dict) -> None:
+            rows = []
+            for w in data["workflows"]:
+                props = (w.get("input_schema") or {}).get("properties") or {}
+                required = set((w.get("input_schema") or {}).get("required") or [])
+                params = ", ".join(f"{p}{'' if p in required else '?'}" for p in props)
+                schedules = ", ".join(s.get("cron") or f"every {s.get('every')}s" for s in w.get("schedules") or [])
+                rows.append({**w, "params": params or "-", "schedule": schedules or "-"})
+            table(rows, [("name", "WORKFLOW"), ("params", "PARAMETERS"), ("schedule", "SCHEDULE"),
+                         ("description", "DESCRIPTION")])
+
+        _refresh(lambda: client.workflows(name), show, as_json, watch)
 
     @workflows.command("run")
     @click.argument("name")
@@ -1102,7 +1129,8 @@ def register(cli: click.Group) -> None:
                                                  "interrupted"]), help="Only runs with this status.")
     @click.option("--workflow", help="Only runs of this workflow.")
     @click.option("--limit", default=100, show_default=True, help="At most this many runs.")
-    @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
+    @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C (with --json: one JSON "
+                  "document per line, each time the list changes).")
     @api_options
     @json_option
     @handle_errors
@@ -1110,23 +1138,15 @@ def register(cli: click.Group) -> None:
         """Runs of deployment NAME (or of every serving app of your org), newest first; paused runs show what they
         wait for."""
         client = _client(api_url)
-        while True:
-            data = client.runs(name, status=status, workflow=workflow, limit=limit)
-            if as_json:
-                return emit_json(data)
+
+        def show(data: dict) -> None:
             rows = [{**r, "status": _describe_run(r),
                      "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at") or 0))}
                     for r in data["runs"]]
-            if watch:
-                click.clear()
             table(rows, [("run_id", "RUN ID"), ("name", "WORKFLOW"), ("status", "STATUS"), ("created", "CREATED")]
                   + ([] if name else [("deployment", "DEPLOYMENT")]))
-            if not watch:
-                return
-            try:
-                time.sleep(2)
-            except KeyboardInterrupt:
-                return
+
+        _refresh(lambda: client.runs(name, status=status, workflow=workflow, limit=limit), show, as_json, watch)
 
     @workflows.command("batch")
     @click.argument("name")

@@ -4,18 +4,22 @@ Temporal (test_workflows_platform_temporal.py) against a platform with tests/app
 Each ``check_*`` function drives the deployment ``p.app`` of the PlatformProcess ``p`` (``p.deployed``: the deploy
 result) one way: the mcp SDK client through the gateway, the real CLI, or the REST routes. Together they cover run,
 status, pause, resume with a payload, cancel and the results, the step that fails twice and is retried, the async
-tool, the schedule, bad input, org isolation and the suspension of the app instance. Nothing here depends on the
-executor: both must behave the same to the user.
+tool, the schedule, batch by filter, the rate limit, bad input, org isolation, the suspension of the app instance
+and the CLI's --watch. Nothing here depends on the executor: both must behave the same to the user.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import signal
+import subprocess
+import threading
 import time
 
 import anyio
 
-from tests.conftest import wait_for
+from tests.conftest import CLI, wait_for
 
 FINAL = {"completed", "error", "cancelled", "interrupted"}
 
@@ -59,6 +63,40 @@ def api_ok(p, method: str, path: str, **kw) -> dict:
 
 def rest_run(p, run_id: str) -> dict:
     return api_ok(p, "GET", f"/api/v1/runs/{run_id}")
+
+
+def cli_watching(p, *args: str):
+    """Start `mcp-agent ARGS` (a --watch command) in the background; returns the process and a function that waits
+    for its next stdout line (None at its end)."""
+    proc = subprocess.Popen([CLI, *args], env=p.env, cwd=p.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def next_line(timeout: float = 60) -> str | None:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"mcp-agent {' '.join(args)} printed nothing for {timeout} s") from None
+
+    return proc, next_line
+
+
+def interrupt(proc: subprocess.Popen) -> int:
+    """Ctrl-C a --watch command that refreshes until interrupted; its exit code."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def unknown_run_id(p) -> str:
@@ -218,6 +256,61 @@ def check_cli(p) -> None:
     watched = p.cli("workflows", "run", name, "Slow", "--param", "ticks=3", "--param", "interval=0.2", "--watch",
                     check=True).stdout
     assert "running" in watched and "completed" in watched
+    check_cli_watch(p)
+
+
+def check_cli_watch(p) -> None:
+    """--watch of status, pause, cancel, runs and list: the run commands follow a run to its end; runs and list
+    refresh until Ctrl-C (with --json: one JSON document per line, each time the data changes)."""
+    name = p.app
+    # status --watch prints each change until the run ends.
+    short = p.cli_json("workflows", "run", name, "Slow", "--param", "ticks=4", "--param", "interval=0.3")["run_id"]
+    watched = p.cli("workflows", "status", short, "--watch", check=True, timeout=120).stdout
+    assert "state=" in watched and "completed" in watched, watched
+    assert watched.count(short) >= 2, watched  # a line per change, then the final status
+
+    # pause --watch holds the run and follows it; a resume from elsewhere lets it finish, and the command with it.
+    slow = p.cli_json("workflows", "run", name, "Slow", "--param", "ticks=60", "--param", "interval=0.05")["run_id"]
+    wait_for(lambda: p.cli_json("workflows", "status", slow)["state"].get("tick", 0) >= 1, what="Slow to tick")
+    proc, next_line = cli_watching(p, "workflows", "pause", slow, "--watch", "--json")
+    wait_for(lambda: p.cli_json("workflows", "status", slow)["status"] == "paused", what="paused")
+    time.sleep(1)
+    assert proc.poll() is None  # still following the paused run
+    p.cli_json("workflows", "resume", slow)
+    out = "".join(iter(lambda: next_line(120), None))
+    assert proc.wait(30) == 0, proc.stderr.read()
+    final = json.loads(out)
+    assert final["status"] == "completed" and final["result"] == {"ticks": 60}, final
+
+    # runs --watch --json: a line each time the list changes (here: the ticking run's state).
+    ticking = p.cli_json("workflows", "run", name, "Slow", "--param", "ticks=2000", "--param",
+                         "interval=0.05")["run_id"]
+    wait_for(lambda: any(r["run_id"] == ticking and r["state"].get("tick", 0) >= 1
+                         for r in p.cli_json("workflows", "runs", name, "--workflow", "Slow", "--status",
+                                             "running")["runs"]), what="the ticking run to be listed")
+    proc, next_line = cli_watching(p, "workflows", "runs", name, "--workflow", "Slow", "--status", "running",
+                                   "--watch", "--json")
+    pages = [json.loads(next_line()) for _ in range(2)]
+    assert interrupt(proc) == 0
+    ticks = [next(r for r in page["runs"] if r["run_id"] == ticking)["state"].get("tick", 0) for page in pages]
+    assert ticks[1] > ticks[0], pages
+    # cancel --watch: the run ends at once, so the command does too.
+    assert p.cli_json("workflows", "cancel", ticking, "--watch")["status"] == "cancelled"
+
+    # list --watch: the table again every 2 s until Ctrl-C; with --json only when it changes (it does not here).
+    proc, next_line = cli_watching(p, "workflows", "list", name, "--watch")
+    table: list[str] = []
+    while sum("Approve" in line for line in table) < 2:
+        line = next_line()
+        assert line is not None, table
+        table.append(line)
+    assert interrupt(proc) == 0
+    proc, next_line = cli_watching(p, "workflows", "list", name, "--watch", "--json")
+    first = json.loads(next_line())
+    assert "Approve" in [w["name"] for w in first["workflows"]]
+    time.sleep(4.5)  # two more refreshes, no change
+    assert interrupt(proc) == 0
+    assert next_line(5) is None  # nothing more was printed
 
 
 def check_rest(p) -> None:
@@ -274,14 +367,38 @@ def check_rest(p) -> None:
     r = p.api("GET", f"/api/v1/runs/{run_id}", token=None)
     assert r.status_code == 401
 
-    # Batch: two runs at once, then cancel both.
+    # Batch: two runs at once; then pause, resume and cancel them by a filter (workflow and status), not by id.
     batch = api_ok(p, "POST", f"/api/v1/workflows/{name}/batch",
                    json={"action": "run", "workflow_name": "Slow", "runs": [{"ticks": 1000}, {"ticks": 1000}]})
     ids = [row["run_id"] for row in batch["results"]]
     assert len(ids) == 2 and all(row["ok"] for row in batch["results"])
-    cancelled = api_ok(p, "POST", f"/api/v1/workflows/{name}/batch", json={"action": "cancel", "run_ids": ids})
-    assert all(row["ok"] for row in cancelled["results"])
+
+    def slow_runs(st: str) -> set[str]:
+        return {r["run_id"] for r in api_ok(p, "GET", "/api/v1/runs",
+                                            params={"deployment": name, "workflow": "Slow", "status": st})["runs"]}
+
+    def by_filter(action: str, **selector) -> list[dict]:
+        rows = api_ok(p, "POST", f"/api/v1/workflows/{name}/batch", json={"action": action, **selector})["results"]
+        assert set(ids) <= {r["run_id"] for r in rows} and all(r["ok"] for r in rows), rows
+        return rows
+
+    wait_for(lambda: set(ids) <= slow_runs("running"), what="the batch's runs to be listed")
+    by_filter("pause", workflow_name="Slow", status="running")
+    wait_for(lambda: set(ids) <= slow_runs("paused"), what="the batch's runs to be paused")
+    assert {rest_run(p, i)["waiting_for"] for i in ids} == {"resume"}
+    by_filter("resume", workflow_name="Slow", status="paused")
+    wait_for(lambda: set(ids) <= slow_runs("running"), what="the batch's runs to run again")
+    by_filter("cancel", workflow_name="Slow")  # no status: every active run of the workflow
     assert {rest_run(p, i)["status"] for i in ids} == {"cancelled"}
+
+    # The per-workflow rate limit (Limited: 2/minute): the third start within the minute is a 429 saying when to
+    # retry; other workflows are not limited.
+    for _ in range(2):
+        api_ok(p, "POST", f"/api/v1/workflows/{name}/Limited/run", json={})
+    r = p.api("POST", f"/api/v1/workflows/{name}/Limited/run", json={})
+    assert r.status_code == 429 and r.json()["error"] == "rate_limited", r.text
+    assert "rate limited to 2/minute: retry in" in r.json()["message"], r.text
+    api_ok(p, "POST", f"/api/v1/workflows/{name}/Slow/run", json={"params": {"ticks": 1, "interval": 0.01}})
 
     # The routes are in the OpenAPI document, as authenticated operations.
     doc = api_ok(p, "GET", "/api/v1/openapi.json")
@@ -317,11 +434,18 @@ def check_suspend(p) -> None:
     assert r.status_code == 409 and "suspended" in r.json()["message"], r.text
     assert p.api("POST", f"/api/v1/workflows/{name}/Slow/run", json={}).json()["hint"]
     assert "suspended:" in p.cli("status", name, check=True).stdout
-    # A restart of the instance keeps the suspension (the platform passes it in the environment).
-    p.cli("stop", name, check=True)
+    # A restart of the instance (the agents routes stop and run) keeps the suspension (the platform passes it in the
+    # environment).
+    assert api_ok(p, "POST", f"/api/v1/agents/{name}/stop")["status"] == "stopped"
     r = p.api("GET", f"/api/v1/workflows/{name}")
     assert r.status_code == 409 and "not running" in r.json()["message"] and "mcp-agent start" in r.json()["hint"]
-    api_ok(p, "POST", f"/api/v1/agents/{name}/run")
+    assert api_ok(p, "POST", f"/api/v1/agents/{name}/run")["status"] == "running"
+    assert p.api("POST", f"/api/v1/workflows/{name}/Slow/run", json={}).status_code == 409
+    lifted = api_ok(p, "POST", f"/api/v1/agents/{name}/resume")
+    assert lifted["suspended"] is False
+    assert api_ok(p, "POST", f"/api/v1/workflows/{name}/Slow/run", json={"params": {"ticks": 1}})["run_id"]
+    # The same through the CLI.
+    assert p.cli_json("workflows", "suspend", name)["suspended"] is True
     assert p.api("POST", f"/api/v1/workflows/{name}/Slow/run", json={}).status_code == 409
     out = p.cli_json("workflows", "unsuspend", name)
     assert out["suspended"] is False

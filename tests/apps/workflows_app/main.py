@@ -1,5 +1,5 @@
 """A workflows app for the e2e tests: a human-in-the-loop workflow, a step that fails twice before it succeeds,
-a slow workflow to pause and to kill mid-run, a scheduled one and an async tool."""
+a slow workflow to pause and to kill mid-run, a scheduled one, a rate-limited one and an async tool."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ class Slow(Workflow):
 class Heartbeat(Workflow):
     async def run(self, note: str = "") -> dict:
         return {"note": note}
+
+
+@app.workflow(description="Starts at most twice a minute", rate_limit="2/minute")
+class Limited(Workflow):
+    async def run(self) -> str:
+        return "done"
 
 
 @app.async_tool
