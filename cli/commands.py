@@ -19,8 +19,8 @@ from rich.markup import escape
 from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, table
 
 PROCESS_WARNING = ("The `process` builder runs app code directly on the platform host, with no isolation. "
-                   "Use it only for code you trust. Untrusted code needs a container builder "
-                   "(the docker and podman builder plugins are planned; see docs/concepts.md).")
+                   "Use it only for code you trust. Untrusted code needs a container builder: "
+                   "--builder docker or --builder podman (see docs/builders.md).")
 
 
 def _client(api_url: str | None):

@@ -121,6 +121,9 @@ class PlatformConfig(BaseModel):
     default_org: str = "default"
     packager: BackendRef = BackendRef(name="tarball")
     builder: BackendRef = BackendRef(name="process")
+    builders: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options of the other builders a deploy may pick by name "
+        "(`builders: {docker: {base_image: ...}}`); a deploy's own options may only tighten them")
     registry: BackendRef = BackendRef(name="sqlite")
     executor: BackendRef = BackendRef(name="asyncio")
     secrets: BackendRef = BackendRef(name="local")

@@ -262,8 +262,8 @@ class PluginManager:
                 hint=f"see docs/config.md for the options of {spec.kind} {spec.name!r}",
             ) from exc
 
-    def build(self, spec: BackendSpec, options: dict[str, Any], ctx: PluginContext) -> Any:
-        """Check the spec's dependencies, validate its options and construct its backend."""
+    def check_requires(self, spec: BackendSpec) -> None:
+        """Raise :class:`MissingDependencyError`, naming the extra to install, when a dependency is missing."""
         missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
         if missing:
             extra = spec.extra or KNOWN_EXTRAS.get((spec.kind, spec.name))
@@ -271,6 +271,10 @@ class PluginManager:
             raise MissingDependencyError(
                 f"{spec.kind} {spec.name!r} needs {', '.join(missing)}, which is not installed", hint=hint
             )
+
+    def build(self, spec: BackendSpec, options: dict[str, Any], ctx: PluginContext) -> Any:
+        """Check the spec's dependencies, validate its options and construct its backend."""
+        self.check_requires(spec)
         config = self.validate_options(spec, options)
         backend = spec.backend(config, ctx)
         backend.spec_name = spec.name

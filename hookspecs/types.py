@@ -179,7 +179,9 @@ class BuildRequest(BaseModel):
     url: str | None = Field(None, description="upstream URL (kind remote)")
     session_mode: Literal["isolated", "shared"] | None = Field(
         None, description="kind stdio: one child per client session, or one shared child (None: the adapter's default)")
-    options: dict[str, Any] = Field(default_factory=dict, description="per-deployment builder overrides")
+    package_sha256: str | None = Field(None, description="the uploaded package's sha256 (kind app)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the deployment's own builder options "
+                                    "(checked by the builder's check_options; they may not loosen the operator's)")
     runtime_requirements: list[str] = Field(
         default_factory=list, description="added by the platform to an app's requirements (kind app): the MCPApp "
         "runtime (a wheel of this package) and what the executor needs, when the app imports mcp_agent_cloud")
@@ -486,6 +488,24 @@ class Builder(Backend):
 
     async def remove(self, artifact: Artifact) -> None:  # noqa: B027 - optional hook
         """Delete what ``build`` produced, unless it is shared (a cached venv, a base layer)."""
+
+    async def remove_deployment(self, deployment: DeploymentRef) -> list[str]:
+        """Delete what the builder keeps for a deployment beyond its versions' artifacts (containers, a data
+        volume), when the deployment is deleted. Returns what it removed. Default: nothing."""
+        return []
+
+    def check_options(self, options: Mapping[str, Any]) -> BaseModel | None:
+        """Validate a deployment's own builder options (``deploy.builder: {name: NAME, ...}``, given to
+        :meth:`build` as ``BuildRequest.options``), raising :class:`~mcp_agent_cloud.errors.ValidationFailed`.
+        They come from whoever deploys, so they may only tighten what the operator configured, never loosen it.
+        Default: a builder takes none."""
+        if options:
+            from mcp_agent_cloud.errors import ValidationFailed
+
+            raise ValidationFailed(f"the {self.spec_name} builder takes no per-deployment options "
+                                   f"(got {', '.join(sorted(options))})",
+                                   hint="builder options are the operator's: set them in the platform config")
+        return None
 
 
 class Registry(Backend):

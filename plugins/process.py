@@ -32,10 +32,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_agent_cloud import runtime
-from mcp_agent_cloud.errors import BuildError
+from mcp_agent_cloud.errors import BuildError, ValidationFailed
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     Artifact,
@@ -71,6 +71,13 @@ PATH_OPTIONS = frozenset({"-e", "--editable", "-f", "--find-links"})
 ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz")
 OUTSIDE_HINT = "vendor the package into the app directory and require it by a relative path, e.g. ./vendor/mylib"
 EnvScope = Literal["shared", "org", "source"]
+
+
+class ProcessDeployOptions(BaseModel):
+    """What a deployment may set itself (``deploy.builder: {name: process, ...}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    stop_timeout: float | None = Field(None, gt=0, description="seconds between SIGTERM and SIGKILL")
 
 
 class ProcessConfig(BaseModel):
@@ -304,6 +311,22 @@ async def run_logged(cmd: list[str], log: LogSink, *, cwd: Path | None = None) -
             await proc.wait()
 
 
+def adapter_args(settings: Mapping[str, Any], session_mode: str | None) -> list[str]:
+    """The stdio adapter's options (before ``--``) that follow from the platform's gateway settings."""
+    args = ["--session-mode", session_mode] if session_mode else []
+    idle = settings.get("session_idle_timeout")
+    if idle:
+        # The gateway reaps idle sessions first; the adapter's own timeout, a minute later, only catches
+        # sessions the gateway lost track of (a platform that crashed), so it never cuts a live one.
+        args += ["--idle-timeout", str(int(idle) + 60)]
+    sessions = settings.get("max_sessions_per_deployment")
+    if sessions:
+        # The gateway enforces the limit (its REST sessions included); the adapter's own is a backstop with
+        # headroom for sessions the gateway already ended whose DELETE has not reached the adapter yet.
+        args += ["--max-sessions", str(int(sessions) + max(16, int(sessions) // 10))]
+    return args
+
+
 @contextlib.asynccontextmanager
 async def file_lock(path: Path) -> AsyncIterator[None]:
     """An exclusive lock shared with other platform processes on the same data dir."""
@@ -341,10 +364,20 @@ class ProcessBuilder(Builder):
     def python(self) -> str:
         return self.config.python or sys.executable
 
+    def check_options(self, options: Mapping[str, Any]) -> ProcessDeployOptions:
+        try:
+            return ProcessDeployOptions.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValidationFailed(f"invalid process builder option {'.'.join(map(str, err['loc']))}: {err['msg']}",
+                                   hint="a deployment may set stop_timeout; the rest is the operator's") from None
+
     # -- build --------------------------------------------------------------------------------------------------
 
     async def build(self, request: BuildRequest, log: LogSink) -> Artifact:
-        data: dict[str, Any] = {"kind": request.kind, "npm": request.npm, "venv": None}
+        opts = self.check_options(request.options)
+        data: dict[str, Any] = {"kind": request.kind, "npm": request.npm, "venv": None,
+                                "stop_timeout": opts.stop_timeout}
         if request.kind == "app":
             entrypoint = request.entrypoint or (request.manifest.entrypoint if request.manifest else None)
             source = request.source_dir
@@ -448,20 +481,8 @@ class ProcessBuilder(Builder):
             cmd = [str(venv / "bin" / "python"), str(LAUNCHER), "--entrypoint", data["entrypoint"],
                    "--host", host, "--port", str(port)]
             return cmd, Path(data["source_dir"]), venv
-        cmd = [sys.executable, "-m", ADAPTER_MODULE, "--host", host, "--port", str(port)]
-        if data.get("session_mode"):
-            cmd += ["--session-mode", data["session_mode"]]
-        idle = self.ctx.settings.get("session_idle_timeout")
-        if idle:
-            # The gateway reaps idle sessions first; the adapter's own timeout, a minute later, only catches
-            # sessions the gateway lost track of (a platform that crashed), so it never cuts a live one.
-            cmd += ["--idle-timeout", str(int(idle) + 60)]
-        sessions = self.ctx.settings.get("max_sessions_per_deployment")
-        if sessions:
-            # The gateway enforces the limit (its REST sessions included); the adapter's own is a backstop with
-            # headroom for sessions the gateway already ended whose DELETE has not reached the adapter yet.
-            cmd += ["--max-sessions", str(int(sessions) + max(16, int(sessions) // 10))]
-        cmd += ["--", data["command"], *data.get("args", [])]
+        cmd = [sys.executable, "-m", ADAPTER_MODULE, "--host", host, "--port", str(port),
+               *adapter_args(self.ctx.settings, data.get("session_mode")), "--", data["command"], *data.get("args", [])]
         return cmd, Path(data["cwd"]) if data.get("cwd") else None, venv
 
     async def start(self, artifact: Artifact, *, env: Mapping[str, str], log_path: Path) -> Instance:
@@ -487,7 +508,8 @@ class ProcessBuilder(Builder):
         url_host = f"[{host}]" if ":" in host else host
         return Instance(builder=self.spec_name or "process", deployment=artifact.deployment,
                         version=artifact.version, url=f"http://{url_host}:{port}/mcp",
-                        data={"pid": proc.pid, "pgid": proc.pid, "port": port, "cmd": cmd})
+                        data={"pid": proc.pid, "pgid": proc.pid, "port": port, "cmd": cmd,
+                              "stop_timeout": artifact.data.get("stop_timeout")})
 
     def _identifies(self, instance: Instance) -> bool:
         """True when the instance's pid is still the process we (or an earlier platform) started."""
@@ -510,7 +532,7 @@ class ProcessBuilder(Builder):
         return -1
 
     async def stop(self, instance: Instance, *, timeout: float | None = None) -> None:
-        timeout = self.config.stop_timeout if timeout is None else timeout
+        timeout = timeout if timeout is not None else instance.data.get("stop_timeout") or self.config.stop_timeout
         pid = instance.data.get("pid")
         pgid = instance.data.get("pgid", pid)
         proc = self._procs.get(pid) if isinstance(pid, int) else None

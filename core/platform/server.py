@@ -33,7 +33,11 @@ def create_platform(loaded: LoadedConfig):
     # Resolve every selected name now so a typo fails before the port is bound.
     for kind, ref in (("registry", cfg.registry), ("packager", cfg.packager), ("builder", cfg.builder),
                       ("executor", cfg.executor), ("secrets", cfg.secrets)):
-        pm.validate_options(pm.get(kind, ref.name), ref.options, where=f" (config key {kind})")
+        spec = pm.get(kind, ref.name)
+        pm.check_requires(spec)
+        pm.validate_options(spec, ref.options, where=f" (config key {kind})")
+    for name, options in cfg.builders.items():  # their dependencies are checked when a deploy first uses them
+        pm.validate_options(pm.get("builder", name), options, where=f" (config key builders.{name})")
     for kind, refs in (("auth", cfg.auth), ("telemetry", cfg.telemetry)):
         for ref in refs:
             pm.validate_options(pm.get(kind, ref.name), ref.options, where=f" (config key {kind})")

@@ -421,9 +421,15 @@ class Platform:
         except ValidationError as exc:
             raise ValidationFailed(f"invalid builder choice {choice!r}: {exc.errors()[0]['msg']}",
                                    hint="give a builder name, or {name: NAME, ...options}") from None
-        if ref.name == self.config.builder.name and not ref.options:
-            return self.builder
-        return await self._backend_for("builder", ref)
+        # The deploy names a builder; its options come from the operator (`builder`, `builders.NAME`). The
+        # deploy's own options go to the builder's check_options and build, which may not let them loosen anything.
+        if ref.name == self.config.builder.name:
+            builder = self.builder
+        else:
+            builder = await self._backend_for("builder", BackendRef(name=ref.name,
+                                                                    **self.config.builders.get(ref.name, {})))
+        builder.check_options(ref.options)
+        return builder
 
     # -- the deploy pipeline -----------------------------------------------------------------------------------
 
@@ -618,7 +624,9 @@ class Platform:
                     source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=build_manifest,
                     entrypoint=req.entrypoint or (manifest.entrypoint if manifest else None),
                     command=req.command, args=req.args, pip=req.pip, npm=req.npm, url=req.url,
-                    session_mode=req.session_mode, options=req.builder if isinstance(req.builder, dict) else {},
+                    session_mode=req.session_mode, package_sha256=req.package_sha256,
+                    options={k: v for k, v in req.builder.items() if k != "name"} if isinstance(req.builder, dict)
+                    else {},
                     runtime_requirements=runtime_reqs)
                 if req.kind == "app" and not request.entrypoint:
                     raise ValidationFailed("the package names no entrypoint",
@@ -1056,11 +1064,16 @@ class Platform:
     async def delete_deployment(self, identity: Identity, name: str) -> None:
         async with self._locked(identity, name) as record:
             await self._retire(record)
+            used = {}
             for ver in await self.registry.list_versions(record.id):
                 if ver.artifact:
                     with contextlib.suppress(Exception):
                         b = await self.builder_for((ver.options or {}).get("builder"))
+                        used[b.spec_name] = b
                         await b.remove(Artifact.model_validate(ver.artifact))
+            for b in used.values():  # containers, volumes: what the builder keeps per deployment
+                with contextlib.suppress(Exception):
+                    await b.remove_deployment(record.ref)
             # Every secret of the deployment goes with it, every version: a later deployment of the same name
             # must not inherit them.
             scope = scope_of(record.org, record.name)

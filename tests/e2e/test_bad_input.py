@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -154,9 +155,14 @@ def test_unknown_plugin_name_in_config(tmp_path, shared_envs):
                        text=True, timeout=60)
     assert r.returncode == 1 and "nope" in r.stderr
 
-    p.config_path.write_text(p.config_path.read_text().replace("builder: {name: nope", "builder: {name: docker"))
-    r = subprocess.run([CLI, "serve"], env=p.env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "mcp-agent-cloud[docker]" in r.stderr
+    # The docker builder without its SDK (the `docker` extra): sys.modules["docker"] = None hides the installed one.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['docker'] = None\n")
+    p.config_path.write_text(re.sub(r"(?m)^builder: .*$", "builder: docker", p.config_path.read_text()))
+    r = subprocess.run([CLI, "serve"], env={**p.env, "PYTHONPATH": str(hide)}, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "mcp-agent-cloud[docker]" in r.stderr, r.stderr
 
 
 def test_invalid_config_names_file_key_and_line(tmp_path, shared_envs):
