@@ -118,8 +118,9 @@ if ! docker_ok; then
     echo "==> dockerd (pid $(cat "$DIR/dockerd.pid")) is starting; waiting for it"
   else
     echo "==> starting dockerd (log: $DIR/dockerd.log)"
+    # dockerd's own pidfile must not be ours: it refuses to start when that file names a live process (itself).
     # DOCKER_BUILDKIT is not set anywhere: Debian's 20.10 has no buildx, the builders use the legacy builder.
-    setsid dockerd --pidfile "$DIR/dockerd.pid" >>"$DIR/dockerd.log" 2>&1 </dev/null 9>&- &
+    setsid dockerd --pidfile "$DIR/dockerd.daemon.pid" >>"$DIR/dockerd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$DIR/dockerd.pid"
   fi
   wait_for 30 "$DIR/dockerd.pid" "$DIR/dockerd.log" dockerd docker_ok
@@ -127,14 +128,16 @@ fi
 
 # -- podman: containers.conf and the API service --------------------------------------------------------------
 # Without default_ulimits every `podman run` fails here with "error setting rlimit type 7: operation not permitted"
-# (nproc 65536 or more fails too); no systemd, so cgroupfs and a file events logger.
+# (nproc 65536 or more fails too); no systemd, so cgroupfs and a file events logger. runc (from docker.io), not crun:
+# with cgroup v1 plus a cgroup2 mount (hybrid), crun fails "cgroups in hybrid mode not supported".
 conf='# Written by scripts/engines.sh; CONTAINERS_CONF points here (tests, builders, podman system service).
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
 [engine]
 cgroup_manager = "cgroupfs"
-events_logger = "file"'
+events_logger = "file"
+runtime = "runc"'
 if [ "$(cat "$CONTAINERS_CONF" 2>/dev/null)" != "$conf" ]; then
   printf '%s\n' "$conf" >"$CONTAINERS_CONF"
 fi
@@ -147,7 +150,9 @@ if ! podman_ok; then
   else
     echo "==> starting podman system service on $PODMAN_SOCK (log: $DIR/podman.log)"
     rm -f "$PODMAN_SOCK"
-    setsid podman system service --time=0 "unix://$PODMAN_SOCK" >>"$DIR/podman.log" 2>&1 </dev/null 9>&- &
+    # From $DIR: conmon 2.1.6 on cgroup v1 writes its OOM marker as "oom" in its working directory (which is also
+    # why podman never reports OOMKilled here).
+    (cd "$DIR" && exec setsid podman system service --time=0 "unix://$PODMAN_SOCK" >>"$DIR/podman.log" 2>&1 </dev/null 9>&-) &
     echo $! >"$DIR/podman.pid"
   fi
   wait_for 30 "$DIR/podman.pid" "$DIR/podman.log" "podman system service" podman_ok
@@ -206,14 +211,14 @@ if [ "$(dk image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$BASE_IMAGE" 
   echo "==> importing $BASE_IMAGE into Docker from $TARBALL"
   zstd -dcq "$TARBALL" | dk import -c 'CMD ["python3"]' -c "LABEL $LABEL=$base_id" - "$BASE_IMAGE" >/dev/null
   dk run --rm "$BASE_IMAGE" sh -c "$check_base" \
-    || die "python3 -m venv does not work in $BASE_IMAGE (Docker)" "delete $TARBALL and rerun scripts/engines.sh"
+    || { dk rmi -f "$BASE_IMAGE" >/dev/null 2>&1; die "python3 -m venv does not work in $BASE_IMAGE (Docker)" "delete $TARBALL and rerun scripts/engines.sh"; }
 fi
 if [ "$(podman image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$PODMAN_BASE_IMAGE" 2>/dev/null)" != "$base_id" ]; then
   echo "==> importing $PODMAN_BASE_IMAGE into Podman from $TARBALL"
   zstd -dcq "$TARBALL" | podman import -q -c 'CMD ["python3"]' -c "LABEL $LABEL=$base_id" - "$PODMAN_BASE_IMAGE" >/dev/null
   podman run --rm "$PODMAN_BASE_IMAGE" sh -c "$check_base" \
-    || die "python3 -m venv does not work in $PODMAN_BASE_IMAGE (Podman)" \
-           "see the podman error above; CONTAINERS_CONF=$CONTAINERS_CONF"
+    || { podman rmi -f "$PODMAN_BASE_IMAGE" >/dev/null 2>&1; die "python3 -m venv does not work in $PODMAN_BASE_IMAGE (Podman)" \
+           "see the podman error above; CONTAINERS_CONF=$CONTAINERS_CONF"; }
 fi
 
 # -- a local OCI registry (Debian's docker-registry, distribution 2.x) -------------------------------------------

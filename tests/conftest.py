@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -334,3 +335,71 @@ def temporal_server(tmp_path_factory) -> TemporalDevServer:
     server = TemporalDevServer(tmp_path_factory.mktemp("temporal")).start()
     yield server
     server.stop()
+
+
+# -- container engines (the `docker` and `podman` builders) ----------------------------------------------------
+
+ENGINES_ENV = ROOT / ".tools" / "engines" / "env"
+
+
+@dataclasses.dataclass
+class ContainerEngine:
+    """A running engine that scripts/engines.sh started: ``host`` is the builder's `host` option."""
+
+    name: str
+    host: str
+    base_image: str
+    registry: str  # host:port of the local test registry (no TLS, no auth)
+
+    def builder_config(self, **extra) -> dict:
+        return {"host": self.host, "base_image": self.base_image, **extra}
+
+    def client(self):
+        """The engine's own Python SDK client, for checks from outside the platform."""
+        if self.name == "docker":
+            import docker
+
+            return docker.DockerClient(base_url=self.host)
+        import podman
+
+        return podman.PodmanClient(base_url=self.host)
+
+
+def _engine_answers(host: str) -> bool:
+    path = host.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            return b" 200 " in s.recv(200)
+    except OSError:
+        return False
+
+
+def container_engine(name: str) -> ContainerEngine:
+    """The engine, or a skip with the reason (a failure under CI, which must run these tests)."""
+    values = {}
+    if ENGINES_ENV.is_file():
+        for line in ENGINES_ENV.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                values[key.strip()] = value.strip()
+    host = values.get("MCPAC_DOCKER_HOST" if name == "docker" else "MCPAC_PODMAN_SOCKET")
+    base = values.get("MCPAC_BASE_IMAGE" if name == "docker" else "MCPAC_PODMAN_BASE_IMAGE")
+    if not host or not base or not _engine_answers(host):
+        where = "has no address for it" if not host else f"names {host}, which does not answer"
+        reason = (f"the {name} engine is not running ({ENGINES_ENV} {where}): run scripts/engines.sh "
+                  "(as root on Debian 12)")
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    if values.get("CONTAINERS_CONF"):
+        os.environ.setdefault("CONTAINERS_CONF", values["CONTAINERS_CONF"])
+    return ContainerEngine(name=name, host=host, base_image=base, registry=values.get("MCPAC_TEST_REGISTRY", ""))
+
+
+@pytest.fixture(scope="session", params=[pytest.param("docker", marks=pytest.mark.docker),
+                                         pytest.param("podman", marks=pytest.mark.podman)])
+def engine(request) -> ContainerEngine:
+    return container_engine(request.param)

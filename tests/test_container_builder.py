@@ -1,0 +1,113 @@
+"""The container builders' engine-independent parts, without an engine: option checks, names, parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_agent_cloud.errors import BuildError, ValidationFailed
+from mcp_agent_cloud.hookspecs.types import PluginContext
+from mcp_agent_cloud.plugins.container import npm_command, npm_name, parse_size
+from mcp_agent_cloud.plugins.docker_builder import DockerBuilder, DockerConfig, build_stream, stats_from_api
+from mcp_agent_cloud.plugins.engine import EngineBuildError
+from mcp_agent_cloud.plugins.process import ProcessBuilder, ProcessConfig
+
+
+def builder(tmp_path: Path, **config) -> DockerBuilder:
+    b = DockerBuilder(DockerConfig(**config), PluginContext(data_dir=tmp_path))
+    b.spec_name = "docker"
+    return b
+
+
+def test_sizes():
+    assert parse_size("512m") == 512 * 1024 * 1024
+    assert parse_size("1g") == 1024 ** 3 and parse_size("1GiB") == 1024 ** 3 and parse_size(4096) == 4096
+    assert parse_size("1.5k") == 1536
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_deploy_options_only_tighten(tmp_path):
+    allowed = tmp_path / "shared"
+    (allowed / "sub").mkdir(parents=True)
+    b = builder(tmp_path, limits={"memory": "1g", "cpus": 2, "pids": 100},
+                filesystem={"allowed_paths": [{"path": str(allowed), "mode": "ro"}]})
+    opts = b.check_options({"limits": {"memory": "256m", "cpus": 0.5},
+                            "mounts": [{"source": str(allowed / "sub"), "target": "/in"}]})
+    assert opts.limits == {"memory": "256m", "cpus": 0.5, "pids": 100}  # unset ones stay the operator's
+    assert b.check_options({}).limits == {"memory": "1g", "cpus": 2.0, "pids": 100}
+    for options, message in (
+        ({"limits": {"memory": "2g"}}, "above the operator's limit"),
+        ({"limits": {"cpus": 4}}, "cpus"),
+        ({"limits": {"pids": 1000}}, "pids"),
+        ({"limits": {"memory": "1k"}}, "below 6m"),
+        ({"hardening": {"user": "0:0"}}, "hardening"),
+        ({"base_image": "evil"}, "base_image"),
+        ({"mounts": [{"source": str(allowed), "target": "/in", "mode": "rw"}]}, "read-only"),
+        ({"mounts": [{"source": str(tmp_path), "target": "/in"}]}, "allowed paths"),
+        ({"mounts": [{"source": str(allowed / ".." / "x"), "target": "/in"}]}, "allowed paths"),
+        ({"mounts": [{"source": str(allowed), "target": "relative"}]}, "absolute"),
+        ({"mounts": [{"source": str(allowed), "target": "/opt/app"}]}, "reserved"),
+    ):
+        with pytest.raises(ValidationFailed) as info:
+            b.check_options(options)
+        assert message in info.value.message, (options, info.value.message)
+
+
+def test_a_symlink_does_not_escape_the_allowlist(tmp_path):
+    allowed = tmp_path / "shared"
+    allowed.mkdir()
+    (allowed / "escape").symlink_to(tmp_path)
+    b = builder(tmp_path, filesystem={"allowed_paths": [{"path": str(allowed)}]})
+    with pytest.raises(ValidationFailed):
+        b.check_options({"mounts": [{"source": str(allowed / "escape"), "target": "/in"}]})
+
+
+def test_process_builder_takes_only_stop_timeout(tmp_path):
+    b = ProcessBuilder(ProcessConfig(), PluginContext(data_dir=tmp_path))
+    b.spec_name = "process"
+    assert b.check_options({"stop_timeout": 3}).stop_timeout == 3
+    with pytest.raises(ValidationFailed) as info:
+        b.check_options({"envs_dir": "/elsewhere"})  # the operator's, not the deployer's
+    assert "envs_dir" in info.value.message
+
+
+def test_npm_commands():
+    assert npm_name("@scope/pkg@1.2.3") == "@scope/pkg" and npm_name("@scope/pkg") == "@scope/pkg"
+    assert npm_name("pkg@2") == "pkg" and npm_name("pkg") == "pkg"
+    script = "/opt/node/node_modules/@m/server-everything/dist/index.js"
+    assert npm_command(script, "@m/server-everything", ["-y", "@m/server-everything", "stdio"]) == (
+        "node", [script, "stdio"])
+    assert npm_command(script, "@m/server-everything@1", ["--yes", "@m/server-everything@1"]) == ("node", [script])
+    with pytest.raises(BuildError):
+        npm_command("", "pkg", [])
+
+
+def test_build_stream_names_the_failing_step():
+    lines: list[str] = []
+    chunks = [{"stream": "Step 1/3 : FROM base\n"}, {"stream": " ---> abc\n"},
+              {"stream": "Step 2/3 : RUN pip install x\n"}, {"stream": "Collecting x\nERROR: no x\n"},
+              {"errorDetail": {"message": "The command '/bin/sh -c pip install x' returned a non-zero code: 1"},
+               "error": "..."}]
+    with pytest.raises(EngineBuildError) as info:
+        build_stream(iter(chunks), lines.append)
+    assert info.value.step == "Step 2/3 : RUN pip install x"
+    assert info.value.tail[:2] == ["Collecting x", "ERROR: no x"]
+    assert "Collecting x" in lines and lines[-1].startswith("The command")
+    ok = [{"stream": "Step 1/1 : FROM base\n"}, {"stream": "Successfully built 0123abcd\n"}]
+    assert build_stream(iter(ok), lines.append) == "0123abcd"
+    assert build_stream(iter([{"aux": {"ID": "sha256:ff"}}]), lines.append) == "sha256:ff"
+
+
+def test_stats_fields():
+    raw = {"cpu_stats": {"cpu_usage": {"total_usage": 2_500_000_000}},
+           "memory_stats": {"usage": 100, "limit": 1000, "stats": {"total_inactive_file": 40}},
+           "pids_stats": {"current": 3}}
+    assert stats_from_api(raw) == {"cpu_seconds": 2.5, "memory_bytes": 60, "memory_limit_bytes": 1000, "pids": 3}
+
+
+def test_platform_id_is_per_data_dir(tmp_path):
+    a, b = builder(tmp_path / "a"), builder(tmp_path / "b")
+    assert a.platform_id != b.platform_id and a.network_name == f"mcpac-{a.platform_id}"
+    assert builder(tmp_path / "a", network="custom").network_name == "custom"
