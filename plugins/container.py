@@ -732,7 +732,8 @@ class ContainerBuilder(Builder):
         if info is None or info.status != "running":
             return {}
         out = await self.call(self.engine.stats, cid)
-        out.update(container=info.name, health=info.health, restarts=info.restart_count)
+        out.update(container=info.name, health=await self.call(self.engine.health, cid, info),
+                   restarts=info.restart_count)
         return {k: v for k, v in out.items() if v is not None}
 
     async def adopt_existing(self, instances: list[Instance]) -> list[Instance]:

@@ -155,6 +155,10 @@ class Engine(abc.ABC):
     def stats(self, container: str) -> dict[str, Any]:
         """One sample: ``cpu_seconds``, ``memory_bytes``, ``memory_limit_bytes``, ``pids``."""
 
+    def health(self, container: str, info: ContainerInfo) -> str | None:
+        """The container's health as of now: what the engine's own timed probes last said, by default."""
+        return info.health
+
     @abc.abstractmethod
     def exec(self, container: str, command: list[str]) -> tuple[int, str]:
         """Run ``command`` in the running container; return its exit code and output (for health and tests)."""

@@ -280,6 +280,19 @@ class PodmanEngine(Engine):
                 out.append(info)
         return out
 
+    def health(self, container: str, info: ContainerInfo) -> str | None:
+        # Podman times its health probes with systemd timers; without systemd they never run and the status
+        # stays "starting". Asking runs the probe once, now.
+        if info.health is None:
+            return None
+        try:
+            response = self._call("get", f"/containers/{_quote(container)}/healthcheck", missing_ok=True)
+            if response is None:
+                return None
+            return (response.json() or {}).get("Status") or info.health
+        except (EngineError, ValueError):
+            return info.health
+
     def logs(self, container: str, *, since: float | None = None) -> Iterator[bytes]:
         params: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True}
         if since:

@@ -105,6 +105,9 @@ def test_app_build_run_redeploy_adopt_delete(tmp_path, shared_envs, engine):
                  p.cli("logs", "hello").stdout, timeout=30, what="the container's output in mcp-agent logs")
         status = p.cli_json("status", "hello")
         assert status["stats"]["memory_limit_bytes"] == 512 * 1024 * 1024, status["stats"]
+        # The image's health probe runs (on podman without systemd, when status asks).
+        wait_for(lambda: p.cli_json("status", "hello")["stats"].get("health") == "healthy", timeout=40,
+                 what="a healthy container in mcp-agent status")
 
         # Every version's image went to the registry (push), under the operator's namespace.
         tags = httpx.get(f"http://{registry}/v2/{namespace}/mcp-agent-cloud/default.hello/tags/list").json()
