@@ -107,7 +107,8 @@ class PluginManager:
         disabled = set(disable)
         for ep in sorted(entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
+            # a distribution whose metadata is missing or half-written (a pip install running) has no Name
+            dist_name = (dist.metadata["Name"] if dist is not None else None) or "?"
             dist_version = dist.version if dist is not None else "?"
             builtin = _canon(dist_name) == _canon(DIST_NAME)
             if ep.name in disabled or (not autoload and not builtin):

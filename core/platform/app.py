@@ -503,7 +503,11 @@ def build_app(platform: Platform) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await platform.start()
+        try:
+            await platform.start()
+        except MCPAgentCloudError as exc:  # a backend that cannot start (say, the registry): `serve` reports it
+            app.state.startup_error = exc
+            raise
         await gateway.start()
         try:
             yield
@@ -519,6 +523,7 @@ def build_app(platform: Platform) -> Starlette:
     app.add_middleware(AuthMiddleware, platform=platform)
     app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth
     app.state.platform = platform
+    app.state.startup_error = None
     app.state.gateway = gateway
     app.state.endpoints = endpoints
     app.state.workflows = flows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 
 from ..config import LoadedConfig
@@ -55,4 +56,16 @@ def run(loaded: LoadedConfig) -> None:
     app = build_app(platform)
     uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on",
                         timeout_graceful_shutdown=15)
-    uvicorn.Server(uv).run()
+    # A platform error at startup is the user's to fix (an unreachable database, a schema to migrate): it is
+    # reported like any CLI error, once, instead of as uvicorn's traceback of the lifespan.
+    quiet = logging.Filter()
+    quiet.filter = lambda record: app.state.startup_error is None  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        uvicorn.Server(uv).run()
+    except SystemExit:
+        if app.state.startup_error is not None:
+            raise app.state.startup_error from None
+        raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
