@@ -60,11 +60,10 @@ from mcp_agent_cloud.plugins.process import (
     LAUNCHER,
     PIP_HINT,
     adapter_args,
-    app_env_key,
-    app_requirements,
     emit,
     file_lock,
     redact,
+    resolve_app,
     run_logged,
     runtime_env_key,
 )
@@ -339,26 +338,16 @@ class ContainerBuilder(Builder):
         labels = {**self.labels_for(ref), f"{LABEL}.org": ref.org, f"{LABEL}.name": ref.name,
                   f"{LABEL}.version": str(request.version), f"{LABEL}.kind": request.kind}
         if request.kind == "app":
-            entrypoint = request.entrypoint or (request.manifest.entrypoint if request.manifest else None)
-            source = Path(request.source_dir) if request.source_dir else None
-            if source is None or not source.is_dir():
-                raise BuildError(f"the app source directory {source} does not exist", hint="deploy the package again")
-            if not entrypoint or ":" not in entrypoint:
-                raise BuildError(f"invalid entrypoint {entrypoint!r}: expected module:attr",
-                                 hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
-            reqs = app_requirements(request.manifest.requirements if request.manifest else [])
-            key, _scope, _paths = app_env_key(reqs, request)
-            if request.runtime_requirements:
-                key = runtime_env_key(key, request.runtime_requirements)
-                reqs = [*reqs, *request.runtime_requirements]
-            deps, _ = await self.ensure_deps(key, {"app": reqs}, base_info.id, log, cwd=source)
+            app = resolve_app(request)
+            entrypoint, source = app.entrypoint, app.source
+            deps, _ = await self.ensure_deps(app.key, {"app": app.requirements}, base_info.id, log, cwd=source)
             _copy_tree(source, ctx_dir / "app")
             shutil.copy2(LAUNCHER, ctx_dir / "launcher.py")
             cmd = [APP_PYTHON, "/opt/mcpac/launcher.py", "--entrypoint", entrypoint, "--host", "0.0.0.0",
                    "--port", str(PORT)]
             dockerfile = [f"FROM {deps}", "COPY app /opt/app", "COPY launcher.py /opt/mcpac/launcher.py",
                           "WORKDIR /opt/app"]
-            data.update(entrypoint=entrypoint, python=APP_PYTHON, requirements_hash=requirements_hash(reqs))
+            data.update(entrypoint=entrypoint, python=APP_PYTHON, requirements_hash=requirements_hash(app.requirements))
         elif request.kind == "stdio":
             if not request.command:
                 raise BuildError("a stdio deployment needs a command", hint="pass --command, e.g. --command npx")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ctypes
 import ctypes.util
 import fcntl
@@ -327,6 +328,38 @@ def adapter_args(settings: Mapping[str, Any], session_mode: str | None) -> list[
     return args
 
 
+@dataclasses.dataclass(frozen=True)
+class AppBuild:
+    """What building an app deployment needs, whichever builder builds it."""
+
+    entrypoint: str
+    source: Path
+    requirements: list[str]  # the app's, then the runtime's
+    key: str  # the environment's cache key
+    scope: EnvScope
+    paths: list[str]  # local paths the key covers
+
+
+def resolve_app(request: BuildRequest) -> AppBuild:
+    """Check an app build request and work out its requirements and environment key; a BuildError says what is
+    wrong with the package."""
+    entrypoint = request.entrypoint or (request.manifest.entrypoint if request.manifest else None)
+    source = Path(request.source_dir) if request.source_dir else None
+    if source is None or not source.is_dir():
+        raise BuildError(f"the app source directory {source} does not exist", hint="deploy the package again")
+    if not entrypoint or ":" not in entrypoint:
+        raise BuildError(f"invalid entrypoint {entrypoint!r}: expected module:attr",
+                         hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
+    reqs = app_requirements(request.manifest.requirements if request.manifest else [])
+    key, scope, paths = app_env_key(reqs, request)
+    if request.runtime_requirements:
+        # The MCPApp runtime (a wheel on the platform host) and what its executor needs: installed with the app's
+        # own requirements, and part of the env key by content, so new runtime code means a new env.
+        key = runtime_env_key(key, request.runtime_requirements)
+        reqs = [*reqs, *request.runtime_requirements]
+    return AppBuild(entrypoint=entrypoint, source=source, requirements=reqs, key=key, scope=scope, paths=paths)
+
+
 @contextlib.asynccontextmanager
 async def file_lock(path: Path) -> AsyncIterator[None]:
     """An exclusive lock shared with other platform processes on the same data dir."""
@@ -379,20 +412,9 @@ class ProcessBuilder(Builder):
         data: dict[str, Any] = {"kind": request.kind, "npm": request.npm, "venv": None,
                                 "stop_timeout": opts.stop_timeout}
         if request.kind == "app":
-            entrypoint = request.entrypoint or (request.manifest.entrypoint if request.manifest else None)
-            source = request.source_dir
-            if source is None or not Path(source).is_dir():
-                raise BuildError(f"the app source directory {source} does not exist", hint="deploy the package again")
-            if not entrypoint or ":" not in entrypoint:
-                raise BuildError(f"invalid entrypoint {entrypoint!r}: expected module:attr",
-                                 hint="set deploy.entrypoint in mcp_agent.config.yaml, e.g. main:app")
-            reqs = app_requirements(request.manifest.requirements if request.manifest else [])
-            key, scope, paths = app_env_key(reqs, request)
-            if request.runtime_requirements:
-                # The MCPApp runtime (a wheel on the platform host) and what its executor needs: installed with the
-                # app's own requirements, and part of the env key by content, so new runtime code means a new env.
-                key = runtime_env_key(key, request.runtime_requirements)
-                reqs = [*reqs, *request.runtime_requirements]
+            app = resolve_app(request)
+            entrypoint, source, reqs, key, scope, paths = (app.entrypoint, app.source, app.requirements, app.key,
+                                                           app.scope, app.paths)
             await emit(log, f"environment key {key[:12]}: " + {
                 "shared": "requirements only, shared",
                 "org": f"requirements + files under {', '.join(paths)}, org {request.deployment.org} only",
