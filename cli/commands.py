@@ -1325,18 +1325,12 @@ def register(cli: click.Group) -> None:
         """Create a bearer token for an org. The token is printed once and stored only as a hash."""
         import anyio
 
-        from ..config import load_config
-        from ..hookspecs.types import PluginContext
-        from ..manager import load_plugin_manager
         from ..names import validate_name
 
         validate_name(org, what="org name")
-        cfg = load_config(config_path).config
-        pm = load_plugin_manager(disable=cfg.plugins.disable)
+        pm, ctx, registry = _local_registry(config_path)
 
         async def create():
-            ctx = PluginContext(data_dir=cfg.data_dir)
-            registry = pm.build(pm.get_registry(cfg.registry.name), cfg.registry.options, ctx)
             await registry.setup()
             try:
                 await registry.ensure_org(org)
@@ -1354,6 +1348,36 @@ def register(cli: click.Group) -> None:
         err.print(f"token {record.id} for {subject} in org {org} (role {role}); it is shown only once",
                   highlight=False)
 
+    @admin.command("migrate")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_migrate(config_path, as_json):
+        """Apply the registry's pending schema migrations, then exit.
+
+        `mcp-agent serve` does this at start unless the registry says otherwise (postgres:
+        `migrate_on_start: false`, for teams that migrate in a deploy step). Safe to run while nodes serve and
+        from several hosts at once: migrations run in one transaction under a lock, and each runs once.
+        """
+        import anyio
+
+        _, _, registry = _local_registry(config_path)
+        versions = anyio.run(registry.migrate)
+        name = registry.spec_name
+        if versions is None:
+            result = {"registry": name, "migrated": False, "message": "this registry has no schema to migrate"}
+        else:
+            before, after = versions
+            result = {"registry": name, "migrated": after > before, "from_version": before, "to_version": after}
+        if as_json:
+            return emit_json(result)
+        if versions is None:
+            out.print(f"registry {name}: {result['message']}", highlight=False)
+        elif after > before:
+            out.print(f"registry {name}: schema migrated from version {before} to {after}", highlight=False)
+        else:
+            out.print(f"registry {name}: schema is at version {after}, nothing to do", highlight=False)
+
     @cli.command(hidden=True, context_settings={"ignore_unknown_options": True})
     @click.option("--host", default="127.0.0.1")
     @click.option("--port", type=int, required=True)
@@ -1365,6 +1389,19 @@ def register(cli: click.Group) -> None:
 
         argv = ["--host", host, "--port", str(port)] + (["--cwd", cwd] if cwd else []) + ["--", *command]
         sys.exit(adapter_main(argv))
+
+
+def _local_registry(config_path: str | None):
+    """The plugin manager, a plugin context and the (not yet started) registry of the platform config, for the
+    `admin` commands that work on the platform's own state."""
+    from ..config import load_config
+    from ..hookspecs.types import PluginContext
+    from ..manager import load_plugin_manager
+
+    cfg = load_config(config_path).config
+    pm = load_plugin_manager(disable=cfg.plugins.disable)
+    ctx = PluginContext(data_dir=cfg.data_dir)
+    return pm, ctx, pm.build(pm.get_registry(cfg.registry.name), cfg.registry.options, ctx)
 
 
 @hookimpl

@@ -564,6 +564,11 @@ class Registry(Backend):
     @abc.abstractmethod
     async def revoke_token(self, token_id: str) -> None: ...
 
+    async def migrate(self) -> tuple[int, int] | None:
+        """Apply pending schema migrations without starting the registry (``mcp-agent admin migrate``): the
+        schema versions before and after, or None for a backend without a schema. Default: None."""
+        return None
+
     async def watch(self, *, org: str | None = None, after_id: int = 0) -> AsyncIterator[EventRecord]:
         """Yield events as they are added. Default: poll ``list_events``."""
         import anyio

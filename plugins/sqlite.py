@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundError, ValidationFailed
+from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundError
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     DeploymentRecord,
@@ -30,6 +30,13 @@ from mcp_agent_cloud.hookspecs.types import (
     RegistrySpec,
     TokenRecord,
     VersionRecord,
+)
+from mcp_agent_cloud.plugins.records import (
+    DEPLOYMENT_UPDATABLE,
+    JSON_COLUMNS,
+    VERSION_FIELDS,
+    check_fields,
+    validate,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,37 +108,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
-# Columns stored as JSON text, per table.
-JSON_COLUMNS: dict[str, frozenset[str]] = {
-    "orgs": frozenset(),
-    "deployments": frozenset({"spec"}),
-    "versions": frozenset({"manifest", "options", "artifact", "instance"}),
-    "events": frozenset({"data"}),
-    "tokens": frozenset({"roles", "scopes"}),
-}
-
-# Fields callers may set after creation; identity and timestamps are managed here.
-DEPLOYMENT_UPDATABLE = frozenset({"kind", "builder", "status", "desired_state", "current_version", "spec"})
-VERSION_FIELDS = frozenset({"status", "package_sha256", "manifest", "options", "artifact", "instance", "error"})
-
-
-def _check_fields(fields: dict[str, Any], allowed: frozenset[str], what: str) -> None:
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValidationFailed(
-            f"cannot set {', '.join(unknown)} on a {what}",
-            hint=f"settable fields: {', '.join(sorted(allowed))}",
-        )
-
-
-def _validate(model: type[M], data: dict[str, Any], what: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValidationFailed(f"invalid {what}: {problems}") from exc
-
-
 def _to_row(record: BaseModel, table: str, *, exclude: set[str] | None = None) -> dict[str, Any]:
     row = record.model_dump(mode="json", exclude=exclude)
     for col in JSON_COLUMNS[table] & row.keys():
@@ -162,6 +138,7 @@ class SqliteRegistry(Registry):
         self.path = path if path.is_absolute() else Path(ctx.data_dir) / path
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self.migrated = (0, 0)  # schema versions before and after the last open
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -205,6 +182,13 @@ class SqliteRegistry(Registry):
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (number, time.time()))
+        self.migrated = (current, len(MIGRATIONS))
+
+    async def migrate(self) -> tuple[int, int]:
+        # Opening the file migrates it (a file has one writer at a time, under BEGIN IMMEDIATE).
+        await self.setup()
+        await self.aclose()
+        return self.migrated
 
     def _close(self) -> None:
         with self._lock:
@@ -275,11 +259,11 @@ class SqliteRegistry(Registry):
                                "SELECT * FROM deployments WHERE org = ? ORDER BY name", (org,))
 
     async def update_deployment(self, deployment_id: str, **fields: Any) -> DeploymentRecord:
-        _check_fields(fields, DEPLOYMENT_UPDATABLE, "deployment")
+        check_fields(fields, DEPLOYMENT_UPDATABLE, "deployment")
 
         def op(c: sqlite3.Connection) -> DeploymentRecord:
             current = _get_deployment(c, deployment_id)
-            updated = _validate(DeploymentRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
+            updated = validate(DeploymentRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
                                 "deployment update")
             _update(c, "deployments", _to_row(updated, "deployments", exclude={"id"}), "id = ?", (deployment_id,))
             return updated
@@ -295,14 +279,14 @@ class SqliteRegistry(Registry):
     # -- versions ---------------------------------------------------------------------------------------------
 
     async def create_version(self, deployment_id: str, **fields: Any) -> VersionRecord:
-        _check_fields(fields, VERSION_FIELDS, "version")
+        check_fields(fields, VERSION_FIELDS, "version")
 
         def op(c: sqlite3.Connection) -> VersionRecord:
             _get_deployment(c, deployment_id)
             # max+1 inside the write transaction: no other writer can take the same number
             number = c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE deployment_id = ?",
                                (deployment_id,)).fetchone()[0]
-            record = _validate(VersionRecord, {**fields, "deployment_id": deployment_id, "version": number},
+            record = validate(VersionRecord, {**fields, "deployment_id": deployment_id, "version": number},
                                "version")
             _insert(c, "versions", _to_row(record, "versions"))
             return record
@@ -318,7 +302,7 @@ class SqliteRegistry(Registry):
                                "SELECT * FROM versions WHERE deployment_id = ? ORDER BY version", (deployment_id,))
 
     async def update_version(self, deployment_id: str, version: int, **fields: Any) -> VersionRecord:
-        _check_fields(fields, VERSION_FIELDS, "version")
+        check_fields(fields, VERSION_FIELDS, "version")
 
         def op(c: sqlite3.Connection) -> VersionRecord:
             row = c.execute("SELECT * FROM versions WHERE deployment_id = ? AND version = ?",
@@ -326,7 +310,7 @@ class SqliteRegistry(Registry):
             current = _from_row(VersionRecord, "versions", row)
             if current is None:
                 raise NotFoundError(f"version {version} of deployment {deployment_id} not found")
-            updated = _validate(VersionRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
+            updated = validate(VersionRecord, {**current.model_dump(), **fields, "updated_at": time.time()},
                                 "version update")
             _update(c, "versions", _to_row(updated, "versions", exclude={"deployment_id", "version"}),
                     "deployment_id = ? AND version = ?", (deployment_id, version))

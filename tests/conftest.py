@@ -29,8 +29,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def shared_envs(tmp_path_factory) -> Path:
-    """One venv cache for the whole run: the process builder keys venvs by requirements hash."""
-    return tmp_path_factory.mktemp("envs")
+    """One venv cache for the whole run, shared by the xdist workers too: the process builder keys venvs by
+    requirements hash and locks each one while it builds it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # workers' basetemps share a parent
+    envs = root / "envs"
+    envs.mkdir(exist_ok=True)
+    return envs
 
 
 class PlatformProcess:
@@ -403,3 +408,49 @@ def container_engine(name: str) -> ContainerEngine:
                                          pytest.param("podman", marks=pytest.mark.podman)])
 def engine(request) -> ContainerEngine:
     return container_engine(request.param)
+
+
+# -- PostgreSQL (the `postgres` registry) ----------------------------------------------------------------------
+
+POSTGRES_ENV = ROOT / ".tools" / "postgres" / "env"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The DSN scripts/postgres.sh found or started; a skip with the reason elsewhere, a failure under CI."""
+    import psycopg
+
+    dsn = os.environ.get("MCPAC_POSTGRES_DSN", "")
+    if not dsn and POSTGRES_ENV.is_file():
+        for line in POSTGRES_ENV.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == "MCPAC_POSTGRES_DSN":
+                dsn = value.strip()
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = f"PostgreSQL does not answer at {dsn or '(no DSN)'} ({exc}): run scripts/postgres.sh"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def pg_schemas(postgres_dsn):
+    """Hands out fresh schema names and drops them at the end of the session."""
+    import uuid
+
+    import psycopg
+
+    made: list[str] = []
+
+    def new(stem: str = "t") -> str:
+        made.append(f"mcpac_{stem}_{uuid.uuid4().hex[:10]}")
+        return made[-1]
+
+    yield new
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        for schema in made:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -281,3 +281,59 @@ class RegistryContract:
             # numbering and ids continue after the reopen
             assert (await reg.create_version(dep.id)).version == 2
             assert (await reg.add_event(EventRecord(type="y"))).id > event.id
+
+    # -- several processes (nodes) on one store ----------------------------------------------------------------
+
+    @async_test
+    async def test_two_instances_race_on_one_store(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        # Two instances on the same ``where`` stand in for two platform processes (or nodes).
+        async with opened(registry_factory, tmp_path) as a, opened(registry_factory, tmp_path) as b:
+            outcomes: list[str] = []
+
+            async def create(reg: Registry, builder: str) -> None:
+                try:
+                    await reg.create_deployment(deployment("acme", "race", builder=builder))
+                    outcomes.append(builder)
+                except ConflictError:
+                    outcomes.append("conflict")
+
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(create, (a, b)[i % 2], f"b{i}")
+            winners = [o for o in outcomes if o != "conflict"]
+            assert len(winners) == 1 and outcomes.count("conflict") == 5, outcomes
+            won = await b.get_deployment("acme", "race")
+            assert won is not None and won.builder == winners[0] and await a.get_deployment("acme", "race") == won
+
+            numbers: list[int] = []
+
+            async def versions(reg: Registry) -> None:
+                for _ in range(8):
+                    numbers.append((await reg.create_version(won.id)).version)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(versions, a)
+                tg.start_soon(versions, b)
+            assert sorted(numbers) == list(range(1, 17))
+
+    @async_test
+    async def test_watch_sees_events_from_another_instance(self, registry_factory: RegistryFactory,
+                                                           tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as a, opened(registry_factory, tmp_path) as b:
+            old = await a.add_event(EventRecord(org="acme", type="before"))
+            seen: list[EventRecord] = []
+
+            async def follow() -> None:
+                async for event in a.watch(org="acme", after_id=old.id):
+                    seen.append(event)
+                    if len(seen) == 3:
+                        return
+
+            with anyio.fail_after(20):  # the poll default takes about 0.5 s; postgres' NOTIFY less
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(follow)
+                    await anyio.sleep(0.2)
+                    for i in range(4):
+                        await b.add_event(EventRecord(org="acme" if i != 1 else "beta", type=f"e{i}"))
+                        await anyio.sleep(0.05)
+            assert [e.type for e in seen] == ["e0", "e2", "e3"]  # org filtered, in order, none twice
