@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = str(ROOT / "examples" / "hello")
 PROBE = ROOT / "tests" / "apps" / "probe"
 LABEL = "org.mcp-agent-cloud"
-pytestmark = pytest.mark.e2e
+# One xdist worker runs them all: Docker rewrites FORWARD when it creates a network, under podman's egress jump.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("engines")]
 
 
 def container_platform(tmp_path, shared_envs, engine, **options) -> PlatformProcess:
