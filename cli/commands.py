@@ -608,6 +608,48 @@ def register(cli: click.Group) -> None:
             out.print(f"{e['id']:>5} {stamp} {e['type']}{' ' + step if step else ''} {e['message']}", markup=False,
                       highlight=False)
 
+    @cli.group()
+    def export():
+        """Export a deployment for another runtime."""
+
+    @export.command("k8s")
+    @click.argument("name")
+    @click.option("--namespace", "-n", default="default", show_default=True, help="Namespace of the manifests.")
+    @click.option("--image", help="Image the cluster pulls (default: the pushed image, else the local tag).")
+    @click.option("--version", "version", type=int, help="Version to export (default: the current one).")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+                  help="Write the YAML to this file instead of stdout.")
+    @api_options
+    @json_option
+    @handle_errors
+    def export_k8s(name, namespace, image, version, output, api_url, as_json):
+        """Print Kubernetes manifests for deployment NAME: ServiceAccount, Deployment, Service, NetworkPolicy.
+
+        The container runs as in the docker and podman builders: non-root, read-only root filesystem, no
+        capabilities, the same memory and CPU limits, egress to everything but the metadata address. Secrets are
+        references to a Secret you create; the notes (on stderr, as YAML comments in the file) say how. Only
+        deployments built by a container builder can be exported. Apply with `kubectl apply -f FILE`.
+
+        \b
+          mcp-agent export k8s hello -n agents -o hello.yaml
+          mcp-agent export k8s hello --image registry.internal/acme/hello:3 | kubectl apply -f -
+        """
+        import yaml
+
+        data = _client(api_url).export_k8s(name, namespace=namespace, image=image, version=version)
+        if as_json:
+            return emit_json(data)
+        header = "".join(f"# {note}\n" for note in data["notes"])
+        text = f"# {data['deployment']} v{data['version']}, exported by mcp-agent-cloud\n{header}---\n" + \
+            "---\n".join(yaml.safe_dump(doc, sort_keys=False) for doc in data["manifests"])
+        if output:
+            Path(output).write_text(text)
+            err.print(f"wrote {len(data['manifests'])} manifests to {output}", highlight=False)
+        else:
+            sys.stdout.write(text)
+        for note in data["notes"]:
+            err.print(f"note: {note}", markup=False, highlight=False)
+
     def _simple(verb: str, doc: str, call):
         @cli.command(verb, help=doc)
         @click.argument("name")

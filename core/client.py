@@ -167,6 +167,12 @@ class PlatformClient:
         return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/events",
                             params={"after": after, "limit": limit})["events"]
 
+    def export_k8s(self, name: str, *, namespace: str = "default", image: str | None = None,
+                   version: int | None = None) -> dict:
+        params = {"namespace": namespace, **({"image": image} if image else {}),
+                  **({"version": version} if version else {})}
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/export/k8s", params=params)
+
     def stop(self, name: str) -> dict:
         return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/stop", timeout=LIFECYCLE_TIMEOUT)
 

@@ -633,6 +633,26 @@ class ContainerBuilder(Builder):
             restart_policy=policy,
         )
 
+    def export_k8s(self, artifact: Artifact, *, namespace: str, image: str | None, env: dict[str, str],
+                   secret_keys: list[str], secrets_file: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        """Kubernetes manifests for the version, from the same RunSpec its containers run with."""
+        from mcp_agent_cloud.plugins.kubernetes import manifests
+
+        spec = self.run_spec(artifact, {**env, "MCPAC_APP_DATA_DIR": DATA_PATH})
+        notes = []
+        if image is None:
+            image = artifact.data.get("pushed")
+            if not image:
+                image = artifact.data["tag"]
+                notes.append(f"the image {image} is only in the platform host's {self.spec_name} engine: push it "
+                             "to a registry the cluster can pull from (the builder's `push` option), or pass --image")
+        ref = artifact.deployment
+        docs, more = manifests(spec, org=ref.org, name=ref.name, version=artifact.version, namespace=namespace,
+                               image=image, secret_keys=secret_keys,
+                               secrets_file=SECRETS_PATH if secrets_file else None,
+                               block_metadata=self.config.hardening.block_metadata)
+        return docs, notes + more
+
     async def start(self, artifact: Artifact, *, env, log_path: Path) -> Instance:
         network = await self._network()
         spec = self.run_spec(artifact, {str(k): str(v) for k, v in (env or {}).items()})

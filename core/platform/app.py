@@ -338,6 +338,12 @@ def build_app(platform: Platform) -> Starlette:
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
 
+    async def export_k8s(request: Request) -> Response:
+        q = request.query_params
+        return JSONResponse(await platform.export_k8s(
+            identity_of(request), request.path_params["name"], namespace=q.get("namespace") or "default",
+            image=q.get("image") or None, version=int_param(request, "version", 0) or None))
+
     async def list_secrets(request: Request) -> Response:
         return JSONResponse(await platform.list_secrets(identity_of(request), request.path_params["name"]))
 
@@ -471,6 +477,8 @@ def build_app(platform: Platform) -> Starlette:
                  "Deploy a new version; streams progress as NDJSON", request=DeployRequest,
                  stream="application/x-ndjson"),
         Endpoint("GET", "/api/v1/deployments/{name}/versions", list_versions, "Versions", response=VersionList),
+        Endpoint("GET", "/api/v1/deployments/{name}/export/k8s", export_k8s,
+                 "Kubernetes manifests of a version (?namespace=, ?image=, ?version=); secrets by reference only"),
         Endpoint("POST", "/api/v1/deployments/{name}/stop", stop, "Stop serving"),
         Endpoint("POST", "/api/v1/deployments/{name}/start", start, "Start the current version again"),
         Endpoint("POST", "/api/v1/deployments/{name}/rollback", rollback,

@@ -1126,6 +1126,39 @@ class Platform:
             validate_key(key)
         return org, short
 
+    async def export_k8s(self, identity: Identity, name: str, *, namespace: str = "default",
+                         image: str | None = None, version: int | None = None) -> dict:
+        """Kubernetes manifests for a deployment's current (or given) version, from its container builder's run
+        spec. Secret values are never included: the Deployment references a Secret the operator creates."""
+        from ..plugins.kubernetes import k8s_name
+
+        record = await self.find(identity, name)
+        number = version or record.current_version
+        ver = await self.registry.get_version(record.id, number) if number else None
+        if ver is None or not ver.artifact:
+            raise NotFoundError(f"{record.org}.{record.name} has no built version {number or ''}".rstrip(),
+                                hint="deploy it first; `mcp-agent status NAME` lists its versions")
+        if k8s_name(namespace) != namespace:
+            raise ValidationFailed(f"invalid namespace {namespace!r}", hint="lowercase letters, digits and '-'")
+        builder = await self.builder_for((ver.options or {}).get("builder"))
+        export = getattr(builder, "export_k8s", None)
+        if export is None:
+            raise ValidationFailed(
+                f"{record.org}.{record.name} v{ver.version} was built by the {builder.spec_name} builder, which "
+                "makes no container image", hint="deploy it with --builder docker or --builder podman, then export")
+        options = ver.options or {}
+        # Secrets become references to a Secret: the declared ones as env vars or, with --secrets-as file, as the
+        # mounted secrets file; --env values too, since the platform stores them as secrets.
+        as_file = options.get("secrets_as") == "file"
+        declared = [r["key"] for r in options.get("secret_refs") or []]
+        keys = ([] if as_file else declared) + list(options.get("env_keys") or [])
+        env = {str(k): str(v) for k, v in ((ver.manifest or {}).get("env") or {}).items()}
+        env["MCPAC_DEPLOYMENT"] = f"{record.org}.{record.name}"  # no control token: the pod has no platform
+        docs, notes = export(Artifact.model_validate(ver.artifact), namespace=namespace, image=image, env=env,
+                             secret_keys=keys, secrets_file=as_file and bool(declared))
+        return {"deployment": f"{record.org}.{record.name}", "version": ver.version, "namespace": namespace,
+                "manifests": docs, "notes": notes}
+
     async def list_secrets(self, identity: Identity, name: str) -> dict:
         """Keys, versions and handles of the deployment's secrets (never values); ``missing``: declared, unset."""
         org, short = self._secret_target(identity, name, None, "read")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import anyio
 import httpx
+import kubernetes_validate
 import pytest
+import yaml
 
 from tests.conftest import PlatformProcess, call_tool, wait_for
 
@@ -232,6 +234,24 @@ def test_sandbox_hardening(tmp_path, shared_envs, engine):
         wait_for(lambda: p.cli_json("status", "probe")["status"] == "running", timeout=60, what="running again")
         assert "out of memory" in p.cli("logs", "probe", "--tail", "200").stdout
         assert tool(result, "allocate", {"megabytes": 20}, t) == "allocated 20 MB"
+
+        # The same hardening as Kubernetes manifests, valid against the API's schemas; the secret by reference.
+        exported = p.cli_json("export", "k8s", "probe", "-n", "agents")
+        assert secret not in json.dumps(exported)
+        for doc in exported["manifests"]:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        deployment = next(d for d in exported["manifests"] if d["kind"] == "Deployment")
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert c["resources"]["limits"]["memory"] == str(160 * 1024 * 1024)
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["runAsUser"] == 10001
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]}
+        assert mounts["/ref"] is True and mounts["/work"] is False and mounts["/run/mcpac"] is True
+        assert any("create the Secret agents/" in n for n in exported["notes"])
+        out = tmp_path / "probe.yaml"
+        r = p.cli("export", "k8s", "probe", "-n", "agents", "-o", str(out), check=True)
+        assert "note: " in r.stderr
+        docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+        assert [d["kind"] for d in docs] == [d["kind"] for d in exported["manifests"]]
 
         # A deployment may not loosen the operator's settings.
         r = p.api("POST", "/api/v1/deployments/probe2/versions", json={

@@ -56,6 +56,9 @@ def test_deploy_call_and_auth(platform):
     assert status["serving_version"] == 1 and status["status"] == "running"
     logs = platform.cli("logs", "hello", "--tail", "50", check=True).stdout
     assert "starting version 1" in logs
+    # A process-built deployment has no image to export to Kubernetes, and the error says what would.
+    r = platform.cli("export", "k8s", "hello")
+    assert r.returncode == 1 and "--builder docker" in r.stderr and "process builder" in r.stderr, r.stderr
 
     # The human output shows the steps, the endpoint and a client snippet.
     plain = platform.cli("deploy", "app", str(HELLO), "--name", "hello", check=True)
