@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import io
 import os
@@ -45,6 +44,8 @@ _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 class TarballConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    compression_level: int = Field(1, ge=1, le=9, description="gzip level: 1 fastest (as gzip -1), 9 smallest "
+                                   "(about 15% smaller on source trees, at several times the CPU)")
     max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest compressed archive package() writes")
     max_unpacked_bytes: int = Field(500 * 1024 * 1024, gt=0, description="largest total size of the files")
     max_files: int = Field(20000, gt=0, description="most entries (files and directories) in one archive")
@@ -196,6 +197,16 @@ def _walk(root: Path, rules: IgnoreRules) -> list[_Entry]:
     return sorted(out, key=lambda e: e.rel)
 
 
+def _hash_all(files: list[_Entry]) -> list[str]:
+    """sha256 of each file, on a few threads (hashlib releases the GIL): a big tree hashes at disk speed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(files) < 64:
+        return [sha256_file(e.path) for e in files]
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="tarball-hash") as pool:
+        return list(pool.map(lambda e: sha256_file(e.path), files, chunksize=32))
+
+
 def _human(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KB"
 
@@ -212,6 +223,68 @@ def _tarinfo(name: str, *, size: int = 0, mode: int = 0o644, type: bytes = tarfi
     info.size, info.mode, info.type = size, mode, type
     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
     return info
+
+
+class _ParallelGzip:
+    """A write-only gzip stream compressed in fixed-size blocks on a thread pool (zlib releases the GIL), like pigz.
+
+    Each block is deflated on its own, primed with the previous block's last 32 KiB as dictionary and ended with a
+    sync flush, so the blocks join into one deflate stream any gunzip reads. The bytes depend only on the input and
+    the level, never on the thread count or on how writes are split.
+    """
+
+    BLOCK = 1 << 20
+    WINDOW = 1 << 15
+
+    def __init__(self, raw: BinaryIO, level: int, threads: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.raw, self.level = raw, level
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tarball-gzip")
+        self.pending: list = []  # futures, in stream order
+        self.buf = bytearray()
+        self.tail = b""  # the last WINDOW bytes before the current block: its dictionary
+        self.crc = 0
+        self.size = 0
+        # gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown
+        raw.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+
+    def _deflate(self, block: bytes, zdict: bytes, final: bool) -> bytes:
+        c = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
+                             **({"zdict": zdict} if zdict else {}))
+        return c.compress(block) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+    def _submit(self, block: bytes, final: bool) -> None:
+        self.crc = zlib.crc32(block, self.crc)
+        self.size += len(block)
+        self.pending.append(self.pool.submit(self._deflate, block, self.tail, final))
+        self.tail = (self.tail + block)[-self.WINDOW :]
+        while len(self.pending) > 2 * self.threads:  # bounded memory: write out the oldest
+            self.raw.write(self.pending.pop(0).result())
+
+    def write(self, data) -> int:
+        self.buf += data
+        while len(self.buf) >= self.BLOCK:
+            self._submit(bytes(self.buf[: self.BLOCK]), final=False)
+            del self.buf[: self.BLOCK]
+        return len(data)
+
+    def tell(self) -> int:  # tarfile asks for the start offset
+        return self.size + len(self.buf)
+
+    def close(self) -> None:
+        try:
+            self._submit(bytes(self.buf), final=True)
+            for future in self.pending:
+                self.raw.write(future.result())
+            self.raw.write(self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little"))
+        finally:
+            self.pending.clear()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _HashingReader:
@@ -314,7 +387,7 @@ class TarballPackager(Packager):
             format="tarball", name=hints.name, kind="app", entrypoint=hints.entrypoint,
             requirements=list(hints.requirements), requirements_hash=requirements_hash(hints.requirements),
             description=hints.description, env=dict(hints.env),
-            files=[FileEntry(path=e.rel, sha256=sha256_file(e.path), size=e.size) for e in files])
+            files=[FileEntry(path=e.rel, sha256=digest, size=e.size) for e, digest in zip(files, _hash_all(files))])
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".tarball-", suffix=".tmp")
         tmp = Path(tmp_name)
@@ -333,13 +406,21 @@ class TarballPackager(Packager):
             raise
         return Package(path=final, sha256=digest, size=size, manifest=manifest)
 
-    @staticmethod
-    def _write(raw: BinaryIO, manifest: Manifest, entries: list[_Entry]) -> None:
+    def _write(self, raw: BinaryIO, manifest: Manifest, entries: list[_Entry]) -> None:
         data = manifest.model_dump_json(indent=2).encode()
         expected = {f.path: f.sha256 for f in manifest.files}
-        # Empty file name and mtime 0 in the gzip header: nothing about this run ends up in the bytes.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        # No file name and mtime 0 in the gzip header: nothing about this run ends up in the bytes.
+        gz = _ParallelGzip(raw, self.config.compression_level)
+        try:
+            self._write_tar(gz, data, expected, entries)
+        except BaseException:
+            gz.abort()
+            raise
+        gz.close()
+
+    @staticmethod
+    def _write_tar(gz: _ParallelGzip, data: bytes, expected: dict[str, str], entries: list[_Entry]) -> None:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_tarinfo(MANIFEST_PATH, size=len(data)), io.BytesIO(data))
             for e in entries:
                 if e.is_dir:

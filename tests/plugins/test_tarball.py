@@ -113,6 +113,33 @@ def test_copy_with_other_mtimes_and_creation_order_gives_same_bytes(packager, ap
     assert package(packager, app, tmp_path / "a").sha256 == package(packager, copy, tmp_path / "b").sha256
 
 
+@pytest.mark.parametrize("level", [1, 9])
+def test_parallel_gzip_is_one_valid_stream_whatever_the_threads_and_writes(level):
+    """Blocks compressed apart join into one gzip stream; the bytes depend on the input and level alone."""
+    import random
+
+    rng = random.Random(3)
+    block = tarball._ParallelGzip.BLOCK
+    data = (b"words repeat " * (block // 6) + rng.randbytes(block // 2)) * 3 + b"tail"  # several blocks, uneven end
+
+    def compress(threads: int, step: int) -> bytes:
+        raw = io.BytesIO()
+        gz = tarball._ParallelGzip(raw, level, threads=threads)
+        for i in range(0, len(data), step):
+            gz.write(data[i : i + step])
+        gz.close()
+        return raw.getvalue()
+
+    one = compress(1, len(data))
+    assert gzip.decompress(one) == data
+    assert compress(4, 10_000) == one == compress(2, 1 << 16)
+    assert len(one) < len(data) * 0.8  # it compresses: the dictionary carries across blocks
+    raw = io.BytesIO()
+    empty = tarball._ParallelGzip(raw, level)
+    empty.close()
+    assert gzip.decompress(raw.getvalue()) == b""
+
+
 def test_gzip_header_and_members_are_normalized(packager, app, tmp_path):
     pkg = package(packager, app, tmp_path / "out")
     raw = pkg.path.read_bytes()
