@@ -473,10 +473,11 @@ def test_redeploy_invalidates_sessions(gw, app_dir):
 
 def test_session_limit_per_deployment(tight):
     url = endpoint(tight)
-    a, b = new_token(tight, "a"), new_token(tight, "b")
+    # tokens first: minting one runs the CLI, which can outlast the 1s idle timeout on a loaded machine
+    a, b, c = new_token(tight, "a"), new_token(tight, "b"), new_token(tight, "c")
     first = open_session(url, a)
     open_session(url, b)
-    r = post(url, new_token(tight, "c"), initialize())
+    r = post(url, c, initialize())
     assert r.status_code == 429
     assert rpc_error(r)["data"]["config_key"] == "gateway.max_sessions_per_deployment"
     assert "default.gw" in rpc_error(r)["message"]
