@@ -1,0 +1,59 @@
+"""Each benchmark in smoke mode through its real entry point, benchmarks/run: it must run, measure both sides and
+say which goals it checks. No figure is asserted against a goal here (timings belong in benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+RUN = ROOT / "benchmarks" / "run"
+
+
+def smoke(name: str) -> dict:
+    result = subprocess.run(["bash", str(RUN), name, "--smoke", "--json"], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    assert result.returncode == 0, f"benchmarks/run {name} failed:\n{result.stderr[-6000:]}"
+    report = json.loads(result.stdout)
+    assert report["smoke"] is True and report["failed"] == []
+    assert set(report["results"]) == {name}
+    tables = report["results"][name]["tables"]
+    assert tables, f"{name} printed no table"
+    for table in tables:
+        assert table["rows"], table["title"]
+        for row in table["rows"]:
+            assert row["ours"] is not None, (table["title"], row)
+    return report
+
+
+def rows(report: dict, name: str) -> dict[str, dict]:
+    return {f"{t['title']} / {r['metric']}": r for t in report["results"][name]["tables"] for r in t["rows"]}
+
+
+def test_packaging_smoke():
+    report = smoke("packaging")
+    by_metric = {r["metric"]: r for r in rows(report, "packaging").values()}
+    assert by_metric["same sha256 on two runs"]["ours"] == 1.0
+    assert by_metric["throughput"]["baseline"] > 0 and by_metric["throughput"]["goal"] == "≥ 0.8×"
+
+
+def test_unknown_benchmark_is_a_clear_error():
+    result = subprocess.run(["bash", str(RUN), "nope"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "unknown benchmark nope; choose from packaging, gateway" in result.stderr
+
+
+def test_docs_sections_are_replaced_in_place(tmp_path):
+    from benchmarks.__main__ import write_docs
+
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# B\n\n<!-- results -->\n<!-- bench:gateway -->\nold\n<!-- /bench:gateway -->\n"
+                    "<!-- /results -->\n\n## Analysis\nhand-written\n")
+    write_docs({"gateway": "<!-- bench:gateway -->\nnew\n<!-- /bench:gateway -->",
+                "stdio": "<!-- bench:stdio -->\ns\n<!-- /bench:stdio -->"}, path)
+    text = path.read_text()
+    assert "old" not in text and "new" in text and text.index("s\n<!-- /bench:stdio") < text.index("<!-- /results")
+    assert text.endswith("## Analysis\nhand-written\n")
