@@ -520,7 +520,11 @@ class ContainerBuilder(Builder):
 
     async def _prune_images(self, ref: DeploymentRef, log: LogSink, *, keep_tag: str) -> None:
         """Keep the newest ``keep_images`` app images of the deployment; one still in use stays."""
-        images = await self.call(self.engine.images, self.labels_for(ref))
+        try:
+            images = await self.call(self.engine.images, self.labels_for(ref))
+        except MCPAgentCloudError as exc:  # housekeeping: the build stands, a later deploy prunes
+            await emit(log, f"old images not pruned this time: {exc.message}")
+            return
         apps = sorted((i for i in images if f"{LABEL}.version" in i.labels),
                       key=lambda i: int(i.labels[f"{LABEL}.version"]), reverse=True)
         for image in apps[self.config.keep_images:]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from mcp_agent_cloud.plugins.engine import (
 )
 
 DEFAULT_HOST = "unix:///run/podman/podman.sock"
+READ_RETRIES = 4
 CPU_PERIOD = 100_000  # microseconds; quota = nano_cpus * period / 1e9
 
 
@@ -69,11 +71,18 @@ class PodmanEngine(Engine):
 
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (), missing_ok: bool = False, **kwargs):
         """One libpod request; its APIResponse, or None when the object is missing and that is fine."""
-        try:
-            response = getattr(self.api, method)(path, **kwargs)
-        except self.errors.APIError as exc:  # the socket does not answer
-            raise EngineError(f"{exc}: {getattr(exc, 'explanation', '') or 'the Podman service does not answer'}"
-                              ) from None
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                response = getattr(self.api, method)(path, **kwargs)
+            except self.errors.APIError as exc:  # the socket does not answer
+                raise EngineError(f"{exc}: {getattr(exc, 'explanation', '') or 'the Podman service does not answer'}"
+                                  ) from None
+            # Podman's storage gives no consistent snapshot: a read that meets an image being removed elsewhere
+            # fails with 500 "image not known" (containers/podman#24800). Reads are safe to repeat.
+            if not (method == "get" and response.status_code == 500 and attempt < READ_RETRIES
+                    and "not known" in self._message(response)):
+                break
+            time.sleep(0.1 * (attempt + 1))
         if response.status_code in ok:
             return response
         if response.status_code == 404 and missing_ok:

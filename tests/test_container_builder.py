@@ -10,7 +10,7 @@ from mcp_agent_cloud.errors import BuildError, ValidationFailed
 from mcp_agent_cloud.hookspecs.types import PluginContext
 from mcp_agent_cloud.plugins.container import npm_command, npm_name, parse_size
 from mcp_agent_cloud.plugins.docker_builder import DockerBuilder, DockerConfig, build_stream, stats_from_api
-from mcp_agent_cloud.plugins.engine import EngineBuildError
+from mcp_agent_cloud.plugins.engine import EngineBuildError, EngineError
 from mcp_agent_cloud.plugins.process import ProcessBuilder, ProcessConfig
 
 
@@ -111,3 +111,41 @@ def test_platform_id_is_per_data_dir(tmp_path):
     a, b = builder(tmp_path / "a"), builder(tmp_path / "b")
     assert a.platform_id != b.platform_id and a.network_name == f"mcpac-{a.platform_id}"
     assert builder(tmp_path / "a", network="custom").network_name == "custom"
+
+
+def test_podman_reads_retry_a_storage_race_but_writes_do_not():
+    # Podman's image store has no consistent snapshot: a GET that meets a removal elsewhere answers 500
+    # "image not known" (containers/podman#24800). Reads repeat; a failed write is reported at once.
+    pytest.importorskip("podman")
+    from mcp_agent_cloud.plugins.podman_builder import READ_RETRIES, PodmanEngine
+
+    class Response:
+        def __init__(self, status, message=""):
+            self.status_code, self.message = status, message
+
+        def json(self):
+            return {"message": self.message}
+
+    class Api:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), 0
+
+        def _next(self, path, **kwargs):
+            self.calls += 1
+            return self.answers.pop(0)
+
+        get = post = _next
+
+    race = Response(500, 'reading image "f63d": locating image with ID "f63d": image not known')
+    engine = PodmanEngine.__new__(PodmanEngine)
+    engine.errors = type("errors", (), {"APIError": OSError})
+    engine.api = Api([race, race, Response(200)])
+    assert engine._call("get", "/images/json").status_code == 200 and engine.api.calls == 3
+    engine.api = Api([race] * (READ_RETRIES + 1))
+    with pytest.raises(EngineError, match="image not known"):
+        engine._call("get", "/images/json")
+    assert engine.api.calls == READ_RETRIES + 1
+    engine.api = Api([race, Response(200)])
+    with pytest.raises(EngineError, match="image not known"):
+        engine._call("post", "/images/x/tag")
+    assert engine.api.calls == 1
