@@ -114,6 +114,16 @@ class PlatformProcess:
             headers["Authorization"] = f"Bearer {token}"
         return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
 
+    def instance(self, name: str) -> dict:
+        """The serving version's instance record of deployment ``name``: its own ``url`` (no gateway, no auth)
+        and the builder's ``data`` (a process instance's ``pid``, a container's id)."""
+        response = self.api("GET", f"/api/v1/deployments/{name}/versions")
+        response.raise_for_status()
+        serving = [v["instance"] for v in response.json()["versions"] if v["status"] == "serving"]
+        if not serving or not serving[0]:
+            raise AssertionError(f"deployment {name} has no serving instance: {response.text[:500]}")
+        return serving[0]
+
 
 async def call_tool(url: str, token: str | None, tool: str, arguments: dict) -> str:
     """Call a tool with the real mcp SDK client over Streamable HTTP; returns the text of the result."""
@@ -135,6 +145,31 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments) of a file such as scripts/engines.sh's .tools/engines/env; {} if none."""
+    values: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.lstrip().startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def engine_answers(host: str, timeout: float = 5) -> bool:
+    """Whether the Docker-API engine (Docker or Podman's service) at ``unix://PATH`` answers ``/_ping``."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(host.removeprefix("unix://"))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            return b" 200 " in s.recv(200)
+    except OSError:
+        return False
 
 
 def die_with_parent() -> None:

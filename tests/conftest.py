@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ import httpx
 import pytest
 
 from mcp_agent_cloud.testing import (  # noqa: F401 (re-exported: tests import them from here)
-    BIN, CLI, ComponentMissing, PlatformProcess, TemporalDevServer, call_tool, die_with_parent, free_port, wait_for)
+    BIN, CLI, ComponentMissing, PlatformProcess, TemporalDevServer, call_tool, die_with_parent, engine_answers, free_port,
+    read_env_file, wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_TOOLS = ROOT / ".tools" / "node" / "node_modules"
@@ -202,29 +202,12 @@ class ContainerEngine:
         return podman.PodmanClient(base_url=self.host)
 
 
-def _engine_answers(host: str) -> bool:
-    path = host.removeprefix("unix://")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(path)
-            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
-            return b" 200 " in s.recv(200)
-    except OSError:
-        return False
-
-
 def container_engine(name: str) -> ContainerEngine:
     """The engine, or a skip with the reason (a failure under CI, which must run these tests)."""
-    values = {}
-    if ENGINES_ENV.is_file():
-        for line in ENGINES_ENV.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.startswith("#"):
-                values[key.strip()] = value.strip()
+    values = read_env_file(ENGINES_ENV)
     host = values.get("MCPAC_DOCKER_HOST" if name == "docker" else "MCPAC_PODMAN_SOCKET")
     base = values.get("MCPAC_BASE_IMAGE" if name == "docker" else "MCPAC_PODMAN_BASE_IMAGE")
-    if not host or not base or not _engine_answers(host):
+    if not host or not base or not engine_answers(host):
         where = "has no address for it" if not host else f"names {host}, which does not answer"
         reason = (f"the {name} engine is not running ({ENGINES_ENV} {where}): run scripts/engines.sh "
                   "(as root on Debian 12)")

@@ -239,8 +239,6 @@ def test_origin_is_checked_and_cors_only_for_allowed_origins(gw):
 
 
 def test_sdk_client_end_to_end_with_gateway_session_ids(gw):
-    from tests.e2e.test_lifecycle_edges import serving_instance_url
-
     from mcp_agent_cloud.client import mcp_client
 
     url = endpoint(gw)
@@ -259,7 +257,7 @@ def test_sdk_client_end_to_end_with_gateway_session_ids(gw):
     token = new_token(gw, "rewrite")
     sid = open_session(url, token)
     assert text_of(call(url, token, sid, "greet", {"name": "a"})) == "Hello, a!"
-    upstream = serving_instance_url(gw, "gw")
+    upstream = gw.instance("gw")["url"]
     direct = post(upstream, None, request("tools/list"), sid=sid)
     assert direct.status_code == 404
     assert post(url, token, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, sid=sid).status_code == 200

@@ -113,10 +113,8 @@ def test_stdio_server_from_pypi(platform):
 
 
 def test_remote_http_server(platform):
-    from tests.e2e.test_lifecycle_edges import serving_instance_url
-
     deploy_hello(platform)
-    upstream = serving_instance_url(platform, "hello")
+    upstream = platform.instance("hello")["url"]
     # Loopback (where every instance listens, without auth) is refused unless the operator allows it.
     refused = platform.cli("deploy", "server", "mirror", "--url", upstream)
     assert refused.returncode == 1 and "private, loopback or link-local" in refused.stderr
@@ -127,7 +125,7 @@ def test_remote_http_server(platform):
     platform.config_path.write_text(platform.config_path.read_text() + "remote: {allow_hosts: [127.0.0.1]}\n")
     platform.start()
     wait_for(lambda: platform.cli_json("status", "hello")["serving_version"] == 1, timeout=90, what="hello back")
-    upstream = serving_instance_url(platform, "hello")
+    upstream = platform.instance("hello")["url"]
     result = platform.cli_json("deploy", "server", "mirror", "--url", upstream)
     assert result["status"] == "running" and "greet" in result["tools"]
     text = anyio.run(call_tool, result["endpoint"], platform.token, "add", {"a": 2, "b": 3})

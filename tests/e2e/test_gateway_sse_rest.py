@@ -20,7 +20,6 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import PlatformProcess, wait_for
-from tests.e2e.test_lifecycle_edges import serving_instance_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -133,7 +132,7 @@ def refusal(r: httpx.Response, status: int, kind: str, code: int | None = None) 
 
 def upstream_session_alive(platform: PlatformProcess, name: str, session_id: str) -> bool:
     """Ask the instance itself (behind the gateway) whether it still knows an MCP session."""
-    r = httpx.post(serving_instance_url(platform, name), timeout=30, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+    r = httpx.post(platform.instance(name)["url"], timeout=30, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                    headers={"Accept": ACCEPT, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"})
     return r.status_code != 404
 
@@ -378,7 +377,7 @@ def test_rest_reuses_one_upstream_session_per_token(gw):
     assert anyio.run(many) == {first}
 
     # When the upstream drops the session (as its idle timeout would), the next call opens a new one.
-    r = httpx.delete(serving_instance_url(gw, "probe"), headers={"Mcp-Session-Id": first, "Accept": ACCEPT,
+    r = httpx.delete(gw.instance("probe")["url"], headers={"Mcp-Session-Id": first, "Accept": ACCEPT,
                                                                    "MCP-Protocol-Version": "2025-11-25"})
     assert r.status_code in (200, 204), r.text
     second = upstream_sid()

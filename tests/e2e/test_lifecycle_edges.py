@@ -130,7 +130,7 @@ def test_rollback_across_kinds(tmp_path, shared_envs, slow_app):
     p.start()
     try:
         other.cli_json("deploy", "app", str(slow_app), "--name", "up", "--env", "TAG=remote")
-        url = serving_instance_url(other, "up")
+        url = other.instance("up")["url"]
         p.cli_json("deploy", "app", str(slow_app), "--name", "kinds", "--env", "TAG=app")
         assert p.cli_json("deploy", "server", "kinds", "--url", url)["version"] == 2
         assert tag(p, "kinds") == "remote"
@@ -144,18 +144,6 @@ def test_rollback_across_kinds(tmp_path, shared_envs, slow_app):
     finally:
         p.stop()
         other.stop()
-
-
-def serving_instance_url(platform, name: str) -> str:
-    import sqlite3
-
-    db = sqlite3.connect(platform.root / "data" / "registry.db")
-    try:
-        (raw,) = db.execute("select v.instance from versions v join deployments d on d.id = v.deployment_id "
-                            "where d.name = ? and v.status = 'serving'", (name,)).fetchone()
-    finally:
-        db.close()
-    return json.loads(raw)["url"]
 
 
 def test_restart_that_never_gets_healthy_is_retried_and_leaves_nothing_behind(tmp_path, shared_envs, slow_app):
