@@ -114,6 +114,18 @@ class Table:
         return "\n".join(out)
 
 
+def copy_app(src: Path, dest: Path) -> Path:
+    """A scratch copy of an example app, so a benchmark may edit it (and no cached data dir comes along)."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", ".mcpac-data"), dirs_exist_ok=True)
+    return dest
+
+
+def instance(p, name: str) -> tuple[str, int]:
+    """The own URL and the pid of the process instance serving deployment ``name`` on platform ``p``."""
+    record = p.instance(name)
+    return record["url"], int(record["data"]["pid"])
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "n/a"

@@ -57,3 +57,47 @@ def test_docs_sections_are_replaced_in_place(tmp_path):
     text = path.read_text()
     assert "old" not in text and "new" in text and text.index("s\n<!-- /bench:stdio") < text.index("<!-- /results")
     assert text.endswith("## Analysis\nhand-written\n")
+
+
+@pytest.mark.network  # mcp-proxy from PyPI and supergateway from npm, installed pinned under .tools/bench
+def test_stdio_smoke():
+    report = smoke("stdio")
+    titles = [t["title"] for t in report["results"]["stdio"]["tables"]]
+    assert any("mcp-proxy" in t for t in titles) and any("supergateway" in t for t in titles), titles
+
+
+def test_gateway_smoke():
+    report = smoke("gateway")
+    by_metric = rows(report, "gateway")
+    assert len(report["results"]["gateway"]["tables"]) == 2  # mode auto and legacy
+    failed = [r for k, r in by_metric.items() if k.endswith("/ failed calls")]
+    assert failed and all(r["ours"] == 0 and r["baseline"] == 0 for r in failed), failed
+    assert all(r["baseline"] for k, r in by_metric.items() if "latency p50" in k)
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("engines")
+def test_deploy_smoke():
+    report = smoke("deploy")
+    summary = report["results"]["deploy"]["tables"][0]
+    assert {r["metric"].split(":")[0] for r in summary["rows"]} == {"process", "docker"}
+    assert all(r["baseline"] for r in summary["rows"]), summary  # the by-hand side ran too
+
+
+@pytest.mark.temporal
+def test_workflows_smoke():
+    report = smoke("workflows")
+    tables = report["results"]["workflows"]["tables"]
+    assert [("asyncio" in t["title"], "Temporal" in t["title"]) for t in tables] == [(True, False), (False, True)]
+    for t in tables:
+        starts = next(r for r in t["rows"] if r["metric"] == "run starts per second")
+        assert starts["ours"] > 0 and starts["baseline"] > 0
+        assert next(r for r in t["rows"] if r["metric"].startswith("failed calls"))["ours"] == 0
+
+
+def test_scale_smoke():
+    report = smoke("scale")
+    by_metric = {r["metric"]: r for r in rows(report, "scale").values()}
+    assert by_metric["sessions open"]["ours"] == by_metric["sessions open"]["baseline"] == 20
+    assert by_metric["errors (open, streams, the tools/call probe)"]["ours"] == 0
+    assert by_metric["failed deploys"]["ours"] == 0 and by_metric["deployments running"]["ours"] == 3
