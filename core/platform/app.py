@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -203,8 +203,10 @@ class Endpoint:
 
 
 def build_app(platform: Platform) -> Starlette:
-    http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-                             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+    # One pool of upstream connections for the gateway and its bridge (the mcp SDK's httpx2, as its transports
+    # take it). No read timeout: GET streams are long-lived, and request timeouts are applied per request.
+    http = httpx2.AsyncClient(timeout=httpx2.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                              limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
 
     async def healthz(request: Request) -> Response:
         if not platform.started:

@@ -72,10 +72,9 @@ class Bridge:
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
-        # Upstream connections are pooled on one client. No read timeout: upstream GET streams are long-lived,
-        # and request timeouts are applied per request (SSE: by the client; REST: gateway.request_timeout).
-        self.http = httpx2.AsyncClient(timeout=httpx2.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-                                       limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        # The gateway's pool of upstream connections (the app closes it); request timeouts are per request (SSE:
+        # by the client; REST: gateway.request_timeout).
+        self.http = gateway.http
         self._transports: dict[str, SseServerTransport] = {}
         self.pool = RestPool(self.http, gateway)
         self.routes = [
@@ -94,7 +93,6 @@ class Bridge:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
-        await self.http.aclose()
 
     def stream_transport(self, name: str) -> SseServerTransport:
         """The SDK transport for an SSE stream the gateway just accepted: one per spelling of the deployment name
