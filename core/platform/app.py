@@ -203,10 +203,11 @@ class Endpoint:
 
 
 def build_app(platform: Platform) -> Starlette:
-    # One pool of upstream connections for the gateway and its bridge (the mcp SDK's httpx2, as its transports
-    # take it). No read timeout: GET streams are long-lived, and request timeouts are applied per request.
+    # The mcp SDK's client (httpx2) for the bridge's upstream sessions and the gateway's control requests (the
+    # gateway's byte relay has a pool of its own). No read timeout and no cap on connections: GET streams are
+    # long-lived and hold one each; request timeouts are applied per request.
     http = httpx2.AsyncClient(timeout=httpx2.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-                              limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+                              limits=httpx2.Limits(max_connections=None, max_keepalive_connections=100))
 
     async def healthz(request: Request) -> Response:
         if not platform.started:

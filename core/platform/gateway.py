@@ -342,7 +342,10 @@ class Gateway:
         self.http = http  # the SDK's client (httpx2), shared with the bridge: control requests and SDK sessions
         # The byte relay goes straight to httpcore2 (the pool under httpx2): httpx2's request and response models,
         # cookies and redirects were a fifth of the gateway's CPU per call, and the relay needs none of them.
-        self.relay_pool = httpcore2.AsyncConnectionPool(max_connections=1000, max_keepalive_connections=100)
+        # No cap on connections: each upstream connection serves one client request, and a standing GET stream
+        # holds its connection for as long as it stays open (with a cap of N, the N+1st stream made every call
+        # wait for a PoolTimeout).
+        self.relay_pool = httpcore2.AsyncConnectionPool(max_connections=None, max_keepalive_connections=100)
         self.sessions: dict[str, Session] = {}
         # key -> (instance object, its id). Holding the object means a new Instance is never mistaken for it.
         self._instances: dict[str, tuple[Any, str]] = {}
