@@ -106,8 +106,8 @@ class Table:
 
     def markdown(self) -> str:
         head, body = self._cells()
-        out = [f"**{self.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        cells = lambda row: "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"  # noqa: E731
+        out = [f"**{self.title}**", "", cells(head), "|" + "---|" * len(head), *map(cells, body)]
         notes = self.notes + [f"{r.metric}: {r.note}" for r in self.rows if r.note]
         if notes:
             out += [""] + [f"- {n}" for n in notes]

@@ -59,6 +59,16 @@ def test_docs_sections_are_replaced_in_place(tmp_path):
     assert text.endswith("## Analysis\nhand-written\n")
 
 
+def test_markdown_tables_escape_pipes_in_every_cell():
+    from benchmarks.common import Row, Table
+
+    text = Table("t", "ours | x", "tar | gzip -1", [Row("a | b", "s", 1.0, 2.0)]).markdown()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    # every line of the table has the same number of unescaped separators as the header
+    counts = {line.replace("\\|", "").count("|") for line in lines}
+    assert len(counts) == 1 and "tar \\| gzip -1" in lines[0] and "a \\| b" in lines[2]
+
+
 @pytest.mark.network  # mcp-proxy from PyPI and supergateway from npm, installed pinned under .tools/bench
 def test_stdio_smoke():
     report = smoke("stdio")
