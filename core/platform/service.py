@@ -762,14 +762,13 @@ class Platform:
         return env
 
     async def _health(self, builder, instance: Instance) -> list[str]:
-        alive = None
-        if builder is not None:
-            async def alive() -> bool:
-                try:
-                    return await builder.is_alive(instance)
-                except NotImplementedError:
-                    return True
-        return await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout, alive=alive)
+        async def alive() -> bool:
+            try:
+                return await builder.is_alive(instance)
+            except NotImplementedError:
+                return True
+        return await mcp_health_check(instance.url, timeout=self.config.limits.health_timeout,
+                                      alive=alive if builder is not None else None)
 
     async def _switch(self, record: DeploymentRecord, version: int, artifact: Artifact | None, instance: Instance,
                       builder) -> None:
