@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpcore2
 import httpx2
 from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 from starlette.requests import Request
@@ -46,6 +45,8 @@ from ..runtime.jsonrpc_errors import (
     session_not_found,
     unsupported_version,
 )
+from .upstream import Response as UpstreamResponse
+from .upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("mcp_agent_cloud.gateway")
 
@@ -57,11 +58,6 @@ VERSION_HEADER = "mcp-protocol-version"
 _HOP = {h.encode() for h in HOP_HEADERS}
 _NOT_FORWARDED = _HOP | {SESSION_HEADER.encode(), b"accept-encoding"}
 _NOT_RETURNED = _HOP | {SESSION_HEADER.encode()}
-# httpcore2's errors have no common base class.
-UPSTREAM_ERRORS = (httpcore2.NetworkError, httpcore2.TimeoutException, httpcore2.ProtocolError,
-                   httpcore2.UnsupportedProtocol)
-# No read timeout: GET streams are long-lived; a POST's answer is bounded by gateway.request_timeout.
-RELAY_TIMEOUTS = {"timeout": {"connect": 5.0, "read": None, "write": 60.0, "pool": 10.0}}
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
@@ -340,12 +336,10 @@ class Gateway:
         self.platform = platform
         self._config = config
         self.http = http  # the SDK's client (httpx2), shared with the bridge: control requests and SDK sessions
-        # The byte relay goes straight to httpcore2 (the pool under httpx2): httpx2's request and response models,
-        # cookies and redirects were a fifth of the gateway's CPU per call, and the relay needs none of them.
-        # No cap on connections: each upstream connection serves one client request, and a standing GET stream
-        # holds its connection for as long as it stays open (with a cap of N, the N+1st stream made every call
-        # wait for a PoolTimeout).
-        self.relay_pool = httpcore2.AsyncConnectionPool(max_connections=None, max_keepalive_connections=100)
+        # The byte relay has a client of its own (upstream.py): httpx2's models and its pure-Python HTTP parsing
+        # were most of the gateway's CPU per call, and the relay needs neither. No read timeout (GET streams are
+        # long-lived; a POST's answer is bounded by gateway.request_timeout) and no cap on connections.
+        self.relay_pool = UpstreamPool()
         self.sessions: dict[str, Session] = {}
         # key -> (instance object, its id). Holding the object means a new Instance is never mistaken for it.
         self._instances: dict[str, tuple[Any, str]] = {}
@@ -532,8 +526,9 @@ class Gateway:
 
     def routes(self) -> list[Route]:
         methods = ["GET", "POST", "DELETE"]
-        return [Route("/servers/{name}/mcp", self.handle, methods=methods),
-                Route("/servers/{name}/mcp/", self.handle, methods=methods)]
+        endpoint = _Endpoint(self)
+        return [Route("/servers/{name}/mcp", endpoint, methods=methods),
+                Route("/servers/{name}/mcp/", endpoint, methods=methods)]
 
     async def handle(self, request: Request) -> Response:
         """MCP Streamable HTTP endpoint of a deployment (POST messages, GET stream, DELETE session)."""
@@ -622,43 +617,40 @@ class Gateway:
                                             headers=headers)
                 await resp.aclose()
 
-    def _upstream_request(self, request: Request, target: Target, session: Session | None,
-                          body: bytes) -> httpcore2.Request:
-        scheme, host, port, path, netloc = _split_url(target.url)
-        query = request.scope.get("query_string", b"")
+    def _upstream_headers(self, request: Request, target: Target, session: Session | None,
+                          body: bytes) -> list[tuple[bytes, bytes]]:
         # ASGI header names are lower case already.
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _NOT_FORWARDED]
-        headers.append((b"host", netloc))
+        headers.append((b"host", _netloc(target.url)))
         if session is not None and session.upstream_id:
             headers.append((SESSION_HEADER.encode(), session.upstream_id.encode()))
         # Uncompressed, so the relay can see SSE event boundaries and pass the bytes on unchanged.
         headers.append((b"accept-encoding", b"identity"))
         if request.method == "POST":
             headers.append((b"content-length", b"%d" % len(body)))
-        return httpcore2.Request(request.method.encode(), httpcore2.URL(
-            scheme=scheme, host=host, port=port, target=path + b"?" + query if query else path),
-            headers=headers, content=body if request.method == "POST" else b"", extensions=RELAY_TIMEOUTS)
+        return headers
 
     async def _forward(self, request: Request, target: Target, identity: Identity, session: Session | None,
                        reserved: Session | None, body: bytes, ids: list[Any]) -> Response:
-        upstream = self._upstream_request(request, target, session, body)
+        headers = self._upstream_headers(request, target, session, body)
         timeout = self._config.request_timeout
         started = time.monotonic()
         try:
-            with anyio.fail_after(timeout):
-                resp = await self.relay_pool.handle_async_request(upstream)
+            async with asyncio.timeout(timeout):  # the relay client is plain asyncio
+                resp = await self.relay_pool.request(request.method.encode(), target.url, headers,
+                                                     body if request.method == "POST" else b"",
+                                                     request.scope.get("query_string", b""))
         except TimeoutError:
             self.cancel_upstream(session, ids)
             timed_out = RequestTimedOut(target.key, timeout)
             return _batch_response(timed_out.status, [timed_out.error_object(i) for i in ids or [None]])
-        except UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             error = f"{target.key} did not answer: {type(exc).__name__}: {exc}"
             return _batch_response(502, [error_object(UPSTREAM_FAILED, error, i, {"deployment": target.key})
                                          for i in ids or [None]])
 
         upstream_sid = content_type = None
         for k, v in resp.headers:
-            k = k.lower()
             if k == b"mcp-session-id":
                 upstream_sid = v.decode("latin-1")
             elif k == b"content-type":
@@ -691,7 +683,7 @@ class Gateway:
         else:
             sid = None
 
-        headers = [(k, v) for k, v in resp.headers if k.lower() not in _NOT_RETURNED]
+        headers = [(k, v) for k, v in resp.headers if k not in _NOT_RETURNED]
         if sid is not None and (upstream_sid or session is not None):
             headers.append((SESSION_HEADER.encode(), sid.encode()))
         streamed = (content_type or b"").lower().startswith(b"text/event-stream")
@@ -700,10 +692,21 @@ class Gateway:
 
 
 @functools.lru_cache(maxsize=1024)
-def _split_url(url: str) -> tuple[bytes, bytes, int | None, bytes, bytes]:
-    """An instance URL as httpcore2 wants it (scheme, host, port, path), and its Host header."""
-    u = urlsplit(url)
-    return u.scheme.encode(), (u.hostname or "").encode(), u.port, (u.path or "/").encode(), u.netloc.encode()
+def _netloc(url: str) -> bytes:
+    """The Host header for an instance URL."""
+    return urlsplit(url).netloc.encode()
+
+
+class _Endpoint:
+    """``Gateway.handle`` as a raw ASGI app: Starlette wraps a request handler in a layer that every ``send`` of a
+    relayed stream goes through. ``handle`` answers its errors itself; anything unexpected still gets the 500."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope, receive, send) -> None:
+        response = await self.gateway.handle(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 class NotServing(MCPAgentCloudError):
@@ -766,7 +769,7 @@ class _Relay:
     for each request still unanswered: when it outlives gateway.request_timeout (the requests are then cancelled
     upstream), or when the upstream connection breaks (an instance that crashed)."""
 
-    def __init__(self, gateway: Gateway, target: Target, resp: httpcore2.Response, headers: list[tuple[bytes, bytes]],
+    def __init__(self, gateway: Gateway, target: Target, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
                  session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any]) -> None:
         self.gateway = gateway
         self.target = target
@@ -778,21 +781,33 @@ class _Relay:
         self.ids = ids
 
     async def __call__(self, scope, receive, send) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    tg.cancel_scope.cancel()
+        # The client going away ends the relay, and with it the upstream response. Plain asyncio (the relay's own
+        # code has no anyio scopes): an anyio task group per response was a tenth of the gateway's CPU per call.
+        relay = asyncio.current_task()
+        streaming = True
+        gone = False
 
-                tg.start_soon(watch_disconnect)
-                await self._stream(send)
-                tg.cancel_scope.cancel()
-        except* OSError:
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if streaming:
+                gone = True
+                relay.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+        try:
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            relay.uncancel()
+        except OSError:
             pass  # the client went away while we were sending
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(*UPSTREAM_ERRORS):
-                await self.resp.aclose()
+            streaming = False  # before any await: the watcher must not cancel the task once the relay is done
+            watcher.cancel()
+            await self.resp.aclose()
             self.gateway._release(self.session, self.reserved)
 
     async def _stream(self, send) -> None:
@@ -800,20 +815,24 @@ class _Relay:
         # Only a POST's SSE answer has a deadline, and only it is cut at event boundaries.
         splitter = _SSESplitter() if self.deadline is not None else None
         broken: Exception | None = None
-        delay = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-        with anyio.move_on_after(delay) as scope:
-            try:
-                async for chunk in self.resp.aiter_stream():
-                    whole = splitter.feed(chunk) if splitter is not None else chunk
-                    if whole:
-                        await send({"type": "http.response.body", "body": whole, "more_body": True})
-            except UPSTREAM_ERRORS as exc:
-                broken = exc
-                log.info("the upstream stream of %s broke: %s: %s", self.target.key, type(exc).__name__, exc)
+        deadline = asyncio.timeout(None if self.deadline is None else max(0.0, self.deadline - time.monotonic()))
+        try:
+            async with deadline:
+                try:
+                    async for chunk in self.resp.aiter_stream():
+                        whole = splitter.feed(chunk) if splitter is not None else chunk
+                        if whole:
+                            await send({"type": "http.response.body", "body": whole, "more_body": True})
+                except UpstreamError as exc:
+                    broken = exc
+                    log.info("the upstream stream of %s broke: %s: %s", self.target.key, type(exc).__name__, exc)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
         tail = b""
         if splitter is not None:
             unanswered = [i for i in self.ids if json.dumps(i) not in splitter.answered]
-            if scope.cancelled_caught:
+            if deadline.expired():
                 self.gateway.cancel_upstream(self.session, unanswered)
                 timed_out = RequestTimedOut(self.target.key, self.gateway.config.request_timeout)
                 tail = _events(timed_out.error_object(i) for i in unanswered)
