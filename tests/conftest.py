@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from mcp_agent_cloud.testing import (  # noqa: F401 (re-exported: tests import them from here)
     BIN, CLI, ComponentMissing, PlatformProcess, TemporalDevServer, call_tool, die_with_parent, engine_answers, free_port,
-    read_env_file, wait_for)
+    read_env_file, stop_process, wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_TOOLS = ROOT / ".tools" / "node" / "node_modules"
@@ -122,14 +121,7 @@ class OpenBao:
         raise RuntimeError(f"OpenBao not healthy in {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc)
 
     def client(self, token: str | None = None):
         import hvac
