@@ -79,6 +79,10 @@ APP_PYTHON = "/opt/venv/bin/python"
 ADAPTER_PYTHON = "/opt/mcpac/venv/bin/python"
 PATH_ENV = "/opt/venv/bin:/opt/node/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _IPTABLES_LOCK = threading.Lock()
+# With restart_policy on-failure the engine restarts a failed container itself; podman shows it exited for a moment
+# first (docker says "restarting"). The supervisor waits this long before it takes the exit for its own to handle.
+ENGINE_RESTART_GRACE = 5.0
+WAIT_POLL = 0.5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -698,13 +702,18 @@ class ContainerBuilder(Builder):
 
     async def wait(self, instance: Instance) -> int:
         cid = instance.data["container"]
+        exited_at = None
         while True:
             info = await self.call(self.engine.inspect, cid)
             if info is None:
                 return -1
             if info.status in ("exited", "dead"):
-                break
-            await asyncio.sleep(0.5)
+                exited_at = exited_at or time.monotonic()
+                if not (self._engine_restarts(info) and time.monotonic() - exited_at < ENGINE_RESTART_GRACE):
+                    break
+            else:
+                exited_at = None
+            await asyncio.sleep(WAIT_POLL)
         code = info.exit_code if info.exit_code is not None else -1
         note = None
         if info.oom_killed:
@@ -720,6 +729,11 @@ class ContainerBuilder(Builder):
             await asyncio.to_thread(follower.join, 5)
         await self.call(self.engine.remove, cid)
         return code
+
+    def _engine_restarts(self, info: ContainerInfo) -> bool:
+        """The engine will restart this exited container by its restart policy (a failure, retries left)."""
+        return (self.config.restart_policy == "on-failure" and info.status == "exited"
+                and info.exit_code not in (0, None) and info.restart_count < self.config.max_restarts)
 
     def _limit_text(self, instance: Instance) -> str:
         return str((instance.data.get("limits") or {}).get("memory") or self.config.limits.memory)

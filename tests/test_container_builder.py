@@ -149,3 +149,51 @@ def test_podman_reads_retry_a_storage_race_but_writes_do_not():
     with pytest.raises(EngineError, match="image not known"):
         engine._call("post", "/images/x/tag")
     assert engine.api.calls == 1
+
+
+def test_wait_gives_the_engine_its_restart_but_not_forever(tmp_path, monkeypatch):
+    # restart_policy on-failure: podman shows a crashed container "exited" before it restarts it. The supervisor's
+    # wait must not take that moment for an exit of its own to handle (it would replace the container), but an
+    # exit the engine will not restart (a clean one, retries used up, no policy) ends the wait.
+    import anyio
+
+    from mcp_agent_cloud.hookspecs.types import DeploymentRef, Instance
+    from mcp_agent_cloud.plugins import container
+    from mcp_agent_cloud.plugins.engine import ContainerInfo
+
+    monkeypatch.setattr(container, "WAIT_POLL", 0.01)
+
+    class Engine:
+        def __init__(self, states):
+            self.states, self.removed = list(states), []
+
+        def inspect(self, cid, port=None):
+            status, code, restarts = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+            return ContainerInfo(id=cid, name="c", status=status, labels={}, exit_code=code, restart_count=restarts)
+
+        def remove(self, cid):
+            self.removed.append(cid)
+
+    def waiting(states, **config):
+        b = builder(tmp_path, **config)
+        b._engine = Engine(states)
+        instance = Instance(builder="docker", deployment=DeploymentRef(id="d", org="o", name="n"), version=1,
+                            url="http://127.0.0.1:1/mcp", data={"container": "c1"})
+        return b, instance
+
+    # the engine restarts it: the wait goes on through the exited moment, and ends at the next, final exit
+    b, instance = waiting([("running", None, 0), ("exited", 3, 0), ("exited", 3, 0), ("running", None, 1),
+                           ("exited", 0, 1)], restart_policy="on-failure", max_restarts=2)
+    assert anyio.run(b.wait, instance) == 0 and b._engine.removed == ["c1"]
+    assert b._engine.states == [("exited", 0, 1)]  # every state was seen: it did not stop at the first exit
+
+    # retries used up, or no policy: the first exit ends it
+    for states, config in (([("exited", 3, 2)], {"restart_policy": "on-failure", "max_restarts": 2}),
+                           ([("exited", 3, 0)], {})):
+        b, instance = waiting(states, **config)
+        assert anyio.run(b.wait, instance) == 3
+
+    # an engine that never restarts it after all: the grace ends
+    monkeypatch.setattr(container, "ENGINE_RESTART_GRACE", 0.1)
+    b, instance = waiting([("exited", 3, 0)], restart_policy="on-failure", max_restarts=2)
+    assert anyio.run(b.wait, instance) == 3
