@@ -64,10 +64,6 @@ def ok(body: bytes = b"hi", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%b\r\n%b" % (len(body), extra, body)
 
 
-def host(url: str) -> list[tuple[bytes, bytes]]:
-    return [(b"host", url.split("/")[2].encode())]
-
-
 async def read(response) -> bytes:
     return b"".join([chunk async for chunk in response.aiter_stream()])
 
@@ -79,12 +75,14 @@ async def test_requests_reuse_one_kept_alive_connection_and_send_what_they_are_g
     async with server as url:
         for n in (1, 2, 3):
             body = b'{"n": %d}' % n
-            r = await pool.request(b"POST", url, [*host(url), (b"content-length", b"%d" % len(body))], body,
-                                   query=b"a=1")
+            r = await pool.request(b"POST", url, [(b"x-trace", b"%d" % n)], body, query=b"a=1")
             assert r.status == 200 and (b"mcp-session-id", b"s1") in r.headers  # names come lower case
             assert await read(r) == b"answer %d" % n
         assert server.connections == 1
-        assert server.requests[0].startswith(b"POST /mcp?a=1 HTTP/1.1\r\nhost: 127.0.0.1:")
+        # Host and Content-Length come from the pool, the caller's headers after them
+        port = url.split(":")[2].split("/")[0].encode()
+        assert server.requests[0].startswith(b"POST /mcp?a=1 HTTP/1.1\r\nhost: 127.0.0.1:%b\r\n"
+                                             b"content-length: 8\r\nx-trace: 1\r\n\r\n" % port)
         assert server.requests[2].endswith(b'\r\n\r\n{"n": 3}')
     await pool.aclose()
 
@@ -98,13 +96,13 @@ async def test_a_chunked_body_larger_than_the_high_water_mark_streams_whole(monk
     server = Server(lambda n, req: [head, chunked] if n == 1 else ok())
     pool = UpstreamPool()
     async with server as url:
-        r = await pool.request(b"GET", url, host(url))
+        r = await pool.request(b"GET", url, [])
         got = []
         async for chunk in r.aiter_stream():
             got.append(chunk)
             await asyncio.sleep(0)  # a slow reader
         assert b"".join(got) == b"".join(pieces)
-        r2 = await pool.request(b"GET", url, host(url))  # the paused-and-resumed connection is reused and reads
+        r2 = await pool.request(b"GET", url, [])  # the paused-and-resumed connection is reused and reads
         assert await read(r2) == b"hi" and server.connections == 1
     await pool.aclose()
 
@@ -121,14 +119,14 @@ async def test_a_connection_released_while_reading_was_paused_reads_again(monkey
     server = Server(lambda n, req: head + chunked if n == 1 else ok(b"second"))
     pool = UpstreamPool()
     async with server as url:
-        first = await pool.request(b"GET", url, host(url))
+        first = await pool.request(b"GET", url, [])
         for _ in range(100):
             if first._done:
                 break
             await asyncio.sleep(0.01)
         assert first._done, "the first answer did not arrive in one piece; the test needs it to"
         async with asyncio.timeout(5):
-            assert await read(await pool.request(b"GET", url, host(url))) == b"second"
+            assert await read(await pool.request(b"GET", url, [])) == b"second"
         assert await read(first) == b"".join(pieces) and server.connections == 1
     await pool.aclose()
 
@@ -140,8 +138,8 @@ async def test_a_kept_alive_connection_closed_by_the_instance_is_retried_once_on
     server = Server(lambda n, req: None if n == 2 else ok(b"n%d" % n))
     pool = UpstreamPool()
     async with server as url:
-        assert await read(await pool.request(b"GET", url, host(url))) == b"n1"
-        assert await read(await pool.request(b"GET", url, host(url))) == b"n3"
+        assert await read(await pool.request(b"GET", url, [])) == b"n1"
+        assert await read(await pool.request(b"GET", url, [])) == b"n3"
         assert server.connections == 2 and len(server.requests) == 3
     await pool.aclose()
 
@@ -152,7 +150,7 @@ async def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry
     pool = UpstreamPool()
     async with server as url:
         with pytest.raises(ReadError, match="closed the connection before the response ended"):
-            await pool.request(b"GET", url, host(url))
+            await pool.request(b"GET", url, [])
         assert len(server.requests) == 1
     await pool.aclose()
 
@@ -163,7 +161,7 @@ async def test_a_body_cut_off_midway_raises_and_the_connection_is_not_reused() -
     server = Server(lambda n, req: [head, b"x" * 10, 0.05, b"y" * 5] if n == 1 else None)
     pool = UpstreamPool()
     async with server as url:
-        r = await pool.request(b"GET", url, host(url))
+        r = await pool.request(b"GET", url, [])
         writer = server.writers[0]
         chunks = []
         with pytest.raises(ReadError):
@@ -182,12 +180,12 @@ async def test_closing_a_response_early_closes_its_connection() -> None:
     server = Server(lambda n, req: [head, b"5\r\nfirst\r\n", 5.0] if n == 1 else ok(b"second"))
     pool = UpstreamPool()
     async with server as url:
-        r = await pool.request(b"GET", url, host(url))
+        r = await pool.request(b"GET", url, [])
         async for chunk in r.aiter_stream():
             assert chunk == b"first"
             break
         await r.aclose()
-        assert await read(await pool.request(b"GET", url, host(url))) == b"second"
+        assert await read(await pool.request(b"GET", url, [])) == b"second"
         assert server.connections == 2
     await pool.aclose()
 
@@ -198,12 +196,12 @@ async def test_not_http_is_a_protocol_error_and_refused_is_a_connect_error() -> 
     pool = UpstreamPool()
     async with server as url:
         with pytest.raises(RemoteProtocolError, match="did not answer in HTTP/1.1"):
-            await pool.request(b"GET", url, host(url))
+            await pool.request(b"GET", url, [])
     port = free_port()
     with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}"):
-        await pool.request(b"GET", f"http://127.0.0.1:{port}/mcp", [(b"host", b"x")])
+        await pool.request(b"GET", f"http://127.0.0.1:{port}/mcp", [])
     with pytest.raises(ConnectError, match="plain HTTP"):
-        await pool.request(b"GET", "https://127.0.0.1:1/mcp", [(b"host", b"x")])
+        await pool.request(b"GET", "https://127.0.0.1:1/mcp", [])
     await pool.aclose()
 
 
@@ -214,8 +212,8 @@ async def test_a_cancelled_request_leaves_no_connection_for_the_next_one() -> No
     async with server as url:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
-                await pool.request(b"GET", url, host(url))
+                await pool.request(b"GET", url, [])
         # The late answer of the first request must not be taken for the second's.
-        assert await read(await pool.request(b"GET", url, host(url))) == b"next"
+        assert await read(await pool.request(b"GET", url, [])) == b"next"
         assert server.connections == 2
     await pool.aclose()

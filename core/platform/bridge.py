@@ -72,8 +72,8 @@ class Bridge:
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
-        # The gateway's pool of upstream connections (the app closes it); request timeouts are per request (SSE:
-        # by the client; REST: gateway.request_timeout).
+        # The gateway's httpx2 client (the app closes it); request timeouts are per request (SSE: by the client;
+        # REST: gateway.request_timeout).
         self.http = gateway.http
         self._transports: dict[str, SseServerTransport] = {}
         self.pool = RestPool(self.http, gateway)

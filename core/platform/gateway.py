@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import json
 import logging
@@ -55,9 +54,10 @@ HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
                "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie", "origin"}
 SESSION_HEADER = "mcp-session-id"
 VERSION_HEADER = "mcp-protocol-version"
+_SESSION = SESSION_HEADER.encode()  # the relay works on the ASGI scope's bytes headers
 _HOP = {h.encode() for h in HOP_HEADERS}
-_NOT_FORWARDED = _HOP | {SESSION_HEADER.encode(), b"accept-encoding"}
-_NOT_RETURNED = _HOP | {SESSION_HEADER.encode()}
+_NOT_FORWARDED = _HOP | {_SESSION, b"accept-encoding"}
+_NOT_RETURNED = _HOP | {_SESSION}
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
@@ -617,22 +617,18 @@ class Gateway:
                                             headers=headers)
                 await resp.aclose()
 
-    def _upstream_headers(self, request: Request, target: Target, session: Session | None,
-                          body: bytes) -> list[tuple[bytes, bytes]]:
-        # ASGI header names are lower case already.
+    def _upstream_headers(self, request: Request, session: Session | None) -> list[tuple[bytes, bytes]]:
+        # ASGI header names are lower case already; Host and Content-Length are the relay pool's to add.
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _NOT_FORWARDED]
-        headers.append((b"host", _netloc(target.url)))
         if session is not None and session.upstream_id:
-            headers.append((SESSION_HEADER.encode(), session.upstream_id.encode()))
+            headers.append((_SESSION, session.upstream_id.encode()))
         # Uncompressed, so the relay can see SSE event boundaries and pass the bytes on unchanged.
         headers.append((b"accept-encoding", b"identity"))
-        if request.method == "POST":
-            headers.append((b"content-length", b"%d" % len(body)))
         return headers
 
     async def _forward(self, request: Request, target: Target, identity: Identity, session: Session | None,
                        reserved: Session | None, body: bytes, ids: list[Any]) -> Response:
-        headers = self._upstream_headers(request, target, session, body)
+        headers = self._upstream_headers(request, session)
         timeout = self._config.request_timeout
         started = time.monotonic()
         try:
@@ -645,13 +641,13 @@ class Gateway:
             timed_out = RequestTimedOut(target.key, timeout)
             return _batch_response(timed_out.status, [timed_out.error_object(i) for i in ids or [None]])
         except UpstreamError as exc:
-            error = f"{target.key} did not answer: {type(exc).__name__}: {exc}"
+            error = f"{target.key} did not answer ({type(exc).__name__}: {exc}); {_look_at(target)}"
             return _batch_response(502, [error_object(UPSTREAM_FAILED, error, i, {"deployment": target.key})
                                          for i in ids or [None]])
 
         upstream_sid = content_type = None
         for k, v in resp.headers:
-            if k == b"mcp-session-id":
+            if k == _SESSION:
                 upstream_sid = v.decode("latin-1")
             elif k == b"content-type":
                 content_type = v
@@ -685,16 +681,14 @@ class Gateway:
 
         headers = [(k, v) for k, v in resp.headers if k not in _NOT_RETURNED]
         if sid is not None and (upstream_sid or session is not None):
-            headers.append((SESSION_HEADER.encode(), sid.encode()))
+            headers.append((_SESSION, sid.encode()))
         streamed = (content_type or b"").lower().startswith(b"text/event-stream")
         deadline = started + timeout if request.method == "POST" and streamed and ids else None
         return _Relay(self, target, resp, headers, session, reserved, deadline, ids)
 
 
-@functools.lru_cache(maxsize=1024)
-def _netloc(url: str) -> bytes:
-    """The Host header for an instance URL."""
-    return urlsplit(url).netloc.encode()
+def _look_at(target: Target) -> str:
+    return f"check `mcp-agent status {target.name}` and `mcp-agent logs {target.name}`"
 
 
 class _Endpoint:
@@ -838,8 +832,7 @@ class _Relay:
                 tail = _events(timed_out.error_object(i) for i in unanswered)
             elif broken is not None:
                 message = (f"the connection to {self.target.key} broke before it answered "
-                           f"({type(broken).__name__}: {broken}); check `mcp-agent status {self.target.name}` and "
-                           f"`mcp-agent logs {self.target.name}`")
+                           f"({type(broken).__name__}: {broken}); {_look_at(self.target)}")
                 tail = _events(error_object(UPSTREAM_FAILED, message, i, {"deployment": self.target.key})
                                for i in unanswered)
             else:

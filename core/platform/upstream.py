@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -200,11 +201,12 @@ class UpstreamPool:
 
     async def request(self, method: bytes, url: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
                       query: bytes = b"") -> Response:
-        """Send one request and return once the response's status and headers are in. ``headers`` must hold
-        Host and, with a body, Content-Length."""
-        scheme, host, port, path = _split(url)
+        """Send one request and return once the response's status and headers are in. Host and (for a POST or a
+        body) Content-Length are added here; ``headers`` must not hold them."""
+        host, port, path, netloc = _split(url)
         target = path + b"?" + query if query else path
-        head = b"".join([method, b" ", target, b" HTTP/1.1\r\n",
+        framing = b"content-length: %d\r\n" % len(body) if body or method == b"POST" else b""
+        head = b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", netloc, b"\r\n", framing,
                          *[k + b": " + v + b"\r\n" for k, v in headers], b"\r\n"])
         for attempt in (0, 1):
             conn = self._idle_connection((host, port)) or await self._connect(host, port)
@@ -266,17 +268,11 @@ class UpstreamPool:
         self._idle.clear()
 
 
-_SPLIT_CACHE: dict[str, tuple[bytes, str, int, bytes]] = {}
-
-
-def _split(url: str) -> tuple[bytes, str, int, bytes]:
-    parts = _SPLIT_CACHE.get(url)
-    if parts is None:
-        u = urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
-            raise ConnectError(f"the relay speaks plain HTTP to instances, not {url!r}")
-        parts = (b"http", u.hostname, u.port or 80, (u.path or "/").encode())
-        if len(_SPLIT_CACHE) > 1024:
-            _SPLIT_CACHE.clear()
-        _SPLIT_CACHE[url] = parts
-    return parts
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[str, int, bytes, bytes]:
+    """An instance URL as the pool uses it: host, port, path, and the Host header."""
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ConnectError(f"the relay speaks plain HTTP to instances, not {url!r}; the builder gave an instance URL "
+                           "the gateway cannot reach (report it to the builder plugin's authors)")
+    return u.hostname, u.port or 80, (u.path or "/").encode(), u.netloc.encode()
