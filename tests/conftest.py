@@ -227,12 +227,7 @@ def postgres_dsn() -> str:
     """The DSN scripts/postgres.sh found or started; a skip with the reason elsewhere, a failure under CI."""
     import psycopg
 
-    dsn = os.environ.get("MCPAC_POSTGRES_DSN", "")
-    if not dsn and POSTGRES_ENV.is_file():
-        for line in POSTGRES_ENV.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() == "MCPAC_POSTGRES_DSN":
-                dsn = value.strip()
+    dsn = os.environ.get("MCPAC_POSTGRES_DSN") or read_env_file(POSTGRES_ENV).get("MCPAC_POSTGRES_DSN", "")
     try:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             conn.execute("SELECT 1")

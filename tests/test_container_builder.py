@@ -116,7 +116,6 @@ def test_platform_id_is_per_data_dir(tmp_path):
 def test_podman_reads_retry_a_storage_race_but_writes_do_not():
     # Podman's image store has no consistent snapshot: a GET that meets a removal elsewhere answers 500
     # "image not known" (containers/podman#24800). Reads repeat; a failed write is reported at once.
-    pytest.importorskip("podman")
     from mcp_agent_cloud.plugins.podman_builder import READ_RETRIES, PodmanEngine
 
     class Response:
