@@ -112,6 +112,21 @@ class GatewayConfig(BaseModel):
         return out
 
 
+class NodeConfig(BaseModel):
+    """This process as one node of several sharing a registry (docs/scaling.md). One node needs none of it."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                           description="the node's name among those sharing the registry (default: made once and "
+                           "kept in DATA/node-id, so a restarted node finds its own deployments)")
+    url: str | None = Field(None, description="URL the other nodes reach this one at (default: public_url, else "
+                            "from listen); API and MCP requests for the deployments it runs are forwarded there")
+    lease_seconds: float = Field(15.0, ge=1.0, le=3600.0,
+                                 description="a node owns its deployments this long without renewing (it renews "
+                                 "every third of it): a dead node's deployments move to another node after about "
+                                 "this long")
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +149,7 @@ class PlatformConfig(BaseModel):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    node: NodeConfig = Field(default_factory=NodeConfig)
     log_level: str = "info"
 
     @field_validator("listen")

@@ -290,6 +290,32 @@ class EventRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+class NodeRecord(BaseModel):
+    """A platform node (``mcp-agent serve`` process) sharing the registry: how the others reach it."""
+
+    id: str
+    url: str
+    started_at: float = Field(default_factory=time.time)
+    heartbeat_at: float = Field(default_factory=time.time)
+    age: float = Field(0.0, description="seconds since its last heartbeat, by the registry's clock")
+
+
+class LeaseRecord(BaseModel):
+    """Which node owns a deployment (``key`` is ``org.name``) until ``expires_at`` (the registry's clock)."""
+
+    key: str
+    node_id: str
+    expires_at: float
+    epoch: int = Field(1, description="raised each time another node takes the lease over")
+    remaining: float = Field(0.0, description="seconds left, by the registry's clock: <= 0 is expired")
+    url: str | None = Field(None, description="the holder's URL, from its node record")
+    previous: str | None = Field(None, description="acquire_lease: the node that held it before, if another")
+
+    @property
+    def live(self) -> bool:
+        return self.remaining > 0
+
+
 class TokenRecord(BaseModel):
     id: str
     org: str
@@ -563,6 +589,41 @@ class Registry(Backend):
     async def list_tokens(self, org: str) -> list[TokenRecord]: ...
     @abc.abstractmethod
     async def revoke_token(self, token_id: str) -> None: ...
+
+    # nodes and leases: which platform node runs which deployment (see docs/scaling.md)
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, url: str) -> NodeRecord:
+        """Insert or refresh the node's record (its URL and heartbeat time)."""
+    @abc.abstractmethod
+    async def list_nodes(self) -> list[NodeRecord]: ...
+    @abc.abstractmethod
+    async def acquire_lease(self, key: str, node_id: str, ttl: float) -> LeaseRecord:
+        """Take ``key`` for ``node_id`` for ``ttl`` seconds if it is free, expired or already the node's, in one
+        atomic step; return the lease as it stands after (held by another node when that one's is live)."""
+    @abc.abstractmethod
+    async def renew_leases(self, node_id: str, ttl: float) -> list[str]:
+        """Extend every lease the node holds; the keys it still holds (the others were taken over)."""
+    @abc.abstractmethod
+    async def get_lease(self, key: str) -> LeaseRecord | None: ...
+    @abc.abstractmethod
+    async def list_leases(self) -> list[LeaseRecord]: ...
+    @abc.abstractmethod
+    async def release_lease(self, key: str, node_id: str) -> None:
+        """Drop the lease if ``node_id`` holds it."""
+
+    # packages: a registry that several hosts share can hold the uploaded archives too, so any node can build
+    # any deployment (a deploy routed to its owner, a takeover). A registry that is one host's file need not.
+    shares_packages = False
+
+    async def put_package(self, org: str, sha256: str, fmt: str | None, path: Path) -> None:  # noqa: B027
+        """Store the archive at ``path`` (already checked against ``sha256``) unless it is stored already."""
+
+    async def get_package(self, org: str, sha256: str, dest: Path) -> tuple[bool, str | None]:
+        """Write a stored archive to ``dest``: (found, its format)."""
+        return False, None
+
+    async def has_package(self, org: str, sha256: str) -> bool:
+        return False
 
     async def migrate(self) -> tuple[int, int] | None:
         """Apply pending schema migrations without starting the registry (``mcp-agent admin migrate``): the

@@ -29,6 +29,8 @@ from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     DeploymentRecord,
     EventRecord,
+    LeaseRecord,
+    NodeRecord,
     OrgRecord,
     Registry,
     RegistrySpec,
@@ -103,7 +105,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
             revoked BOOLEAN NOT NULL DEFAULT FALSE)""",
         "CREATE INDEX tokens_org ON tokens (org)",
     ),
+    (  # 2: nodes, leases, and the uploaded packages (so any node can build any deployment)
+        """CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            epoch INTEGER NOT NULL)""",
+        "CREATE INDEX leases_node ON leases (node_id)",
+        """CREATE TABLE packages (
+            org TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            format TEXT,
+            size BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (org, sha256))""",
+        """CREATE TABLE package_chunks (
+            org TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (org, sha256, seq),
+            FOREIGN KEY (org, sha256) REFERENCES packages (org, sha256) ON DELETE CASCADE)""",
+    ),
 ]
+
+# Lease times come from the server's clock, never a node's: nodes whose clocks disagree still agree on expiry.
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+_LEASE_SELECT = (f"SELECT l.key, l.node_id, l.expires_at, l.epoch, l.expires_at - {NOW} AS remaining, n.url "
+                 "FROM leases l LEFT JOIN nodes n ON n.id = l.node_id")
+CHUNK = 4 << 20  # package bytes per row: bounded memory on both sides
 
 ORDER_C = 'COLLATE "C"'  # byte order, as sqlite sorts: the order must not depend on the server's locale
 
@@ -444,6 +479,92 @@ class PostgresRegistry(Registry):
             await cur.execute("UPDATE tokens SET revoked = TRUE WHERE id = %s", (token_id,))
             if cur.rowcount == 0:
                 raise NotFoundError(f"token {token_id} not found")
+
+    # -- nodes and leases -------------------------------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str, url: str) -> NodeRecord:
+        return await self._one(NodeRecord, f"INSERT INTO nodes (id, url, started_at, heartbeat_at) "
+                               f"VALUES (%s, %s, {NOW}, {NOW}) ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, "
+                               f"heartbeat_at = EXCLUDED.heartbeat_at RETURNING *, 0.0::double precision AS age",
+                               (node_id, url))
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        return await self._all(NodeRecord, f"SELECT *, {NOW} - heartbeat_at AS age FROM nodes ORDER BY id {ORDER_C}")
+
+    async def acquire_lease(self, key: str, node_id: str, ttl: float) -> LeaseRecord:
+        async with self._tx() as cur:
+            # The row lock serialises two nodes racing for one key; the insert covers a key nobody held yet
+            # (and ON CONFLICT the one another node inserted meanwhile, which the locked re-read then sees).
+            await cur.execute(f"INSERT INTO leases (key, node_id, expires_at, epoch) VALUES (%s, %s, {NOW} + %s, 1) "
+                              "ON CONFLICT (key) DO NOTHING RETURNING key", (key, node_id, ttl))
+            previous = None
+            if await cur.fetchone() is None:
+                await cur.execute(f"SELECT node_id, expires_at <= {NOW} AS expired FROM leases WHERE key = %s "
+                                  "FOR UPDATE", (key,))
+                row = await cur.fetchone()
+                if row["node_id"] == node_id:
+                    await cur.execute(f"UPDATE leases SET expires_at = {NOW} + %s WHERE key = %s", (ttl, key))
+                elif row["expired"]:
+                    previous = row["node_id"]
+                    await cur.execute(f"UPDATE leases SET node_id = %s, expires_at = {NOW} + %s, epoch = epoch + 1 "
+                                      "WHERE key = %s", (node_id, ttl, key))
+            await cur.execute(f"{_LEASE_SELECT} WHERE l.key = %s", (key,))
+            return _record(LeaseRecord, await cur.fetchone()).model_copy(update={"previous": previous})
+
+    async def renew_leases(self, node_id: str, ttl: float) -> list[str]:
+        async with self._tx() as cur:
+            await cur.execute(f"UPDATE leases SET expires_at = {NOW} + %s WHERE node_id = %s RETURNING key",
+                              (ttl, node_id))
+            return sorted(r["key"] for r in await cur.fetchall())
+
+    async def get_lease(self, key: str) -> LeaseRecord | None:
+        return await self._one(LeaseRecord, f"{_LEASE_SELECT} WHERE l.key = %s", (key,))
+
+    async def list_leases(self) -> list[LeaseRecord]:
+        return await self._all(LeaseRecord, f"{_LEASE_SELECT} ORDER BY l.key {ORDER_C}")
+
+    async def release_lease(self, key: str, node_id: str) -> None:
+        async with self._tx() as cur:
+            await cur.execute("DELETE FROM leases WHERE key = %s AND node_id = %s", (key, node_id))
+
+    # -- packages ---------------------------------------------------------------------------------------------
+
+    shares_packages = True
+
+    async def has_package(self, org: str, sha256: str) -> bool:
+        async with self._tx() as cur:
+            await cur.execute("SELECT 1 FROM packages WHERE org = %s AND sha256 = %s", (org, sha256))
+            return await cur.fetchone() is not None
+
+    async def put_package(self, org: str, sha256: str, fmt: str | None, path) -> None:
+        async with self._tx() as cur:
+            await cur.execute("INSERT INTO packages (org, sha256, format, size, created_at) VALUES "
+                              "(%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING sha256",
+                              (org, sha256, fmt, path.stat().st_size, time.time()))
+            if await cur.fetchone() is None:
+                return  # stored already (content-addressed: same bytes)
+            with open(path, "rb") as f:
+                seq = 0
+                while chunk := f.read(CHUNK):
+                    await cur.execute("INSERT INTO package_chunks (org, sha256, seq, data) VALUES (%s, %s, %s, %s)",
+                                      (org, sha256, seq, chunk))
+                    seq += 1
+
+    async def get_package(self, org: str, sha256: str, dest) -> tuple[bool, str | None]:
+        async with self._tx() as cur:
+            await cur.execute("SELECT format FROM packages WHERE org = %s AND sha256 = %s", (org, sha256))
+            row = await cur.fetchone()
+            if row is None:
+                return False, None
+            await cur.execute("SELECT count(*) AS n FROM package_chunks WHERE org = %s AND sha256 = %s",
+                              (org, sha256))
+            count = (await cur.fetchone())["n"]
+            with open(dest, "wb") as f:
+                for seq in range(count):  # a row at a time: a package is never whole in memory
+                    await cur.execute("SELECT data FROM package_chunks WHERE org = %s AND sha256 = %s AND seq = %s",
+                                      (org, sha256, seq))
+                    f.write((await cur.fetchone())["data"])
+            return True, row["format"]
 
 
 @hookimpl

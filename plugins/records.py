@@ -20,6 +20,8 @@ JSON_COLUMNS: dict[str, frozenset[str]] = {
     "versions": frozenset({"manifest", "options", "artifact", "instance"}),
     "events": frozenset({"data"}),
     "tokens": frozenset({"roles", "scopes"}),
+    "nodes": frozenset(),
+    "leases": frozenset(),
 }
 
 # Fields callers may set after creation; identity and timestamps are managed by the registry.

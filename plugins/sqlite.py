@@ -25,6 +25,8 @@ from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     DeploymentRecord,
     EventRecord,
+    LeaseRecord,
+    NodeRecord,
     OrgRecord,
     Registry,
     RegistrySpec,
@@ -106,7 +108,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             revoked INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX tokens_org ON tokens (org)",
     ),
+    (  # 2: nodes and the leases that say which node runs which deployment
+        """CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL)""",
+        """CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            epoch INTEGER NOT NULL)""",
+        "CREATE INDEX leases_node ON leases (node_id)",
+    ),
 ]
+
+_LEASE_SELECT = ("SELECT l.key, l.node_id, l.expires_at, l.epoch, l.expires_at - ? AS remaining, n.url "
+                 "FROM leases l LEFT JOIN nodes n ON n.id = l.node_id")
 
 def _to_row(record: BaseModel, table: str, *, exclude: set[str] | None = None) -> dict[str, Any]:
     row = record.model_dump(mode="json", exclude=exclude)
@@ -362,6 +380,57 @@ class SqliteRegistry(Registry):
             if c.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", (token_id,)).rowcount == 0:
                 raise NotFoundError(f"token {token_id} not found")
         await self._write(op)
+
+
+    # -- nodes and leases -------------------------------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str, url: str) -> NodeRecord:
+        def op(c: sqlite3.Connection) -> NodeRecord:
+            now = time.time()
+            c.execute("INSERT INTO nodes (id, url, started_at, heartbeat_at) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (id) DO UPDATE SET url = excluded.url, heartbeat_at = excluded.heartbeat_at",
+                      (node_id, url, now, now))
+            row = c.execute("SELECT *, 0.0 AS age FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            return _from_row(NodeRecord, "nodes", row)
+        return await self._write(op)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        return await self._all(NodeRecord, "nodes", "SELECT *, ? - heartbeat_at AS age FROM nodes ORDER BY id",
+                               (time.time(),))
+
+    async def acquire_lease(self, key: str, node_id: str, ttl: float) -> LeaseRecord:
+        def op(c: sqlite3.Connection) -> LeaseRecord:
+            now = time.time()
+            row = c.execute("SELECT node_id, expires_at, epoch FROM leases WHERE key = ?", (key,)).fetchone()
+            previous = None
+            if row is None:
+                c.execute("INSERT INTO leases (key, node_id, expires_at, epoch) VALUES (?, ?, ?, 1)",
+                          (key, node_id, now + ttl))
+            elif row["node_id"] == node_id:
+                c.execute("UPDATE leases SET expires_at = ? WHERE key = ?", (now + ttl, key))
+            elif row["expires_at"] <= now:
+                previous = row["node_id"]
+                c.execute("UPDATE leases SET node_id = ?, expires_at = ?, epoch = epoch + 1 WHERE key = ?",
+                          (node_id, now + ttl, key))
+            lease = _from_row(LeaseRecord, "leases", c.execute(f"{_LEASE_SELECT} WHERE l.key = ?",
+                                                                (now, key)).fetchone())
+            return lease.model_copy(update={"previous": previous})
+        return await self._write(op)
+
+    async def renew_leases(self, node_id: str, ttl: float) -> list[str]:
+        def op(c: sqlite3.Connection) -> list[str]:
+            c.execute("UPDATE leases SET expires_at = ? WHERE node_id = ?", (time.time() + ttl, node_id))
+            return [r[0] for r in c.execute("SELECT key FROM leases WHERE node_id = ? ORDER BY key", (node_id,))]
+        return await self._write(op)
+
+    async def get_lease(self, key: str) -> LeaseRecord | None:
+        return await self._one(LeaseRecord, "leases", f"{_LEASE_SELECT} WHERE l.key = ?", (time.time(), key))
+
+    async def list_leases(self) -> list[LeaseRecord]:
+        return await self._all(LeaseRecord, "leases", f"{_LEASE_SELECT} ORDER BY l.key", (time.time(),))
+
+    async def release_lease(self, key: str, node_id: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM leases WHERE key = ? AND node_id = ?", (key, node_id)))
 
 
 @contextlib.contextmanager

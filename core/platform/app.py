@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx2
 from pydantic import BaseModel, Field, ValidationError
@@ -23,6 +25,7 @@ from ..errors import ForbiddenError, MCPAgentCloudError, ValidationFailed
 from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
 from . import bridge as _bridge
 from .bridge import Bridge
+from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
 from .service import DeployRequest, Platform
 from .workflows import Workflows
@@ -61,6 +64,54 @@ class AuthMiddleware:
             return await response(scope, receive, send)
         scope.setdefault("state", {})["identity"] = identity
         return await self.app(scope, receive, send)
+
+
+# Requests about one deployment, by where its name is: these go to the node that runs it (cluster.py).
+_ROUTED = re.compile(r"^/(?:api/v1/(?:deployments|workflows|agents)|servers)/([^/]+)(?:/(.*))?$")
+_UNROUTED_TAILS = ("events",)  # read from the shared registry: any node answers
+
+
+def _claims(method: str, path: str, tail: str) -> bool:
+    """Requests that start the deployment: the node that takes them must own it, so they claim its lease
+    (atomically: of two nodes racing for a new name, one wins and the other forwards to it)."""
+    return method == "POST" and (tail in ("versions", "start", "rollback") or
+                                 (path.startswith("/api/v1/agents/") and tail == "run"))
+
+
+class NodeRouter:
+    """Forward a request about a deployment another live node runs to that node (after auth: a caller without a
+    valid token never reaches another node). The owner authenticates it again, and answers it as if asked."""
+
+    def __init__(self, app, platform: Platform) -> None:
+        self.app = app
+        self.platform = platform
+
+    async def __call__(self, scope, receive, send) -> None:
+        cluster = self.platform.cluster
+        if scope["type"] != "http" or cluster is None or forwarded(scope):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        name = tail = None
+        if match := _ROUTED.match(path):
+            name, tail = match.group(1), match.group(2) or ""
+        elif path == "/api/v1/runs":
+            name = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("deployment", [None])[0]
+            tail = ""
+        identity = scope.get("state", {}).get("identity")
+        if not name or identity is None or tail in _UNROUTED_TAILS:
+            return await self.app(scope, receive, send)
+        try:
+            org, short = self.platform.qualify(identity, name)
+        except MCPAgentCloudError:
+            return await self.app(scope, receive, send)  # the handler answers the error
+        key = f"{org}.{short}"
+        if _claims(scope["method"], path, tail):
+            owner = cluster.owner_of(await cluster.claim(key))
+        else:
+            owner = await cluster.owner(key)
+        if owner is None:
+            return await self.app(scope, receive, send)
+        return await cluster.forward(owner, scope, receive, send)
 
 
 def identity_of(request: Request) -> Identity:
@@ -230,8 +281,8 @@ def build_app(platform: Platform) -> Starlette:
              "plugin": r.plugin.name} for r in platform.pm.specs("server_type")]})
 
     async def package_exists(request: Request) -> Response:
-        path = platform.package_path(identity_of(request).org, request.path_params["sha256"])
-        return Response(status_code=200 if path.is_file() else 404)
+        found = await platform.has_package(identity_of(request).org, request.path_params["sha256"])
+        return Response(status_code=200 if found else 404)
 
     async def upload_package(request: Request) -> Response:
         identity = identity_of(request)
@@ -531,6 +582,7 @@ def build_app(platform: Platform) -> Starlette:
     # Providers' login routes are built lazily: the providers exist only once the platform has started.
     routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(NodeRouter, platform=platform)
     app.add_middleware(AuthMiddleware, platform=platform)
     app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth
     app.state.platform = platform

@@ -45,9 +45,11 @@ from ..hookspecs.types import (
     Instance,
     Manifest,
     PluginContext,
+    VersionRecord,
 )
 from ..manager import PluginManager
 from ..names import split_qualified, validate_name
+from .cluster import Cluster
 from .secrets import (
     MAX_VALUE,
     SECRETS_FILE_ENV,
@@ -212,6 +214,7 @@ class Platform:
         # reaches the registry, and an instance started by an earlier platform process has none here.
         self._control_tokens: dict[str, str] = {}
         self._wheel: Path | None = None
+        self.cluster: Cluster | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -264,6 +267,8 @@ class Platform:
         await self.registry.ensure_org(cfg.default_org)
         await self._bootstrap_admin()
         await self._remove_stale_secret_files()
+        self.cluster = Cluster(self, cfg.node)
+        await self.cluster.start()
         self.started = True
         self.emit(Event(type="platform.started", message=f"listening on {cfg.base_url}",
                         data={"builder": cfg.builder.name, "registry": cfg.registry.name}))
@@ -287,6 +292,8 @@ class Platform:
     async def stop(self) -> None:
         for active in list(self.active.values()):
             await self._stop_active(active)
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -388,9 +395,40 @@ class Platform:
             manifest = await packager.inspect(tmp)
             os.replace(tmp, final)
             (final.with_suffix(".format")).write_text(packager.spec_name)
+            if self.registry.shares_packages:  # so the node that builds it need not be this one
+                await self.registry.put_package(org, sha256, packager.spec_name, final)
             return manifest
         finally:
             tmp.unlink(missing_ok=True)
+
+    async def has_package(self, org: str, sha256: str) -> bool:
+        return self.package_path(org, sha256).is_file() or await self.registry.has_package(org, sha256)
+
+    async def ensure_package(self, org: str, sha256: str) -> Path:
+        """The archive on this node's disk, fetched from the shared registry when another node took the upload."""
+        final = self.package_path(org, sha256)
+        if final.is_file():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = final.with_name(f".fetch-{secrets.token_hex(6)}")
+        try:
+            found, fmt = await self.registry.get_package(org, sha256, tmp)
+            if not found:
+                raise NotFoundError(f"package {sha256[:12]} is not on this node and not in the registry",
+                                    hint="deploy again: the CLI uploads the package first")
+            digest = hashlib.sha256()
+            with open(tmp, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                raise PackageError(f"package {sha256[:12]} from the registry hashes to {digest.hexdigest()[:12]}",
+                                   hint="the stored copy is damaged; deploy again to upload it anew")
+            os.replace(tmp, final)
+            if fmt:
+                final.with_suffix(".format").write_text(fmt)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
 
     async def _backend_for(self, kind: str, ref) -> Any:
         """A backend other than the configured one (a per-deploy builder, an archive's packager): built and set up
@@ -541,9 +579,9 @@ class Platform:
         """Run the pipeline. ``checked`` is what :meth:`check_deploy` returned, when the caller ran it already."""
         org, short, req = checked or await self.check_deploy(identity, name, req)
         await self.registry.ensure_org(org)
+        await self.claim(f"{org}.{short}")
         builder = await self.builder_for(req.builder) if req.kind != "remote" else None
         manifest: Manifest | None = None
-        archive = self.package_path(org, req.package_sha256) if req.kind == "app" else None
         async with self.lock(f"{org}.{short}"):
             record = await self.registry.get_deployment(org, short)
             spec_update = {k: v for k, v in {"description": req.description, "region": req.region,
@@ -560,7 +598,7 @@ class Platform:
             # The registry gets the declarations and their handles; values go to the secrets backend only.
             refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
             options = req.model_dump(exclude={"env", "secrets", "secret_refs"}) | {
-                "env_keys": sorted(req.env), "secret_refs": refs}
+                "env_keys": sorted(req.env), "secret_refs": refs, "built_on": self.cluster.node_id}
             ver = await self.registry.create_version(record.id, status="building", package_sha256=req.package_sha256,
                                                      options=options)
             version = ver.version
@@ -601,33 +639,12 @@ class Platform:
             instance: Instance | None = None
             try:
                 if req.kind == "app":
-                    async def unpack():
-                        src = work_dir / "app"
-                        if src.exists():
-                            shutil.rmtree(src)
-                        fmt_file = archive.with_suffix(".format")
-                        fmt = fmt_file.read_text().strip() if fmt_file.exists() else None
-                        return await (await self.packager_for(fmt)).unpack(
-                            archive, src, max_bytes=self.config.limits.max_unpacked_bytes)
-                    manifest = await step("unpack", unpack)
+                    manifest = await step("unpack", lambda: self._unpack(org, req.package_sha256, work_dir))
                     await self.registry.update_version(record.id, version, manifest=manifest.model_dump(mode="json"))
-                build_manifest, runtime_reqs = manifest, []
-                if req.kind == "app" and manifest is not None and uses_runtime(work_dir / "app", manifest.requirements):
-                    build_manifest, runtime_reqs = await self._runtime_build(manifest)
-                    names = ", ".join(r.split(" @ ")[0] for r in runtime_reqs)
-                    await build_line(f"the app uses the MCPApp runtime: installing {names} (runtime wheel "
-                                     f"{self._wheel.parent.name}, executor {self.executor.spec_name})")
+                request = await self._build_request(ref, version, req.kind, work_dir, manifest, options, build_line)
+                if request.runtime_requirements:
                     options = {**options, "mcpac_runtime": True}
                     await self.registry.update_version(record.id, version, options=options)
-                request = BuildRequest(
-                    deployment=ref, version=version, kind=req.kind, work_dir=work_dir,
-                    source_dir=(work_dir / "app") if req.kind == "app" else None, manifest=build_manifest,
-                    entrypoint=req.entrypoint or (manifest.entrypoint if manifest else None),
-                    command=req.command, args=req.args, pip=req.pip, npm=req.npm, url=req.url,
-                    session_mode=req.session_mode, package_sha256=req.package_sha256,
-                    options={k: v for k, v in req.builder.items() if k != "name"} if isinstance(req.builder, dict)
-                    else {},
-                    runtime_requirements=runtime_reqs)
                 if req.kind == "app" and not request.entrypoint:
                     raise ValidationFailed("the package names no entrypoint",
                                            hint="set deploy.entrypoint in mcp_agent.config.yaml or pass --app module:attr")
@@ -672,6 +689,56 @@ class Platform:
             await step("route", lambda: self._switch(record, version, artifact, instance, builder))
             record = await self.registry.get_deployment_by_id(record.id)
             return self.describe_result(record, version, tools)
+
+    async def _unpack(self, org: str, sha256: str | None, work_dir: Path) -> Manifest:
+        archive = await self.ensure_package(org, sha256 or "")
+        src = work_dir / "app"
+        if src.exists():
+            shutil.rmtree(src)
+        fmt_file = archive.with_suffix(".format")
+        fmt = fmt_file.read_text().strip() if fmt_file.exists() else None
+        return await (await self.packager_for(fmt)).unpack(archive, src, max_bytes=self.config.limits.max_unpacked_bytes)
+
+    async def _build_request(self, ref, version: int, kind: str, work_dir: Path, manifest: Manifest | None,
+                             options: dict, build_line) -> BuildRequest:
+        """What the builder gets for a version, from its stored options: a deploy and a rebuild elsewhere (a
+        takeover) build the same thing."""
+        build_manifest, runtime_reqs = manifest, []
+        if kind == "app" and manifest is not None and uses_runtime(work_dir / "app", manifest.requirements):
+            build_manifest, runtime_reqs = await self._runtime_build(manifest)
+            names = ", ".join(r.split(" @ ")[0] for r in runtime_reqs)
+            await build_line(f"the app uses the MCPApp runtime: installing {names} (runtime wheel "
+                             f"{self._wheel.parent.name}, executor {self.executor.spec_name})")
+        choice = options.get("builder")
+        return BuildRequest(
+            deployment=ref, version=version, kind=kind, work_dir=work_dir,
+            source_dir=(work_dir / "app") if kind == "app" else None, manifest=build_manifest,
+            entrypoint=options.get("entrypoint") or (manifest.entrypoint if manifest else None),
+            command=options.get("command"), args=options.get("args") or [], pip=options.get("pip") or [],
+            npm=options.get("npm"), url=options.get("url"), session_mode=options.get("session_mode"),
+            package_sha256=options.get("package_sha256"),
+            options={k: v for k, v in choice.items() if k != "name"} if isinstance(choice, dict) else {},
+            runtime_requirements=runtime_reqs)
+
+    async def _rebuild(self, record: DeploymentRecord, ver: VersionRecord, builder) -> Artifact:
+        """Build a version again on this node: it was built on another one (a takeover), whose artifact (a venv,
+        a local image) this node may not have. The same package, the same options."""
+        work_dir = self._dep_dir(record.org, record.name) / f"v{ver.version}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        build_log = work_dir / "build.log"
+
+        async def build_line(line: str) -> None:
+            with open(build_log, "a", encoding="utf-8") as f:
+                f.write(line.rstrip("\n") + "\n")
+
+        options = dict(ver.options or {})
+        kind = options.get("kind", record.kind)
+        manifest = await self._unpack(record.org, ver.package_sha256, work_dir) if kind == "app" else None
+        request = await self._build_request(record.ref, ver.version, kind, work_dir, manifest, options, build_line)
+        artifact = await builder.build(request, build_line)
+        await self.registry.update_version(record.id, ver.version, artifact=artifact.model_dump(mode="json"),
+                                           options={**options, "built_on": self.cluster.node_id})
+        return artifact
 
     async def _runtime_build(self, manifest: Manifest) -> tuple[Manifest, list[str]]:
         """The manifest to build with and the runtime requirements of an app that uses the MCPApp runtime: a wheel of
@@ -895,6 +962,8 @@ class Platform:
         """After a platform restart: close out deploys the restart interrupted, then bring back every deployment
         that should be running."""
         for record in await self.registry.list_deployments():
+            if not self.cluster.mine(await self.cluster.claim(f"{record.org}.{record.name}")):
+                continue  # another live node runs it
             for ver in await self.registry.list_versions(record.id):
                 if ver.status in ("building", "starting"):
                     await self.registry.update_version(record.id, ver.version, status="failed",
@@ -908,21 +977,63 @@ class Platform:
                 continue
             self._spawn(self._restore_one(record))
 
-    async def _restore_one(self, record: DeploymentRecord) -> None:
+    async def _restore_one(self, record: DeploymentRecord, *, takeover_from: str | None = None) -> None:
         dq = f"{record.org}.{record.name}"
         async with self.lock(dq):
+            if dq in self.active:
+                return  # the restore and a sweep both claimed it
+            if takeover_from is not None:
+                fresh = await self.registry.get_deployment_by_id(record.id)
+                if fresh is None or dq not in self.cluster.held:
+                    return  # deleted, or served here, or lost again meanwhile
+                record = fresh
+                await self.record(Event(type="deployment.takeover", org=record.org, deployment=record.name,
+                                        version=record.current_version,
+                                        message=f"node {self.cluster.node_id} takes over from node {takeover_from}",
+                                        data={"from_node": takeover_from, "to_node": self.cluster.node_id}),
+                                  record.id)
             try:
                 await self._activate(record, record.current_version, reason="restore")
             except Exception as exc:
                 await self.registry.update_deployment(record.id, status="failed")
+                what = "take over" if takeover_from is not None else "restore after restart"
                 await self.record(Event(type="deployment.failed", org=record.org, deployment=record.name,
                                         version=record.current_version, status="failed",
-                                        message=f"could not restore after restart: {exc}"), record.id)
+                                        message=f"could not {what}: {exc}"), record.id)
+
+    # -- nodes -------------------------------------------------------------------------------------------------
+
+    async def claim(self, key: str) -> None:
+        """Own ``key`` (``org.name``) on this node before starting anything of it. A live other node's lease is
+        a conflict: the HTTP layer forwards such requests to that node, so this is a lost race or a library call."""
+        lease = await self.cluster.claim(key)
+        if not self.cluster.mine(lease):
+            raise ConflictError(f"{key} runs on node {lease.node_id} ({lease.url})",
+                                hint="send the request to that node, or to any node's HTTP API, which forwards it")
+
+    def take_over(self, record: DeploymentRecord, previous: str | None) -> None:
+        """The cluster claimed an orphaned deployment for this node: start it here."""
+        if previous == self.cluster.node_id:  # its own lease, expired while it was down: a restore
+            self._spawn(self._restore_one(record))
+        else:
+            self._spawn(self._restore_one(record, takeover_from=previous or "unknown"))
+
+    async def lease_lost(self, key: str) -> None:
+        """Another node took ``key`` over (this node failed to renew in time): stop serving it here."""
+        active = self.active.pop(key, None)
+        if active is not None:
+            await self._stop_active(active)
+        org, _, name = key.partition(".")
+        record = await self.registry.get_deployment(org, name)
+        await self.record(Event(type="deployment.lease_lost", org=org, deployment=name, status="failed",
+                                message=f"node {self.cluster.node_id} lost its lease: another node serves it now"),
+                          record.id if record else None)
 
     async def _activate(self, record: DeploymentRecord, version: int, *, reason: str,
                         latest: set[str] | frozenset[str] = frozenset()) -> None:
         """Start (or adopt) an already-built version and switch traffic to it, on its pinned secret versions
         (``latest``: keys to take at their latest version instead, as a rotation does)."""
+        await self.claim(f"{record.org}.{record.name}")
         ver = await self.registry.get_version(record.id, version)
         if ver is None:
             raise NotFoundError(f"{record.org}.{record.name} has no version {version}",
@@ -938,6 +1049,9 @@ class Platform:
                                    hint="deploy again, or roll back to a version that built")
         artifact = Artifact.model_validate(ver.artifact)
         builder = await self.builder_for((ver.options or {}).get("builder"))
+        if (ver.options or {}).get("built_on") not in (None, self.cluster.node_id):
+            artifact = await self._rebuild(record, ver, builder)
+            reason = "rebuilt"  # nothing of the other node's to adopt
         instance = None
         if reason == "restore" and ver.instance:
             previous = Instance.model_validate(ver.instance)
@@ -1093,6 +1207,7 @@ class Platform:
                                 f"({type(exc).__name__}: {exc})")
                     log.warning("delete %s.%s: executor cleanup failed: %s", record.org, record.name, exc)
             await self.registry.delete_deployment(record.id)
+            await self.cluster.release(f"{record.org}.{record.name}")
             shutil.rmtree(self._dep_dir(record.org, record.name), ignore_errors=True)
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
                                     status="failed" if leftover else "info",
@@ -1280,6 +1395,7 @@ class Platform:
         out["endpoint"] = self.endpoint(record)
         active = self.active.get(f"{record.org}.{record.name}")
         out["serving_version"] = active.version if active else None
+        out["node"] = self.cluster.node_id if active else None
         out["restarts"] = active.restarts if active else 0
         if record.kind == "stdio" and active is not None and active.artifact is not None:
             out["session_mode"] = active.artifact.data.get("session_mode") or "isolated"  # the adapter's default

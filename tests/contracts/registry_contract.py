@@ -337,3 +337,63 @@ class RegistryContract:
                         await b.add_event(EventRecord(org="acme" if i != 1 else "beta", type=f"e{i}"))
                         await anyio.sleep(0.05)
             assert [e.type for e in seen] == ["e0", "e2", "e3"]  # org filtered, in order, none twice
+
+    # -- nodes and leases -------------------------------------------------------------------------------------
+
+    @async_test
+    async def test_nodes_heartbeat(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            first = await reg.heartbeat("node-a", "http://127.0.0.1:1")
+            await anyio.sleep(0.05)
+            again = await reg.heartbeat("node-a", "http://127.0.0.1:2")
+            await reg.heartbeat("node-b", "http://127.0.0.1:3")
+            assert again.started_at == first.started_at and again.heartbeat_at > first.heartbeat_at
+            nodes = await reg.list_nodes()
+            assert [(n.id, n.url) for n in nodes] == [("node-a", "http://127.0.0.1:2"), ("node-b", "http://127.0.0.1:3")]
+            assert all(0 <= n.age < 5 for n in nodes)
+
+    @async_test
+    async def test_lease_is_exclusive_until_it_expires(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            await reg.heartbeat("a", "http://a")
+            got = await reg.acquire_lease("acme.hello", "a", 0.6)
+            assert (got.node_id, got.epoch, got.url, got.previous) == ("a", 1, "http://a", None) and got.live
+            refused = await reg.acquire_lease("acme.hello", "b", 10)
+            assert refused.node_id == "a" and refused.live and refused.epoch == 1
+            again = await reg.acquire_lease("acme.hello", "a", 0.6)  # the holder re-acquiring extends it
+            assert again.node_id == "a" and again.epoch == 1 and again.expires_at >= got.expires_at
+            await anyio.sleep(0.8)
+            stale = await reg.get_lease("acme.hello")
+            assert stale is not None and not stale.live
+            taken = await reg.acquire_lease("acme.hello", "b", 10)
+            assert (taken.node_id, taken.epoch, taken.previous) == ("b", 2, "a") and taken.live
+            assert await reg.renew_leases("a", 10) == []  # a lost it: renewing tells a so
+            assert await reg.get_lease("missing") is None
+
+    @async_test
+    async def test_renew_and_release(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            for key in ("acme.x", "acme.y"):
+                await reg.acquire_lease(key, "a", 0.5)
+            await reg.acquire_lease("acme.z", "b", 30)
+            assert await reg.renew_leases("a", 30) == ["acme.x", "acme.y"]
+            await anyio.sleep(0.7)
+            assert all(lease.live for lease in await reg.list_leases())  # the renewal outlived the first ttl
+            await reg.release_lease("acme.x", "b")  # not b's: nothing happens
+            await reg.release_lease("acme.x", "a")
+            assert [(lease.key, lease.node_id) for lease in await reg.list_leases()] == [("acme.y", "a"),
+                                                                                       ("acme.z", "b")]
+
+    @async_test
+    async def test_lease_race_between_instances(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as a, opened(registry_factory, tmp_path) as b:
+            holders: list[str] = []
+
+            async def grab(reg: Registry, node: str) -> None:
+                holders.append((await reg.acquire_lease("acme.race", node, 30)).node_id)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(grab, (a, b)[i % 2], f"n{i}")
+            assert len(set(holders)) == 1, holders  # every caller saw the one winner
+            assert (await a.get_lease("acme.race")).node_id == holders[0]

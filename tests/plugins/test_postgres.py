@@ -149,3 +149,23 @@ async def test_schemas_isolate_platforms(postgres_dsn, pg_schemas, tmp_path: Pat
     finally:
         await one.aclose()
         await two.aclose()
+
+
+@async_test
+async def test_packages_round_trip_in_chunks(factory, tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+    import os
+
+    monkeypatch.setattr(postgres_plugin, "CHUNK", 1000)  # several rows for a small file
+    data = os.urandom(4321)
+    src = tmp_path / "pkg.tar.gz"
+    src.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    async with opened(factory, tmp_path) as a, opened(factory, tmp_path) as b:
+        assert a.shares_packages and not await b.has_package("acme", sha)
+        assert await b.get_package("acme", sha, tmp_path / "none") == (False, None)
+        await a.put_package("acme", sha, "tar.gz", src)
+        await a.put_package("acme", sha, "tar.gz", src)  # stored once
+        assert await b.has_package("acme", sha) and not await b.has_package("other", sha)
+        assert await b.get_package("acme", sha, tmp_path / "out") == (True, "tar.gz")
+        assert (tmp_path / "out").read_bytes() == data
