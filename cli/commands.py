@@ -594,19 +594,25 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("name")
     @click.option("--after", default=0, help="Only events after this id.")
+    @click.option("-f", "--follow", is_flag=True,
+                  help="Keep printing events as they happen, on whichever node (one JSON object a line with --json).")
     @api_options
     @json_option
     @handle_errors
-    def events(name, after, api_url, as_json):
+    def events(name, after, follow, api_url, as_json):
         """Print a deployment's lifecycle and pipeline events."""
+        if follow:
+            for e in _client(api_url).follow_events(name, after=after):
+                if as_json:
+                    print(json.dumps(e), flush=True)
+                else:
+                    _print_event(e)
+            return None
         rows = _client(api_url).events(name, after=after, limit=1000)
         if as_json:
             return emit_json(rows)
         for e in rows:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created_at"]))
-            step = e["data"].get("step")
-            out.print(f"{e['id']:>5} {stamp} {e['type']}{' ' + step if step else ''} {e['message']}", markup=False,
-                      highlight=False)
+            _print_event(e)
 
     @cli.group()
     def export():
@@ -1420,6 +1426,41 @@ def register(cli: click.Group) -> None:
         else:
             out.print(f"registry {name}: schema is at version {after}, nothing to do", highlight=False)
 
+    @admin.command("nodes")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_nodes(config_path, as_json):
+        """The platform nodes sharing the registry, and which deployments each one runs.
+
+        A node is live while it renews its leases (every third of `node.lease_seconds`); the deployments of a
+        node that stopped renewing are taken over by another once their leases expire.
+        """
+        import anyio
+
+        _, _, registry = _local_registry(config_path)
+
+        async def read():
+            await registry.setup()
+            try:
+                return await registry.list_nodes(), await registry.list_leases()
+            finally:
+                await registry.aclose()
+
+        nodes, leases = anyio.run(read)
+        rows = [{"id": n.id, "url": n.url, "heartbeat_age": round(n.age, 1),
+                 "deployments": [lease.key for lease in leases if lease.node_id == n.id and lease.live],
+                 "expired": [lease.key for lease in leases if lease.node_id == n.id and not lease.live]}
+                for n in nodes]
+        if as_json:
+            return emit_json({"nodes": rows})
+        if not rows:
+            out.print("no node has started on this registry yet", highlight=False)
+            return None
+        table([{"id": r["id"], "url": r["url"], "age": f"{r['heartbeat_age']:.0f}s ago",
+                "deps": ", ".join(r["deployments"] + [f"{k} (lease expired)" for k in r["expired"]]) or "-"}
+               for r in rows], [("id", "NODE"), ("url", "URL"), ("age", "HEARTBEAT"), ("deps", "DEPLOYMENTS")])
+
     @cli.command(hidden=True, context_settings={"ignore_unknown_options": True})
     @click.option("--host", default="127.0.0.1")
     @click.option("--port", type=int, required=True)
@@ -1431,6 +1472,13 @@ def register(cli: click.Group) -> None:
 
         argv = ["--host", host, "--port", str(port)] + (["--cwd", cwd] if cwd else []) + ["--", *command]
         sys.exit(adapter_main(argv))
+
+
+def _print_event(e: dict) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created_at"]))
+    step = e["data"].get("step")
+    out.print(f"{e['id']:>5} {stamp} {e['type']}{' ' + step if step else ''} {e['message']}", markup=False,
+              highlight=False)
 
 
 def _local_registry(config_path: str | None):

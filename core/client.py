@@ -167,6 +167,14 @@ class PlatformClient:
         return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/events",
                             params={"after": after, "limit": limit})["events"]
 
+    def follow_events(self, name: str, after: int = 0) -> Iterator[dict]:
+        """The deployment's events after ``after``, then each new one as any node records it (NDJSON)."""
+        path = f"/api/v1/deployments/{self._qualify(name)}/events"
+        for resp in self._stream("GET", path, params={"after": after, "follow": "1"}):
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
     def export_k8s(self, name: str, *, namespace: str = "default", image: str | None = None,
                    version: int | None = None) -> dict:
         params = {"namespace": namespace, **({"image": image} if image else {}),

@@ -376,6 +376,13 @@ def build_app(platform: Platform) -> Starlette:
     async def events(request: Request) -> Response:
         rec = await platform.find(identity_of(request), request.path_params["name"])
         after = int_param(request, "after", 0)
+        if request.query_params.get("follow") in ("1", "true", "yes"):
+            async def follow():
+                # The registry's watch: LISTEN/NOTIFY on postgres, so events recorded by any node arrive here.
+                async for event in platform.registry.watch(org=rec.org, after_id=after):
+                    if event.deployment_id == rec.id:
+                        yield event.model_dump_json() + "\n"
+            return StreamingResponse(follow(), media_type="application/x-ndjson")
         limit = min(int_param(request, "limit", 100), 1000)
         rows = await platform.registry.list_events(org=rec.org, deployment_id=rec.id, after_id=after, limit=limit)
         return JSONResponse({"events": [e.model_dump(mode="json") for e in rows]})
@@ -537,8 +544,9 @@ def build_app(platform: Platform) -> Starlette:
         Endpoint("POST", "/api/v1/deployments/{name}/start", start, "Start the current version again"),
         Endpoint("POST", "/api/v1/deployments/{name}/rollback", rollback,
                  "Move traffic back to an earlier version (body: {\"to\": N})"),
-        Endpoint("GET", "/api/v1/deployments/{name}/events", events, "Lifecycle and pipeline events",
-                 response=EventList),
+        Endpoint("GET", "/api/v1/deployments/{name}/events", events,
+                 "Lifecycle and pipeline events (?after=ID&limit=N); ?follow=1 streams them as NDJSON as any node "
+                 "records them", response=EventList),
         Endpoint("GET", "/api/v1/deployments/{name}/logs", logs,
                  "App log of the serving version, or ?version=N (?tail=N&follow=1)", stream="text/plain"),
         Endpoint("GET", "/api/v1/deployments/{name}/secrets", list_secrets,

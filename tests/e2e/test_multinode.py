@@ -18,7 +18,7 @@ import pytest
 
 from mcp_agent_cloud.state import write_private
 from tests.conftest import PlatformProcess, wait_for
-from tests.e2e.workflows_scenarios import FINAL, _call
+from tests.e2e.workflows_scenarios import FINAL, _call, cli_watching
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "workflows_app"
 HELLO = str(Path(__file__).resolve().parents[2] / "examples" / "hello")
@@ -87,6 +87,11 @@ def test_any_node_serves_and_a_killed_node_is_taken_over(nodes):
              what="the run to wait for approval")
     before = events(a, "wf")
     assert events(b, "wf") == before  # events come from the shared registry, on every node
+    # A follower on C (LISTEN/NOTIFY) sees what the other nodes record, as they record it.
+    follower, next_line = cli_watching(c, "events", "wf", "--follow", "--json", "--after", str(before[-1]["id"]))
+    nodes_seen = a.cli_json("admin", "nodes")["nodes"]
+    assert [(n["id"], n["deployments"]) for n in nodes_seen] == [("node-a", ["default.wf"]), ("node-b", []),
+                                                                 ("node-c", [])], nodes_seen
 
     a.kill()  # SIGKILL: no lease is given back; its app dies with it
     killed = time.monotonic()
@@ -99,6 +104,16 @@ def test_any_node_serves_and_a_killed_node_is_taken_over(nodes):
     assert again["pid"] != first["pid"]
     after = events(c, "wf")
     assert after[:len(before)] == before  # nothing recorded before the kill is lost
+    try:
+        followed = []
+        while not followed or followed[-1]["type"] != "deployment.started":
+            line = next_line(60)
+            assert line is not None, "the follower ended"
+            followed.append(json.loads(line))
+    finally:
+        follower.kill()
+    assert [e["type"] for e in followed][0] == "deployment.takeover", followed
+    assert [e["id"] for e in followed] == [e["id"] for e in after[len(before):]][:len(followed)]
     takeover = [e for e in after if e["type"] == "deployment.takeover"]
     assert len(takeover) == 1, takeover
     assert {k: takeover[0]["data"][k] for k in ("from_node", "to_node")} == {"from_node": "node-a", "to_node": owner}
