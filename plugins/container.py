@@ -642,8 +642,10 @@ class ContainerBuilder(Builder):
         )
 
     def export_k8s(self, artifact: Artifact, *, namespace: str, image: str | None, env: dict[str, str],
-                   secret_keys: list[str], secrets_file: bool) -> tuple[list[dict[str, Any]], list[str]]:
-        """Kubernetes manifests for the version, from the same RunSpec its containers run with."""
+                   secret_keys: list[str], secrets_file: bool, instance: str | None = None,
+                   labels: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Kubernetes manifests for the version, from the same RunSpec its containers run with (``instance`` and
+        ``labels``: see :func:`~mcp_agent_cloud.plugins.kubernetes.manifests`)."""
         from mcp_agent_cloud.plugins.kubernetes import manifests
 
         spec = self.run_spec(artifact, {**env, "MCPAC_APP_DATA_DIR": DATA_PATH})
@@ -658,7 +660,8 @@ class ContainerBuilder(Builder):
         docs, more = manifests(spec, org=ref.org, name=ref.name, version=artifact.version, namespace=namespace,
                                image=image, secret_keys=secret_keys,
                                secrets_file=SECRETS_PATH if secrets_file else None,
-                               block_metadata=self.config.hardening.block_metadata)
+                               block_metadata=self.config.hardening.block_metadata,
+                               instance=instance, extra_labels=labels)
         return docs, notes + more
 
     async def start(self, artifact: Artifact, *, env, log_path: Path) -> Instance:

@@ -10,6 +10,7 @@ Nothing here talks to a cluster.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from mcp_agent_cloud.plugins.engine import RunSpec
@@ -38,12 +39,19 @@ def _tmpfs_size(options: str) -> str | None:
 
 
 def manifests(spec: RunSpec, *, org: str, name: str, version: int, namespace: str, image: str,
-              secret_keys: list[str], secrets_file: str | None = None, block_metadata: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+              secret_keys: list[str], secrets_file: str | None = None, block_metadata: bool = True,
+              instance: str | None = None, extra_labels: Mapping[str, str] | None = None,
+              ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ServiceAccount, Deployment, Service and NetworkPolicy for one deployment, and notes for the operator
-    (what to create, what could not be expressed)."""
+    (what to create, what could not be expressed). ``instance`` (e.g. ``v3``) ends every name and the selector, so
+    two versions can run side by side (the kubernetes builder's health-checked switch); ``extra_labels`` are
+    added to every object's labels."""
     base = k8s_name("mcpac", org, name)
+    if instance:  # the suffix survives the 63-character cut
+        base = k8s_name(base[:62 - len(instance)], instance)
     secret_name = k8s_name(base, "secrets")
-    labels = {"app.kubernetes.io/name": base, "app.kubernetes.io/managed-by": "mcp-agent-cloud",
+    labels = {**(extra_labels or {}),
+              "app.kubernetes.io/name": base, "app.kubernetes.io/managed-by": "mcp-agent-cloud",
               "mcp-agent-cloud/org": k8s_name(org), "mcp-agent-cloud/name": k8s_name(name),
               "mcp-agent-cloud/version": str(version)}
     selector = {"app.kubernetes.io/name": base}
