@@ -37,8 +37,10 @@ FORWARDED_HEADER = "x-mcp-agent-cloud-node"
 _FORWARDED = FORWARDED_HEADER.encode()
 OWNER_CACHE_SECONDS = 1.0
 ORPHAN_SECONDS = 60.0  # how long a node trusts what it read about another node's lease
+# Origin was checked by the node that took the request (its TransportGuard runs first); the owner, reached at
+# its own address, would refuse a browser origin that only the first node allows.
 _NOT_PASSED = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailers", b"upgrade",
-               b"proxy-authorization", b"proxy-authenticate", b"content-length", _FORWARDED}
+               b"proxy-authorization", b"proxy-authenticate", b"content-length", b"origin", _FORWARDED}
 
 
 @dataclass(frozen=True)

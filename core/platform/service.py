@@ -987,6 +987,10 @@ class Platform:
                 if fresh is None or dq not in self.cluster.held:
                     return  # deleted, or served here, or lost again meanwhile
                 record = fresh
+                for ver in await self.registry.list_versions(record.id):
+                    if ver.status in ("building", "starting"):  # a deploy the dead node did not finish
+                        await self.registry.update_version(record.id, ver.version, status="failed",
+                                                           error=f"interrupted: node {takeover_from} stopped")
                 await self.record(Event(type="deployment.takeover", org=record.org, deployment=record.name,
                                         version=record.current_version,
                                         message=f"node {self.cluster.node_id} takes over from node {takeover_from}",

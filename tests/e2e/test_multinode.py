@@ -35,8 +35,11 @@ def nodes(tmp_path, shared_envs, postgres_dsn, pg_schemas, temporal_server):
     out = []
     for name in ("a", "b", "c"):
         node = {"id": f"node-{name}", "lease_seconds": LEASE}
+        # Only B allows a browser origin: a request B forwards must not be refused for it by the owner.
+        gateway = 'gateway: {allowed_origins: ["http://b.example"]}\n' if name == "b" else ""
         out.append(PlatformProcess(tmp_path / name, shared_envs, extra_config=(
-            f"registry: {json.dumps(registry)}\nexecutor: {json.dumps(executor)}\nnode: {json.dumps(node)}\n")))
+            f"registry: {json.dumps(registry)}\nexecutor: {json.dumps(executor)}\nnode: {json.dumps(node)}\n"
+            + gateway)))
     a, b, c = out
     try:
         a.start(timeout=60)  # the first node makes the org's admin token; the others share the registry's tokens
@@ -75,6 +78,9 @@ def test_any_node_serves_and_a_killed_node_is_taken_over(nodes):
     assert deployed["version"] == 1
     # Any node answers for it: the owner is A, wherever the request lands.
     assert {status(p, "wf")["node"] for p in nodes} == {"node-a"}
+    browser = b.api("GET", "/api/v1/deployments/wf", headers={"Origin": "http://b.example"})
+    assert browser.status_code == 200 and browser.json()["node"] == "node-a", browser.text
+    assert a.api("GET", "/api/v1/deployments/wf", headers={"Origin": "http://b.example"}).status_code == 403
     first = mcp(b, "wf", "whoami")
     assert first["deployment"] == "default.wf" and first["executor"] == "temporal"
     # The CLI against node C: status, and the app log (on A's disk), forwarded to A.
