@@ -114,27 +114,6 @@ class NodeRouter:
         return await cluster.forward(owner, scope, receive, send)
 
 
-_MCP_PATH = re.compile(r"^/servers/([^/]+)/mcp/?$")
-_MCP_METHODS = frozenset({"GET", "POST", "DELETE"})
-
-
-class PlatformApp(Starlette):
-    """The platform's Starlette app, with a short way in for the MCP endpoint: its requests skip Starlette's
-    router and its error and exception layers, which every ``send`` of a relayed stream went through (the largest
-    part of the gateway's own CPU per call that was left). They still pass the same Host/Origin guard, auth and
-    node routing, the very objects the other routes pass. An unexpected error still ends as a 500, from uvicorn."""
-
-    mcp_chain: Any = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        if self.mcp_chain is not None and scope["type"] == "http" and scope["method"] in _MCP_METHODS:
-            if match := _MCP_PATH.match(scope["path"]):
-                scope["app"] = self
-                scope["path_params"] = {"name": match.group(1)}
-                return await self.mcp_chain(scope, receive, send)
-        return await super().__call__(scope, receive, send)
-
-
 def identity_of(request: Request) -> Identity:
     return request.state.identity
 
@@ -610,12 +589,10 @@ def build_app(platform: Platform) -> Starlette:
 
     # Providers' login routes are built lazily: the providers exist only once the platform has started.
     routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
-    app = PlatformApp(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(NodeRouter, platform=platform)
     app.add_middleware(AuthMiddleware, platform=platform)
     app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth
-    app.mcp_chain = TransportGuard(AuthMiddleware(NodeRouter(gateway.endpoint, platform=platform),
-                                                  platform=platform), config=platform.config)
     app.state.platform = platform
     app.state.startup_error = None
     app.state.gateway = gateway

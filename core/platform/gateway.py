@@ -345,7 +345,6 @@ class Gateway:
         self._instances: dict[str, tuple[Any, str]] = {}
         self._reaper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.endpoint = _Endpoint(self)  # the raw ASGI app of /servers/{name}/mcp
 
     @property
     def config(self) -> GatewayConfig:
@@ -527,7 +526,7 @@ class Gateway:
 
     def routes(self) -> list[Route]:
         methods = ["GET", "POST", "DELETE"]
-        endpoint = self.endpoint
+        endpoint = _Endpoint(self)
         return [Route("/servers/{name}/mcp", endpoint, methods=methods),
                 Route("/servers/{name}/mcp/", endpoint, methods=methods)]
 
