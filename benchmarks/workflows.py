@@ -33,12 +33,13 @@ from pathlib import Path
 
 import anyio
 
-from .common import ROOT, Context, Row, Table, copy_app, drive_sessions, percentile
+from .common import ROOT, Context, Load, Row, Table, copy_app, drive_sessions, percentile
 
 APP = ROOT / "benchmarks" / "apps" / "workflows_bench"
 RAW_WORKER = ROOT / "benchmarks" / "apps" / "temporal_raw" / "worker.py"
 NAME = "wfbench"
 SESSIONS = 8
+ALTERNATIONS = 3  # Temporal: baseline and ours measured in this many alternating parts
 
 
 def _value(result) -> dict:
@@ -239,6 +240,19 @@ def _deploy(p, src: Path) -> dict:
     return deployed
 
 
+def _merge(parts: list[dict]) -> dict:
+    """One side's figures from its alternated parts: the loads' calls over their summed time, the samples pooled."""
+    out: dict = {}
+    for key, value in parts[0].items():
+        if isinstance(value, Load):
+            loads = [part[key] for part in parts]
+            out[key] = Load(latencies=[x for load in loads for x in load.latencies],
+                            elapsed=sum(load.elapsed for load in loads), errors=sum(load.errors for load in loads))
+        else:
+            out[key] = [x for part in parts for x in part[key]]
+    return out
+
+
 def _rows(ours: dict, base: dict, *, rate_goal: float, rate_kind: str, base_has_plain: bool) -> list[Row]:
     lo, lb = ours["load"], base["load"]
     rows = [
@@ -314,10 +328,17 @@ async def run(ctx: Context) -> list[Table]:
         p.start(timeout=120)
         ctx.say("temporal: deploying benchmarks/apps/workflows_bench")
         deployed = _deploy(p, src)
-        ctx.say(f"temporal: {temporal_starts} raw temporalio starts (baseline)")
-        base = await _raw_temporal(ctx, server.address, temporal_starts, rounds, warmup, ctx.workdir)
-        ctx.say(f"temporal: {temporal_starts} starts through the gateway")
-        ours = await _mcp_side(ctx, deployed["endpoint"], p.token, temporal_starts, rounds, warmup)
+        # Alternating parts, so a slow stretch of a noisy machine (or of the dev server's SQLite file as it
+        # grows) falls on both sides instead of on whichever was measured second.
+        base_parts, our_parts = [], []
+        part_starts, part_rounds = max(1, temporal_starts // ALTERNATIONS), max(1, rounds // ALTERNATIONS)
+        for part in range(1, ALTERNATIONS + 1):
+            ctx.say(f"temporal, part {part}/{ALTERNATIONS}: {part_starts} raw temporalio starts (baseline)")
+            base_parts.append(await _raw_temporal(ctx, server.address, part_starts, part_rounds, warmup,
+                                                  ctx.workdir))
+            ctx.say(f"temporal, part {part}/{ALTERNATIONS}: {part_starts} starts through the gateway")
+            our_parts.append(await _mcp_side(ctx, deployed["endpoint"], p.token, part_starts, part_rounds, warmup))
+        base, ours = _merge(base_parts), _merge(our_parts)
         p.cli("delete", NAME, "--yes", check=True)
     finally:
         p.stop()
@@ -331,7 +352,7 @@ async def run(ctx: Context) -> list[Table]:
             "Client.start_workflow (with memo and priority) and its worker runs the run",
             "baseline: `temporalio` Client.start_workflow of the same trivial workflow from 8 concurrent loops on "
             "one client, with a worker (unsandboxed, like ours) in a separate process; both on one `temporal server "
-            "start-dev` (SQLite file), the baseline measured first",
+            f"start-dev` (SQLite file), measured in {ALTERNATIONS} alternating parts (baseline, ours, baseline, ...)",
             "pause-to-resume baseline: `handle.signal('go')` once the first workflow task completed, to "
             "`handle.result()` (our side: `workflows-resume`, then `workflows-get_status` polled)",
         ]))
