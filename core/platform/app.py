@@ -68,6 +68,8 @@ class AuthMiddleware:
 
 # Requests about one deployment, by where its name is: these go to the node that runs it (cluster.py).
 _ROUTED = re.compile(r"^/(?:api/v1/(?:deployments|workflows|agents)|servers)/([^/]+)(?:/(.*))?$")
+_RUN_PATH = re.compile(r"^/api/v1/runs/[^/]+(?:/[a-z]+)?$")
+MAX_RUN_BODY = 1 << 20
 _UNROUTED_TAILS = ("events",)  # read from the shared registry: any node answers
 
 
@@ -98,6 +100,8 @@ class NodeRouter:
             name = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("deployment", [None])[0]
             tail = ""
         identity = scope.get("state", {}).get("identity")
+        if identity is not None and _RUN_PATH.match(path):
+            return await self._find_run(scope, receive, send)
         if not name or identity is None or tail in _UNROUTED_TAILS:
             return await self.app(scope, receive, send)
         try:
@@ -112,6 +116,48 @@ class NodeRouter:
         if owner is None:
             return await self.app(scope, receive, send)
         return await cluster.forward(owner, scope, receive, send)
+
+    async def _find_run(self, scope, receive, send) -> None:
+        """A run named by its id alone says nothing of its deployment: this node looks in the deployments it runs,
+        and when none has it, each other live node is asked in turn (once: they do not ask further)."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_RUN_BODY:
+                return await JSONResponse({"error": "too_large", "message": "a run request body is at most 1 MiB"},
+                                          status_code=413)(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        answer: list[dict] = []
+
+        async def capture(message) -> None:
+            answer.append(message)
+
+        await self.app(scope, replay, capture)
+        if answer and answer[0].get("status") == 404:
+            for node in await self.platform.cluster.live_nodes():
+                try:
+                    resp = await self.platform.cluster.send_to(node, scope, body)
+                except httpx2.HTTPError as exc:
+                    log.warning("asking node %s for a run failed: %s", node.node_id, exc)
+                    continue
+                if resp.status_code == 404:
+                    await resp.aclose()
+                    continue
+                return await self.platform.cluster.relay(resp, send)
+        for message in answer:
+            await send(message)
 
 
 def identity_of(request: Request) -> Identity:

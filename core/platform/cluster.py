@@ -197,10 +197,6 @@ class Cluster:
     async def forward(self, owner: Owner, scope, receive, send) -> None:
         """Relay one HTTP request to the node that owns its deployment, and its answer back, streaming both ways.
         The caller's credentials go with it: the owner authenticates the request again."""
-        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_PASSED]
-        headers.append((_FORWARDED, self.node_id.encode()))
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = owner.url + scope["path"] + (f"?{query}" if query else "")
 
         async def body():
             while True:
@@ -212,11 +208,8 @@ class Cluster:
                 if not message.get("more_body"):
                     return
 
-        method = scope["method"]
-        request = self.http().build_request(method, url, headers=headers,
-                                            content=body() if method in ("POST", "PUT", "PATCH") else None)
         try:
-            resp = await self.http().send(request, stream=True)
+            resp = await self.send_to(owner, scope, body())
         except httpx2.HTTPError as exc:
             from starlette.responses import JSONResponse
 
@@ -226,6 +219,22 @@ class Cluster:
                                    "hint": "retry in a moment: if that node is down, another takes the deployment "
                                            "over once its lease expires (node.lease_seconds)"}, status_code=502)
             return await answer(scope, receive, send)
+        await self.relay(resp, send)
+
+    async def send_to(self, owner: Owner, scope, content) -> httpx2.Response:
+        """The request of ``scope`` sent to ``owner`` with ``content`` (bytes or an async iterator) as its body;
+        the answer's body not read yet."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_PASSED]
+        headers.append((_FORWARDED, self.node_id.encode()))
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = owner.url + scope["path"] + (f"?{query}" if query else "")
+        method = scope["method"]
+        request = self.http().build_request(method, url, headers=headers,
+                                            content=content if method in ("POST", "PUT", "PATCH") else None)
+        return await self.http().send(request, stream=True)
+
+    @staticmethod
+    async def relay(resp: httpx2.Response, send) -> None:
         try:
             out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.multi_items()
                    if k.lower().encode() not in _NOT_PASSED]
@@ -235,3 +244,8 @@ class Cluster:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await resp.aclose()
+
+    async def live_nodes(self) -> list[Owner]:
+        """The other nodes that renewed within a lease time."""
+        return [Owner(n.id, n.url.rstrip("/")) for n in await self.registry.list_nodes()
+                if n.id != self.node_id and n.age < self.ttl]

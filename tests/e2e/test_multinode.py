@@ -128,7 +128,14 @@ def test_any_node_serves_and_a_killed_node_is_taken_over(nodes):
     # The paused run is still there, and finishes when the human answers through any node.
     held = mcp(b, "wf", "workflows-get_status", {"run_id": run["run_id"]})
     assert held["status"] == "paused" and held["waiting_for"] == "approve", held
-    mcp(c, "wf", "workflows-resume", {"run_id": run["run_id"], "signal_name": "approve", "payload": {"by": "c"}})
+    # By run id alone (no deployment named), through the live node that does not run it: it asks the others.
+    other = b if owner == "node-c" else c
+    by_id = other.api("GET", f"/api/v1/runs/{run['run_id']}")
+    assert by_id.status_code == 200 and by_id.json()["status"] == "paused", by_id.text
+    assert other.api("GET", "/api/v1/runs/run-that-does-not-exist").status_code == 404
+    resumed = other.cli("workflows", "resume", run["run_id"], "--signal", "approve", "--payload", '{"by": "c"}',
+                        "--json", check=True)
+    assert json.loads(resumed.stdout)["run_id"] == run["run_id"], resumed.stdout
     done = wait_for(lambda: (s := mcp(b, "wf", "workflows-get_status", {"run_id": run["run_id"]}))["status"]
                     in FINAL and s, timeout=120, what="the run to finish")
     assert done["status"] == "completed" and done["result"]["decision"] == {"by": "c"}, done
