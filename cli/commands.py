@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import MCPAgentCloudError
+from ..errors import MCPAgentCloudError, NotFoundError
 from ..hookspecs import hookimpl
 from rich.markup import escape
 
-from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, table
+from .output import DeployProgress, api_options, emit_json, err, handle_errors, json_option, out, span_tree, table
 
 PROCESS_WARNING = ("The `process` builder runs app code directly on the platform host, with no isolation. "
                    "Use it only for code you trust. Untrusted code needs a container builder: "
@@ -230,23 +230,26 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
                       f"sha256 {package.sha256[:12]}[/]", markup=True, highlight=False)
         t0 = time.monotonic()
         if client.has_package(package.sha256):
+            progress.record("upload", "ok", (time.monotonic() - t0) * 1000)
             if not as_json:
                 err.print("[green]✓[/] upload [dim](already on the platform)[/]", markup=True, highlight=False)
-        elif as_json:
-            client.upload_package(package.path, package.sha256, spec.name)
         else:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+            if as_json:
+                client.upload_package(package.path, package.sha256, spec.name)
+            else:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-            with Progress("upload", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
-                          transient=True) as bar:
-                task = bar.add_task("upload", total=package.size)
-                client.upload_package(package.path, package.sha256, spec.name,
-                                      on_progress=lambda sent, total: bar.update(task, completed=sent))
+                with Progress("upload", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
+                              transient=True) as bar:
+                    task = bar.add_task("upload", total=package.size)
+                    client.upload_package(package.path, package.sha256, spec.name,
+                                          on_progress=lambda sent, total: bar.update(task, completed=sent))
             progress.step("upload", "ok", (time.monotonic() - t0) * 1000)
     body = {"kind": "app", "package_sha256": package.sha256, "package_format": spec.name,
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
             "description": app.description or None, "region": region, "public": public or None,
-            "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as}
+            "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as,
+            "client_steps": progress.timings}
     try:
         return _run_deploy(client, target, body, as_json=as_json, verbose=verbose,
                            extra={"secrets": secrets_summary} if secrets_summary else None)
@@ -566,6 +569,8 @@ def register(cli: click.Group) -> None:
         if data.get("stats"):
             s = data["stats"]
             out.print(f"  {'resources:':16} " + ", ".join(f"{k}={v}" for k, v in s.items()), highlight=False)
+        if data.get("health"):
+            out.print(f"  {'health:':16} {_health_line(data['health'])}", highlight=False)
         out.print()
         table(data.get("versions", []), [("version", "VERSION"), ("status", "STATUS"),
                                          ("package_sha256", "PACKAGE"), ("error", "ERROR")])
@@ -573,21 +578,61 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("name")
     @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-    @click.option("-n", "--tail", default=100, show_default=True, help="Lines from the end to start with.")
+    @click.option("-n", "--tail", type=click.IntRange(min=0),
+                  help="Lines from the end to start with (default: 100; with --since, every line since then).")
+    @click.option("--since", metavar="WHEN",
+                  help="Only lines written since WHEN: a duration ago (30s, 10m, 2h, 1d) or an ISO 8601 time "
+                       "(2026-12-07T09:30:00Z; local time without an offset). Lines of logs from before the platform "
+                       "recorded times have none: they are shown without --since and skipped with it.")
+    @click.option("--grep", metavar="REGEX",
+                  help="Only lines matching this (Python) regular expression anywhere, e.g. 'error|warn' or "
+                       "'(?i)timeout'. Applied by the platform, also to followed lines.")
+    @click.option("-t", "--timestamps", is_flag=True, help="Start each line with the time it was written (UTC).")
     @click.option("--version", "version", type=int, help="A version's log (default: the serving version's).")
     @api_options
     @json_option
     @handle_errors
-    def logs(name, follow, tail, version, api_url, as_json):
-        """Print a deployment's app log (stdout and stderr of its process). Each version has its own log."""
+    def logs(name, follow, tail, since, grep, timestamps, version, api_url, as_json):
+        """Print a deployment's app log (stdout and stderr of its process). Each version has its own log.
+
+        The platform records when it wrote each line and from which stream. --json prints one JSON object a line
+        (with --follow too): {"ts": "2026-12-07T09:30:00.123Z", "stream": "stdout", "line": "..."}; stream is
+        stdout, stderr or platform (lines the platform adds, such as "starting version 2"); ts and stream are
+        null for lines of older logs.
+
+        \b
+          mcp-agent logs hello --since 10m --grep 'Traceback|ERROR'
+          mcp-agent logs hello --follow --json
+        """
+        from datetime import datetime
+
+        from ..errors import ApiError
+
+        if since:
+            try:
+                when = datetime.fromisoformat(since.strip())
+            except ValueError:
+                pass  # a duration: the platform checks it
+            else:
+                # Sent with its offset: the platform's clock may be in another time zone.
+                since = (when.astimezone() if when.tzinfo is None else when).isoformat()
         client = _client(api_url)
         try:
             if as_json:
-                text = "".join(client.logs(name, tail=tail, follow=False, version=version))
-                return emit_json({"name": name, "lines": text.splitlines()})
-            for chunk in client.logs(name, tail=tail, follow=follow, version=version):
+                for entry in client.log_entries(name, tail=tail, follow=follow, version=version, since=since,
+                                                grep=grep):
+                    sys.stdout.write(json.dumps(entry) + "\n")
+                    sys.stdout.flush()
+                return
+            for chunk in client.logs(name, tail=tail, follow=follow, version=version, since=since, grep=grep,
+                                     timestamps=timestamps):
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
+        except ApiError as exc:
+            # The platform names its query parameters; here they are options.
+            for param in ("since", "grep"):
+                exc.message = exc.message.replace(f"query parameter '{param}'", f"--{param}")
+            raise
         except KeyboardInterrupt:
             pass
 
@@ -613,6 +658,39 @@ def register(cli: click.Group) -> None:
             return emit_json(rows)
         for e in rows:
             _print_event(e)
+
+    @cli.command()
+    @click.argument("name")
+    @click.option("--run", "run_id", help="Only the trace of this workflow run (its RUN_ID).")
+    @click.option("--trace", "trace_id", help="Only this trace (32 hex digits).")
+    @click.option("-n", "--limit", default=5, show_default=True, help="How many recent traces.")
+    @api_options
+    @json_option
+    @handle_errors
+    def traces(name, run_id, trace_id, limit, api_url, as_json):
+        """Print a deployment's recent traces as span trees: deploys (each pipeline step), MCP requests through
+        the gateway, and inside MCPApp apps their tool calls and workflow runs.
+
+        \b
+        Examples:
+          mcp-agent traces hello                 the 5 most recent traces
+          mcp-agent traces hello --run RUN_ID    one workflow run, from the tool call that started it
+        Traces are kept in the memory of the node serving the deployment (tracing.keep_spans); send them
+        somewhere durable with the otlp exporter (docs/observability.md)."""
+        data = _client(api_url).traces(name, run=run_id, trace=trace_id, limit=limit)
+        if as_json:
+            return emit_json(data)
+        if not data.get("tracing", True):
+            err.print("tracing is off on the platform (`tracing.enabled: false`)", highlight=False)
+        if not data["traces"]:
+            what = f"run {run_id}" if run_id else (f"trace {trace_id}" if trace_id else name)
+            raise NotFoundError(f"no traces for {what}", hint="traces are kept in memory: they start again when "
+                                "the serving node restarts; call a tool, or check the name with `mcp-agent list`")
+        for i, spans in enumerate(data["traces"]):
+            if i:
+                out.print()
+            for line in span_tree(spans):
+                out.print(line, markup=False, highlight=False)
 
     @cli.group()
     def export():
@@ -1472,6 +1550,21 @@ def register(cli: click.Group) -> None:
 
         argv = ["--host", host, "--port", str(port)] + (["--cwd", cwd] if cwd else []) + ["--", *command]
         sys.exit(adapter_main(argv))
+
+
+def _health_line(h: dict) -> str:
+    """Requests through the gateway since this node began serving the deployment, at a glance."""
+    def ms(v):
+        return "-" if v is None else f"{v:g} ms"
+
+    parts = [f"{h.get('requests', 0)} requests", f"error rate {h.get('error_rate', 0) * 100:.1f}%",
+             f"tool calls p50 {ms(h.get('p50_ms'))} p95 {ms(h.get('p95_ms'))} p99 {ms(h.get('p99_ms'))}",
+             f"{h.get('active_sessions', 0)} sessions"]
+    if h.get("memory_bytes"):
+        parts.append(f"{h['memory_bytes'] / 2**20:.0f} MiB")
+    if h.get("cpu_seconds") is not None:
+        parts.append(f"cpu {h['cpu_seconds']:g}s")
+    return ", ".join(parts)
 
 
 def _print_event(e: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,10 @@ class DeployProgress:
         self.quiet = quiet
         self.verbose = verbose
         self.status = None
+        # Client-side steps (validate, package, upload) with their wall-clock times: sent with the deploy, so the
+        # platform's trace of it covers them too.
+        self.timings: list[dict] = []
+        self._started: dict[str, int] = {}
 
     def __enter__(self) -> DeployProgress:
         return self
@@ -92,7 +97,17 @@ class DeployProgress:
             self.status.stop()
             self.status = None
 
+    def record(self, name: str, status: str, duration_ms: float | None = None) -> None:
+        """Note a step's time without printing it."""
+        now = time.time_ns()
+        if status == "started":
+            self._started[name] = now
+        else:
+            self.timings.append({"step": name, "status": status, "end_ns": now,
+                                 "start_ns": self._started.pop(name, now - int((duration_ms or 0) * 1e6))})
+
     def step(self, name: str, status: str, duration_ms: float | None = None) -> None:
+        self.record(name, status, duration_ms)
         if self.quiet:
             return
         if status == "started":
@@ -118,3 +133,32 @@ class DeployProgress:
             self.step(event["step"], event["status"], event.get("duration_ms"))
         elif event.get("type") == "log":
             self.log(event.get("line", ""))
+
+
+def span_tree(spans: list[dict]) -> list[str]:
+    """A trace as indented lines: name, duration, status, and a few attributes, children under their parent
+    by start time. Spans whose parent is not in the list (it was sampled out, or lives elsewhere) are roots."""
+    ids = {s["span_id"] for s in spans}
+    children: dict[str | None, list[dict]] = {}
+    for span in spans:
+        parent = span.get("parent_id") if span.get("parent_id") in ids else None
+        children.setdefault(parent, []).append(span)
+    start = min((s["start_ns"] for s in spans), default=0)
+    lines = [f"trace {spans[0]['trace_id']}" if spans else "trace (empty)"]
+    shown = ("gen_ai.tool.name", "run.id", "workflow.id", "version", "http.response.status_code", "error.type")
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s["start_ns"]):
+            took = (span["end_ns"] - span["start_ns"]) / 1e6
+            offset = (span["start_ns"] - start) / 1e6
+            mark = "✗" if span.get("status") == "error" else "✓"
+            attrs = " ".join(f"{k}={span['attributes'][k]}" for k in shown if k in span.get("attributes", {}))
+            where = "" if span.get("service") == "mcp-agent-cloud" else f" [{span.get('service')}]"
+            error = f" ({span['status_message']})" if span.get("status") == "error" and span.get("status_message") \
+                else ""
+            lines.append(f"{'  ' * depth}{mark} {span['name']}{where} {took:.1f} ms @+{offset:.1f} ms"
+                         f"{' ' + attrs if attrs else ''}{error}")
+            walk(span["span_id"], depth + 1)
+
+    walk(None, 1)
+    return lines

@@ -163,6 +163,10 @@ class PlatformClient:
     def versions(self, name: str) -> list[dict]:
         return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/versions")["versions"]
 
+    def traces(self, name: str, *, run: str | None = None, trace: str | None = None, limit: int = 20) -> dict:
+        params = {k: v for k, v in {"run": run, "trace": trace, "limit": limit}.items() if v}
+        return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/traces", params=params)
+
     def events(self, name: str, after: int = 0, limit: int = 100) -> list[dict]:
         return self.request("GET", f"/api/v1/deployments/{self._qualify(name)}/events",
                             params={"after": after, "limit": limit})["events"]
@@ -265,16 +269,42 @@ class PlatformClient:
         """``action``: run (start the instance), pause (suspend: no new runs), resume, stop."""
         return self.request("POST", f"/api/v1/agents/{self._qualify(name)}/{action}", timeout=LIFECYCLE_TIMEOUT)
 
-    def logs(self, name: str, tail: int = 100, follow: bool = False, version: int | None = None) -> Iterator[str]:
-        params = {"tail": tail, "follow": "1" if follow else "0"}
+    def logs(self, name: str, tail: int | None = 100, follow: bool = False, version: int | None = None, *,
+             since: str | None = None, grep: str | None = None, timestamps: bool = False) -> Iterator[str]:
+        """The app log as text chunks. ``tail`` None: the server's default (100; every line with ``since``)."""
+        for resp in self._stream("GET", f"/api/v1/deployments/{self._qualify(name)}/logs",
+                                 params=self._log_params(tail, follow, version, since, grep, timestamps=timestamps)):
+            yield from resp.iter_text()
+
+    def log_entries(self, name: str, tail: int | None = 100, follow: bool = False, version: int | None = None, *,
+                    since: str | None = None, grep: str | None = None) -> Iterator[dict]:
+        """The app log as ``{"ts", "stream", "line"}`` objects (``ts`` and ``stream`` None for lines of older
+        logs, which have no time)."""
+        params = self._log_params(tail, follow, version, since, grep, format="ndjson")
+        for resp in self._stream("GET", f"/api/v1/deployments/{self._qualify(name)}/logs", params=params):
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    @staticmethod
+    def _log_params(tail, follow, version, since, grep, **extra) -> dict:
+        params: dict[str, Any] = {"follow": "1" if follow else "0"}
+        if tail is not None:
+            params["tail"] = tail
         if version:
             params["version"] = version
-        for resp in self._stream("GET", f"/api/v1/deployments/{self._qualify(name)}/logs", params=params):
-            yield from resp.iter_text()
+        if since:
+            params["since"] = since
+        if grep:
+            params["grep"] = grep
+        if extra.pop("timestamps", False):
+            params["timestamps"] = "1"
+        return params | extra
 
 
 @contextlib.asynccontextmanager
-async def mcp_client(url: str, token: str | None = None, *, mode: str = "auto", read_timeout: float = 300.0):
+async def mcp_client(url: str, token: str | None = None, *, mode: str = "auto", read_timeout: float = 300.0,
+                     headers: dict[str, str] | None = None):
     """A connected mcp SDK ``Client`` over Streamable HTTP, optionally with a bearer token.
 
     Used by the CLI (through the gateway), by the platform's health check (straight to an instance) and by tests.
@@ -284,7 +314,7 @@ async def mcp_client(url: str, token: str | None = None, *, mode: str = "auto", 
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
         async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=read_timeout)) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:

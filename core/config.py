@@ -54,6 +54,10 @@ class LimitsConfig(BaseModel):
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest package the API accepts (413 above)")
     max_unpacked_bytes: int = Field(500 * 1024 * 1024, gt=0, description="largest extracted app")
     health_timeout: float = Field(120.0, gt=0, description="seconds a new version has to pass its health check")
+    events_keep_days: float = Field(30.0, ge=0, description="events older than this are deleted from the registry "
+                                    "(checked hourly); 0 keeps them forever")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="size at which a version's app log is "
+                               "rotated (one rotated file is kept, so at most twice this per version)")
 
 
 class SupervisorConfig(BaseModel):
@@ -127,6 +131,38 @@ class NodeConfig(BaseModel):
                                  "this long")
 
 
+class TracingConfig(BaseModel):
+    """Spans of deploys, gateway requests and app runs (docs/observability.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="make spans at all (off: no spans for `mcp-agent traces` or exporters)")
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="share of new traces kept, decided by trace id "
+                                "(a trace that arrives sampled or not keeps its caller's decision)")
+    keep_spans: int = Field(5000, ge=0, le=1_000_000, description="finished spans kept in memory per deployment "
+                            "for `mcp-agent traces` (the oldest go first)")
+    app_pull_seconds: float = Field(1.0, ge=0.1, le=60.0, description="how often the platform fetches the spans "
+                                    "apps finished (through their control route) and passes them on")
+
+
+class MetricsConfig(BaseModel):
+    """``GET /metrics`` (Prometheus text format)."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str | None = Field(None, description="host:port of a separate, unauthenticated listener that serves "
+                               "every metric at /metrics, for a scraper on a private interface (default: none; "
+                               "the main listener's /metrics needs a token and shows the caller's org)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return value
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -150,6 +186,8 @@ class PlatformConfig(BaseModel):
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log_level: str = "info"
 
     @field_validator("listen")

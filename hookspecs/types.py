@@ -237,6 +237,39 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+SpanKind = Literal["internal", "server", "client", "producer", "consumer"]
+AttributeValue = str | bool | int | float
+
+
+class SpanData(BaseModel):
+    """A finished span, as exporters receive it. Ids are W3C trace-context hex (32 and 16 digits), times are
+    epoch nanoseconds. Kept this small on purpose: the core and the app runtime make spans without the
+    OpenTelemetry SDK (an extra), and the ``otlp`` exporter hands them to that SDK, which does the protocol work.
+
+    ``service`` is the OpenTelemetry ``service.name``: ``mcp-agent-cloud`` for the platform's own spans, the
+    deployment's ``org.name`` for spans made inside an app. ``org`` and ``deployment`` say whose span it is
+    (tenant isolation of ``GET .../traces``).
+    """
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None
+    kind: SpanKind = "internal"
+    start_ns: int
+    end_ns: int
+    status: Literal["unset", "ok", "error"] = "unset"
+    status_message: str = ""
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    service: str = "mcp-agent-cloud"
+    org: str | None = None
+    deployment: str | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
 # Registry records ----------------------------------------------------------------------------------------------
 
 DeploymentStatus = Literal["pending", "building", "running", "stopped", "failed", "crashed"]
@@ -439,6 +472,8 @@ class PluginContext:
     emit: Callable[[Event], None] = lambda event: None
     registry: Registry | None = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # The platform's metrics (a mcp_agent_cloud.telemetry.Metrics): exporters read it, and count their drops in it.
+    metrics: Any = None
 
 
 class Backend(abc.ABC):
@@ -579,6 +614,11 @@ class Registry(Backend):
     async def list_events(
         self, *, org: str | None = None, deployment_id: str | None = None, after_id: int = 0, limit: int = 100
     ) -> list[EventRecord]: ...
+
+    async def prune_events(self, *, before: float) -> int:
+        """Delete the events created before ``before`` (epoch seconds); returns how many. Ids are never reused.
+        The default keeps everything (``limits.events_keep_days`` then does nothing)."""
+        return 0
 
     # tokens
     @abc.abstractmethod
@@ -766,7 +806,16 @@ class AuthProvider(Backend):
 
 
 class TelemetryExporter(Backend):
-    """Receives every platform event. ``export`` must not block: buffer, and flush in ``aclose``."""
+    """Receives every platform event, and every finished span if it overrides ``export_span``. Neither may
+    block the request path: buffer (bounded), count what is dropped, and flush in ``aclose``."""
 
     @abc.abstractmethod
     def export(self, event: Event) -> None: ...
+
+    def export_span(self, span: SpanData) -> None:
+        """A finished span (the platform's, or one made inside an app). The default ignores spans, and the
+        platform makes no spans at all when no exporter takes them."""
+
+    @classmethod
+    def takes_spans(cls) -> bool:
+        return cls.export_span is not TelemetryExporter.export_span

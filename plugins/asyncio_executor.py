@@ -44,7 +44,18 @@ from mcp_agent_cloud.hookspecs.types import (
     StepDef,
     WorkflowDef,
 )
-from mcp_agent_cloud.workflows.base import execute, lookup, step_retry, to_json, validate_params
+from mcp_agent_cloud.telemetry import Span, Tracer, use_parent
+from mcp_agent_cloud.workflows.base import (
+    RUN_SPAN,
+    STEP_SPAN,
+    end_run_span,
+    execute,
+    lookup,
+    run_attributes,
+    step_retry,
+    to_json,
+    validate_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +264,7 @@ class _Run:
         self.queued = False
         self.has_slot = False
         self.slot: asyncio.Future[None] | None = None
+        self.span: Span | None = None  # workflow.run, from start_run to _finish
 
     def queue(self, name: str) -> asyncio.Queue[tuple[int, Any]]:
         return self.mailbox.setdefault(name, asyncio.Queue())
@@ -308,9 +320,13 @@ class AsyncioRunContext(RunContext):
         await self._pause_point()
         policy = step_retry(step)
         attempt = 1
+        tracer = self._ex.tracer
         while True:
             try:
-                result = await self._attempt(step, args, kwargs)
+                with tracer.span(f"{STEP_SPAN} {step.name}", attributes={
+                        "step.name": step.name, "step.attempt": attempt, "run.id": self.run_id,
+                        "workflow.id": self.workflow_id}):
+                    result = await self._attempt(step, args, kwargs)
             except Exception as exc:
                 names = {cls.__name__ for cls in type(exc).__mro__}
                 error = f"{type(exc).__name__}: {exc}"
@@ -351,6 +367,8 @@ class AsyncioRunContext(RunContext):
 
 
 class AsyncioExecutor(Executor):
+    tracer = Tracer()  # the MCPApp hands over its own; this one makes no spans
+
     def __init__(self, config: AsyncioExecutorConfig, ctx) -> None:
         super().__init__(config, ctx)
         self._runs: dict[str, _Run] = {}  # runs this process owns and that have not finished
@@ -435,6 +453,9 @@ class AsyncioExecutor(Executor):
         record = RunRecord(run_id=f"run_{uuid.uuid4().hex}", workflow_id=workflow_id or f"{defn.name}-{uuid.uuid4().hex}",
                            name=defn.name, params=params, priority=defn.priority if priority is None else priority)
         run = _Run(record, defn)
+        # A child of the current span (the tool call that starts the run); a scheduled run starts a trace.
+        run.span = self.tracer.start(f"{RUN_SPAN} {defn.name}", attributes={
+            **run_attributes(defn.name, record.run_id, record.workflow_id), "run.started_by": started_by or "api"})
         limit = self.config.max_concurrent_runs
         if limit is None or (self._active < limit and not self._waiting):
             run.has_slot = True
@@ -469,7 +490,8 @@ class AsyncioExecutor(Executor):
             if run.queued:
                 await run.slot
             await ctx._pause_point()  # paused before it started
-            result = await execute(run.defn, ctx, rec.params)
+            with use_parent(run.span):  # steps (and whatever the run traces) are its children
+                result = await execute(run.defn, ctx, rec.params)
         except asyncio.CancelledError:
             if self._closing:
                 self._finish(run, "interrupted", error=INTERRUPTED_ERROR)
@@ -497,6 +519,8 @@ class AsyncioExecutor(Executor):
         rec.waiting_for = None
         rec.updated_at = time.time()
         self._runs.pop(rec.run_id, None)
+        span, run.span = run.span, None
+        end_run_span(span, status, error)
         store = self._store
         if store is None:
             return

@@ -189,17 +189,30 @@ def _tail(lines: list[str], n: int = 30) -> str:
 
 
 class LogFollower(threading.Thread):
-    """Copies a container's output into the version's app.log until the container stops (``mcp-agent logs``)."""
+    """Copies a container's output into the version's app.log until the container stops (``mcp-agent logs``),
+    each line stamped with its time and stream."""
 
-    def __init__(self, engine: Engine, container: str, path: Path, since: float | None) -> None:
+    def __init__(self, engine: Engine, container: str, path: Path, since: float | None,
+                 max_bytes: int | None = None) -> None:
         super().__init__(daemon=True, name=f"logs-{container[:12]}")
         self.engine, self.container, self.path, self.since = engine, container, Path(path), since
+        self.max_bytes = max_bytes
 
     def run(self) -> None:
-        with contextlib.suppress(Exception), open(self.path, "ab") as out:
-            for chunk in self.engine.logs(self.container, since=self.since):
-                out.write(chunk)
-                out.flush()
+        from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, LineSplitter, append_app_log
+
+        max_bytes = self.max_bytes or DEFAULT_LOG_MAX_BYTES
+        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        # An engine without log_frames cannot tell the streams apart: its output counts as stdout.
+        frames = getattr(self.engine, "log_frames", None)
+        source = (frames(self.container, since=self.since) if frames is not None
+                  else (("stdout", chunk) for chunk in self.engine.logs(self.container, since=self.since)))
+        with contextlib.suppress(Exception):
+            for stream, chunk in source:
+                append_app_log(self.path, stream, splitters[stream].feed(chunk), max_bytes=max_bytes)
+        for stream, splitter in splitters.items():
+            with contextlib.suppress(OSError):
+                append_app_log(self.path, stream, splitter.flush(), max_bytes=max_bytes)
 
 
 class ContainerBuilder(Builder):
@@ -699,7 +712,7 @@ class ContainerBuilder(Builder):
         old = self._followers.get(cid)
         if old is not None and old.is_alive():
             return
-        follower = LogFollower(self.engine, cid, Path(log_path), since)
+        follower = LogFollower(self.engine, cid, Path(log_path), since, self.ctx.settings.get("log_max_bytes"))
         follower.start()
         self._followers[cid] = follower
 
@@ -725,8 +738,11 @@ class ContainerBuilder(Builder):
             note = (f"the container was killed (SIGKILL, exit code 137), most likely out of memory (limit "
                     f"{self._limit_text(instance)}; {self.spec_name} does not say); if so, raise limits.memory")
         if note and instance.data.get("log_path"):
-            with contextlib.suppress(OSError), open(instance.data["log_path"], "a") as f:
-                f.write(f"--- {note} ---\n")
+            from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, append_app_log
+
+            with contextlib.suppress(OSError):
+                append_app_log(instance.data["log_path"], "platform", [f"--- {note} ---"],
+                               max_bytes=self.ctx.settings.get("log_max_bytes") or DEFAULT_LOG_MAX_BYTES)
         follower = self._followers.pop(cid, None)
         if follower is not None:
             await asyncio.to_thread(follower.join, 5)

@@ -216,6 +216,34 @@ class DockerEngine(Engine):
         except (self.errors.NotFound, self.errors.APIError):
             return
 
+    def log_frames(self, container: str, *, since: float | None = None) -> Iterator[tuple[str, bytes]]:
+        """Like :meth:`logs`, as ``(stream, chunk)``: the SDK merges the streams without saying which is which,
+        so each stream is followed on its own."""
+        import queue
+        import threading
+
+        chunks: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+
+        def follow(stream: str) -> None:
+            try:
+                for chunk in self.client.api.logs(container, stream=True, follow=True, stdout=stream == "stdout",
+                                                  stderr=stream == "stderr", since=int(since) if since else None):
+                    chunks.put((stream, chunk))
+            except (self.errors.NotFound, self.errors.APIError):
+                pass
+            finally:
+                chunks.put(None)
+
+        for stream in ("stdout", "stderr"):
+            threading.Thread(target=follow, args=(stream,), daemon=True, name=f"{stream}-{container[:12]}").start()
+        open_streams = 2
+        while open_streams:
+            item = chunks.get()
+            if item is None:
+                open_streams -= 1
+            else:
+                yield item
+
     def stop(self, container: str, timeout: float) -> None:
         try:
             self.client.api.stop(container, timeout=max(1, int(round(timeout))))

@@ -315,6 +315,26 @@ class PodmanEngine(Engine):
         except (EngineError, OSError):
             return
 
+    def log_frames(self, container: str, *, since: float | None = None) -> Iterator[tuple[str, bytes]]:
+        """Like :meth:`logs`, as ``(stream, chunk)``, from the stream byte of each frame's 8-byte header."""
+        params: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True}
+        if since:
+            params["since"] = int(since)
+        try:
+            response = self._call("get", f"/containers/{_quote(container)}/logs", params=params, stream=True,
+                                  timeout=None, missing_ok=True)
+            if response is None:
+                return
+            while len(header := response.raw.read(8)) == 8:
+                size = int.from_bytes(header[4:8], "big")
+                data = response.raw.read(size) if size else b""
+                if size and not data:
+                    return
+                if data:
+                    yield ("stderr" if header[0] == 2 else "stdout"), data
+        except (EngineError, OSError):
+            return
+
     def stop(self, container: str, timeout: float) -> None:
         self._call("post", f"/containers/{_quote(container)}/stop", params={"timeout": max(1, int(round(timeout)))},
                    ok=(304,), missing_ok=True, timeout=timeout + 30)

@@ -437,6 +437,11 @@ class PostgresRegistry(Registry):
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
         return await self._all(EventRecord, sql, (*args, max(0, limit)))
 
+    async def prune_events(self, *, before: float) -> int:
+        async with self._tx() as cur:
+            await cur.execute("DELETE FROM events WHERE created_at < %s", (before,))
+            return cur.rowcount
+
     async def watch(self, *, org: str | None = None, after_id: int = 0) -> AsyncIterator[EventRecord]:
         """Events as they are added by any node: LISTEN, then read what a NOTIFY announces. Listening starts
         before the first read, so an event committed in between is not missed."""

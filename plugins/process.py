@@ -160,6 +160,35 @@ def _die_with_parent() -> None:
 # -- helpers -----------------------------------------------------------------------------------------------------
 
 
+async def _read_pipe(fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                       os.fdopen(fd, "rb", buffering=0))
+    return reader
+
+
+async def pump_app_log(stream: asyncio.StreamReader, name: str, path: Path, max_bytes: int | None) -> None:
+    """Copies one output stream of an instance into its app log, each line stamped with the time it came. A line
+    left open for half a second is written as it is, so a prompt without a newline still shows up."""
+    from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, LineSplitter, append_app_log
+
+    splitter = LineSplitter()
+    while True:
+        try:
+            chunk = await (asyncio.wait_for(stream.read(65536), 0.5) if splitter.pending else stream.read(65536))
+        except asyncio.TimeoutError:
+            lines = splitter.flush()
+        else:
+            if not chunk:
+                break
+            lines = splitter.feed(chunk)
+        # A failed write (the deployment's directory deleted) must not stop the draining: the app would block.
+        with contextlib.suppress(OSError):
+            append_app_log(path, name, lines, max_bytes=max_bytes or DEFAULT_LOG_MAX_BYTES)
+    with contextlib.suppress(OSError):
+        append_app_log(path, name, splitter.flush(), max_bytes=max_bytes or DEFAULT_LOG_MAX_BYTES)
+
+
 async def emit(log: LogSink, line: str) -> None:
     result = log(line)
     if inspect.isawaitable(result):
@@ -387,6 +416,7 @@ class ProcessBuilder(Builder):
         super().__init__(config, ctx)
         self._env_locks: dict[str, asyncio.Lock] = {}
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._pumps: dict[int, list[asyncio.Task]] = {}  # pid -> the tasks copying its stdout and stderr
 
     @property
     def envs_dir(self) -> Path:
@@ -514,17 +544,36 @@ class ProcessBuilder(Builder):
             cwd.mkdir(parents=True, exist_ok=True)
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:
+        log_path.touch()  # it exists from the start, as before: readers need not wait for the first line
+        # Pipes, not the file: the platform stamps each line with its time and stream (see pump_app_log). Our own
+        # pipes, not asyncio's: its Process.wait() would wait for every descendant holding them to exit too.
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        try:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=child_env(env or {}, venv),
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w, cwd=cwd,
+                env=child_env(env or {}, venv),
                 # Own process group: stop() signals the whole group, and a Ctrl-C at the platform's terminal
                 # reaches the platform only, which then stops apps in order.
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         for pid in [p for p, known in self._procs.items() if known.returncode is not None]:
             del self._procs[pid]  # exited on their own and never stopped
+        for pid in [p for p, tasks in self._pumps.items() if all(t.done() for t in tasks)]:
+            del self._pumps[pid]
         self._procs[proc.pid] = proc
+        max_bytes = self.ctx.settings.get("log_max_bytes")
+        # Extended, not replaced: a reused pid's old pumps must stay referenced until they finish.
+        self._pumps.setdefault(proc.pid, []).extend(
+            [asyncio.create_task(pump_app_log(await _read_pipe(fd), name, log_path, max_bytes))
+             for fd, name in ((out_r, "stdout"), (err_r, "stderr"))])
         # Listening on every interface still means the platform reaches the instance over loopback.
         host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.config.host, self.config.host)
         url_host = f"[{host}]" if ":" in host else host
@@ -548,7 +597,9 @@ class ProcessBuilder(Builder):
         pid = instance.data["pid"]
         proc = self._procs.get(pid)
         if proc is not None:
-            return await proc.wait()
+            code = await proc.wait()
+            await self._drained(pid)
+            return code
         while pid_alive(pid):  # adopted: not our child, so nothing to wait() on
             await asyncio.sleep(0.5)
         return -1
@@ -576,7 +627,15 @@ class ProcessBuilder(Builder):
                     os.kill(child, signal.SIGKILL)
         if proc is not None:
             await proc.wait()
+            await self._drained(pid)
             self._procs.pop(pid, None)
+
+    async def _drained(self, pid: int, timeout: float = 2.0) -> None:
+        """Until the exited process's last output is in its log (what a failed deploy shows). Bounded: a
+        descendant that outlived it may hold the pipes open; its output keeps reaching the log."""
+        tasks = self._pumps.get(pid)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     async def is_alive(self, instance: Instance) -> bool:
         proc = self._procs.get(instance.data.get("pid"))

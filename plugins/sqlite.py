@@ -356,6 +356,10 @@ class SqliteRegistry(Registry):
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         return await self._all(EventRecord, "events", sql, (*args, max(0, limit)))
 
+    async def prune_events(self, *, before: float) -> int:
+        # AUTOINCREMENT: ids of deleted events are never handed out again, so a follower's `after` stays valid.
+        return await self._write(lambda c: c.execute("DELETE FROM events WHERE created_at < ?", (before,)).rowcount)
+
     # -- tokens -----------------------------------------------------------------------------------------------
 
     async def add_token(self, record: TokenRecord) -> TokenRecord:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -62,6 +63,8 @@ from mcp_agent_cloud.hookspecs.types import (
     StepDef,
     WorkflowDef,
 )
+from mcp_agent_cloud.telemetry import Span, SpanContext, Tracer, parse_traceparent
+from mcp_agent_cloud.workflows.base import RUN_SPAN, STEP_SPAN, end_run_span, run_attributes
 
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowExecution, WorkflowHandle
@@ -233,6 +236,7 @@ class _State:
         self.held = False
         self.history: list[dict[str, Any]] = []
         self.updated_at: float | None = None
+        self.trace: dict[str, Any] | None = None  # the run span's ids, from the memo (see _run_trace)
 
     def event(self, kind: str, **data: Any) -> None:
         from temporalio import workflow
@@ -320,8 +324,11 @@ class TemporalRunContext(RunContext):
                               non_retryable_error_types=list(policy.non_retryable))
         cfg = self._ex.config
         heartbeat = min(cfg.heartbeat_timeout, step.timeout or cfg.step_timeout)
+        body = {"args": to_json(list(args)), "kwargs": to_json(dict(kwargs))}
+        if self._st.trace:  # the activity's span is a child of the run's (the memo is the same on every replay)
+            body["traceparent"] = self._st.trace.get("traceparent")
         result = await workflow.execute_activity(
-            step.name, {"args": to_json(list(args)), "kwargs": to_json(dict(kwargs))},
+            step.name, body,
             start_to_close_timeout=timedelta(seconds=step.timeout or cfg.step_timeout),
             heartbeat_timeout=timedelta(seconds=heartbeat), retry_policy=retry)
         self._st.event("step", step=step.name)
@@ -356,6 +363,7 @@ def _workflow_class(executor: TemporalExecutor) -> type:
             executor._run_ids[info.run_id] = info.workflow_id
             defn = executor.binding.workflows.get(info.workflow_type)
             st = self.st
+            st.trace = workflow.memo_value("trace", None)
             sched = workflow.memo_value("schedule", None)
             st.event("started", by=f"schedule {sched}" if sched else "api",
                      priority=workflow.memo_value("priority", 0))
@@ -363,22 +371,26 @@ def _workflow_class(executor: TemporalExecutor) -> type:
                 error = (f"this app has no workflow {info.workflow_type!r} (known: "
                          f"{', '.join(sorted(executor.binding.workflows)) or 'none'})")
                 workflow.upsert_memo({"final": {"state": {}, "history": st.history, "error": error}})
+                executor._run_span(st.trace, "error", error)
                 raise ApplicationError(error, type="NotFoundError", non_retryable=True)
             try:
                 result = await execute(defn, TemporalRunContext(executor, st), params or {})
             except asyncio.CancelledError:
                 st.event("cancelled")
                 workflow.upsert_memo({"final": {"state": st.state, "history": st.history, "error": None}})
+                executor._run_span(st.trace, "cancelled")
                 raise
             except Exception as exc:
                 error = _exc_text(exc)
                 st.event("error", error=error)
                 workflow.upsert_memo({"final": {"state": st.state, "history": st.history, "error": error}})
+                executor._run_span(st.trace, "error", error)
                 # a plain exception would fail only the workflow *task* (retried forever, as if it were a bug in
                 # the workflow's determinism); an ApplicationError fails the run, which is what the author meant
                 raise ApplicationError(error, type=type(exc).__name__, non_retryable=True) from None
             st.event("completed")
             workflow.upsert_memo({"final": {"state": st.state, "history": st.history, "error": None}})
+            executor._run_span(st.trace, "completed")
             return to_json(result)
 
         # real objects, not strings: Temporal reads these hints to know this is the dynamic run signature
@@ -437,6 +449,7 @@ class TemporalExecutor(Executor):
     """Runs an app's workflows on Temporal; see the module docstring."""
 
     config: TemporalConfig
+    tracer = Tracer()  # the MCPApp hands over its own; this one makes no spans
 
     def __init__(self, config: TemporalConfig, ctx) -> None:
         super().__init__(config, ctx)
@@ -529,6 +542,14 @@ class TemporalExecutor(Executor):
             raise ApplicationError(f"this app has no step {info.activity_type!r}", type="NotFoundError")
         body = activity.payload_converter().from_payload(args[0].payload) if args else {}
         call_args, call_kwargs = body.get("args", []), body.get("kwargs", {})
+        run_id = info.workflow_run_id or ""
+        with self.tracer.span(f"{STEP_SPAN} {info.activity_type}", parent=self._run_context(body, run_id),
+                              attributes={"step.name": info.activity_type, "step.attempt": info.attempt,
+                                          "run.id": run_id, "workflow.id": info.workflow_id}):
+            return await self._call_step(step, call_args, call_kwargs)
+
+    async def _call_step(self, step: StepDef, call_args: list[Any], call_kwargs: dict[str, Any]) -> Any:
+        from temporalio import activity
 
         async def beat() -> None:
             # heartbeats let Temporal see a dead worker within heartbeat_timeout and retry the step elsewhere
@@ -565,6 +586,41 @@ class TemporalExecutor(Executor):
             fn = self._activity_fn = activity.defn(dynamic=True)(run_step)
         return fn
 
+    # -- tracing -----------------------------------------------------------------------------------------------
+    #
+    # The run span's ids are picked when the run starts (a child of the tool call's span) and kept in the run's
+    # memo, so every worker that runs a part of it (steps, after a resume, after a restart) can make children of
+    # it; the worker that ends the run records the span itself. A run started without them (a schedule, or a
+    # starter without tracing) gets ids derived from its run id, which workflow and activities both know.
+
+    def _run_trace(self, workflow: str) -> dict[str, Any] | None:
+        span = self.tracer.start(f"{RUN_SPAN} {workflow}")  # never ended here: only its ids and start are used
+        if span is None:
+            return None
+        return {"traceparent": span.traceparent(), "parent_id": span.parent_id, "start_ns": span.start_ns}
+
+    def _run_context(self, trace: Mapping[str, Any] | None, run_id: str) -> SpanContext:
+        carried = parse_traceparent((trace or {}).get("traceparent"))
+        if carried is not None:
+            return carried
+        digest = hashlib.sha256(run_id.encode()).hexdigest()
+        return SpanContext(digest[:32], digest[32:48], self.tracer.sampled(digest[:32]))
+
+    def _run_span(self, trace: dict[str, Any] | None, status: str, error: str | None = None) -> None:
+        """Record the run's span as it ends (called from the workflow; a replay records nothing)."""
+        from temporalio import workflow
+
+        if not self.tracer.enabled or workflow.unsafe.is_replaying():
+            return
+        info = workflow.info()
+        trace = trace if isinstance(trace, dict) and parse_traceparent(trace.get("traceparent")) else {}
+        span = Span(self.tracer, f"{RUN_SPAN} {info.workflow_type}", self._run_context(trace, info.run_id),
+                    trace.get("parent_id"), "internal",
+                    run_attributes(info.workflow_type, info.run_id, info.workflow_id), None, None)
+        start_ns = trace.get("start_ns")  # when the tool started it; else when Temporal did
+        span.start_ns = start_ns if isinstance(start_ns, int) else int(info.start_time.timestamp() * 1e9)
+        end_run_span(span, status, error)
+
     # -- runs --------------------------------------------------------------------------------------------------
 
     async def start_run(self, workflow: str, params: Mapping[str, Any], *, workflow_id: str | None = None,
@@ -579,10 +635,14 @@ class TemporalExecutor(Executor):
         wid = workflow_id or f"{workflow}-{uuid.uuid4().hex}"
         params = to_json(dict(params))
         key = priority_key(prio)
+        memo: dict[str, Any] = {"params": params, "priority": prio}
+        trace = self._run_trace(workflow)
+        if trace is not None:
+            memo["trace"] = trace
         try:
             with self._rpc():
                 handle = await self.client.start_workflow(
-                    workflow, params, id=wid, task_queue=self.task_queue, memo={"params": params, "priority": prio},
+                    workflow, params, id=wid, task_queue=self.task_queue, memo=memo,
                     priority=Priority(priority_key=key) if key else Priority.default)
         except WorkflowAlreadyStartedError:
             raise ConflictError(f"workflow_id {wid!r} already has a running run",

@@ -82,6 +82,23 @@ def test_relative_path_is_under_data_dir(installed, tmp_path):
     assert json.loads((tmp_path / "ev.jsonl").read_text())["type"] == "x"
 
 
+def test_takes_spans_when_it_overrides_export_span(installed, tmp_path):
+    from mcp_agent_cloud.telemetry import Tracer
+
+    pm = load_plugin_manager()
+    exporter = pm.build(pm.get_telemetry_exporter("recorder"), {"path": "ev.jsonl", "spans_path": "spans.jsonl"},
+                        PluginContext(data_dir=tmp_path))
+    assert type(exporter).takes_spans()
+    tracer = Tracer(exporter.export_span)
+    with tracer.span("parent", org="acme", deployment="hello"):
+        with tracer.span("child", attributes={"api_key": "hidden", "tool": "add"}):
+            pass
+    child, parent = [json.loads(line) for line in (tmp_path / "spans.jsonl").read_text().splitlines()]
+    assert (child["name"], parent["name"]) == ("child", "parent")
+    assert child["parent_id"] == parent["span_id"] and child["trace_id"] == parent["trace_id"]
+    assert child["deployment"] == "hello" and child["attributes"] == {"tool": "add"}  # no credential-like keys
+
+
 def test_path_option_is_required(installed, tmp_path):
     pm = load_plugin_manager()
     with pytest.raises(PluginError, match="path"):

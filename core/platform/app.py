@@ -27,7 +27,8 @@ from . import bridge as _bridge
 from .bridge import Bridge
 from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
-from .service import DeployRequest, Platform
+from ..telemetry import TRACEPARENT, parse_traceparent, use_parent
+from .service import DeployRequest, Platform, parse_since
 from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
@@ -311,6 +312,29 @@ def build_app(platform: Platform) -> Starlette:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
 
+    async def metrics(request: Request) -> Response:
+        identity = identity_of(request)
+        operator = identity.can("admin") and identity.org == platform.config.default_org
+
+        def keep(names: tuple[str, ...], values: tuple[str, ...]) -> bool:
+            # A tenant sees its own org's series; platform-wide series are for the operators.
+            if "org" in names:
+                return values[names.index("org")] == identity.org
+            return operator
+
+        await platform.sample_usage()
+        return Response(platform.metrics.render(keep), media_type=PROMETHEUS_TEXT)
+
+    async def traces(request: Request) -> Response:
+        rec = await platform.find(identity_of(request), request.path_params["name"])
+        await platform.collect_app_spans(f"{rec.org}.{rec.name}")  # what the app finished just now, too
+        found = platform.span_store.traces(
+            rec.org, rec.name, trace_id=request.query_params.get("trace") or None,
+            run_id=request.query_params.get("run") or None, limit=min(int_param(request, "limit", 20), 200))
+        return JSONResponse({"tracing": platform.tracer.enabled,
+                             "traces": [[s.model_dump(mode="json") | {"duration_ms": s.duration_ms} for s in spans]
+                                        for spans in found]})
+
     async def whoami(request: Request) -> Response:
         return JSONResponse(identity_of(request).model_dump())
 
@@ -385,8 +409,10 @@ def build_app(platform: Platform) -> Starlette:
             finally:
                 await queue.put(None)
 
-        # The deploy runs on its own task: a client that disconnects does not abort it half-way.
-        platform._spawn(run())
+        # The deploy runs on its own task: a client that disconnects does not abort it half-way. The task copies
+        # the context, so the deploy's span joins the caller's trace.
+        with use_parent(parse_traceparent(request.headers.get(TRACEPARENT))):
+            platform._spawn(run())
 
         async def stream():
             while (item := await queue.get()) is not None:
@@ -441,9 +467,32 @@ def build_app(platform: Platform) -> Starlette:
             versions = await platform.registry.list_versions(rec.id)
             version = versions[-1].version if versions else 1
         path = platform.app_log(rec.org, rec.name, version)
-        tail = int_param(request, "tail", 100)
-        follow = request.query_params.get("follow") in ("1", "true", "yes")
-        return StreamingResponse(_log_stream(path, tail, follow), media_type="text/plain; charset=utf-8")
+        q = request.query_params
+        since = None
+        if q.get("since"):
+            try:
+                since = parse_since(q["since"])
+            except ValueError:
+                raise ValidationFailed(f"query parameter 'since' must be a duration (30s, 10m, 2h, 1d) or an ISO "
+                                       f"8601 time, not {q['since']!r}") from None
+        grep = None
+        if q.get("grep"):
+            try:
+                grep = re.compile(q["grep"])
+            except re.error as exc:
+                raise ValidationFailed(f"query parameter 'grep' is not a valid regular expression: {exc}",
+                                       hint="grep takes a Python regular expression, e.g. 'error|warn' or "
+                                            "'(?i)timeout'; put \\ before a character meant literally") from None
+        fmt = q.get("format") or "text"
+        if fmt not in ("text", "ndjson"):
+            raise ValidationFailed(f"query parameter 'format' must be text or ndjson, not {fmt!r}")
+        # With since and no tail: every line since then.
+        tail = int_param(request, "tail", 100) if q.get("tail") or since is None else None
+        follow = q.get("follow") in ("1", "true", "yes")
+        stamps = q.get("timestamps") in ("1", "true", "yes")
+        return StreamingResponse(_log_stream(path, tail=tail, since=since, grep=grep, ndjson=fmt == "ndjson",
+                                             timestamps=stamps, follow=follow),
+                                 media_type="application/x-ndjson" if fmt == "ndjson" else "text/plain; charset=utf-8")
 
     async def export_k8s(request: Request) -> Response:
         q = request.query_params
@@ -593,8 +642,13 @@ def build_app(platform: Platform) -> Starlette:
         Endpoint("GET", "/api/v1/deployments/{name}/events", events,
                  "Lifecycle and pipeline events (?after=ID&limit=N); ?follow=1 streams them as NDJSON as any node "
                  "records them", response=EventList),
+        Endpoint("GET", "/api/v1/deployments/{name}/traces", traces,
+                 "Recent traces of a deployment, newest first (?run=RUN_ID, ?trace=TRACE_ID, ?limit=N)"),
+        Endpoint("GET", "/metrics", metrics, "Metrics in the Prometheus text format (the caller's org; platform-wide "
+                 "series for owners of the default org)", stream="text/plain"),
         Endpoint("GET", "/api/v1/deployments/{name}/logs", logs,
-                 "App log of the serving version, or ?version=N (?tail=N&follow=1)", stream="text/plain"),
+                 "App log of the serving version, or ?version=N (?tail=N&follow=1&since=10m&grep=REGEX; "
+                 "?format=ndjson: {ts, stream, line} a line; ?timestamps=1)", stream="text/plain"),
         Endpoint("GET", "/api/v1/deployments/{name}/secrets", list_secrets,
                  "The deployment's secrets: keys, versions and handles, never values", response=SecretList),
         Endpoint("PUT", "/api/v1/deployments/{name}/secrets/{key}", set_secret,
@@ -625,9 +679,12 @@ def build_app(platform: Platform) -> Starlette:
             app.state.startup_error = exc
             raise
         await gateway.start()
+        metrics_server = await _serve_metrics(platform) if platform.config.metrics.listen else None
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
             await gateway.aclose()  # before the instances stop: sessions are ended upstream
             await bridge.aclose()
             await platform.stop()
@@ -645,6 +702,41 @@ def build_app(platform: Platform) -> Starlette:
     app.state.endpoints = endpoints
     app.state.workflows = flows
     return app
+
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _MetricsServer:
+    def __init__(self, server, task: asyncio.Task) -> None:
+        self.server, self.task = server, task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self.task, 5)
+
+
+async def _serve_metrics(platform: Platform) -> _MetricsServer:
+    """``metrics.listen``: every series at /metrics, unauthenticated, for a scraper on a private interface."""
+    import uvicorn
+
+    async def all_metrics(request: Request) -> Response:
+        await platform.sample_usage()
+        return Response(platform.metrics.render(), media_type=PROMETHEUS_TEXT)
+
+    host, _, port = platform.config.metrics.listen.rpartition(":")
+    app = Starlette(routes=[Route("/metrics", all_metrics, methods=["GET"])])
+    server = uvicorn.Server(uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning",
+                                           lifespan="off"))
+    server.capture_signals = contextlib.nullcontext  # signals are the platform's own server's to handle
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if task.done():
+        raise MCPAgentCloudError(f"cannot serve metrics on {platform.config.metrics.listen}",
+                                 hint="pick a free host:port for `metrics.listen`")
+    return _MetricsServer(server, task)
 
 
 def safe_errors(exc: ValidationError) -> str:
@@ -689,29 +781,68 @@ class _ProviderRoutes:
         await self.router(scope, receive, send)
 
 
-async def _log_stream(path: Path, tail: int, follow: bool):
-    from .service import tail_file
+async def _log_stream(path: Path, *, tail: int | None, since: str | None, grep: re.Pattern | None, ndjson: bool,
+                      timestamps: bool, follow: bool):
+    """The matching lines of an app log, then (follow) each new one, across rotations."""
+    import os
 
-    text = tail_file(path, tail)
-    if text:
-        yield text + "\n"
-    if not follow:
-        return
-    pos = path.stat().st_size if path.exists() else 0
-    while True:
-        await asyncio.sleep(0.3)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue
-        if size < pos:  # truncated or rotated
-            pos = 0
-        if size > pos:
-            with open(path, "rb") as f:
+    from .service import LineSplitter, log_line_matches, parse_log_line, read_app_log, rotated_log
+
+    def render(entries) -> str:
+        if ndjson:
+            return "".join(json.dumps(e.to_dict()) + "\n" for e in entries)
+        return "".join((f"{e.ts} " if timestamps and e.ts else "") + e.line + "\n" for e in entries)
+
+    f = None
+    with contextlib.suppress(FileNotFoundError):
+        f = open(path, "rb")
+    try:
+        # Up to the size seen now; a follow goes on from there, so no line is lost or shown twice.
+        pos = os.fstat(f.fileno()).st_size if f is not None else 0
+        entries = await asyncio.to_thread(read_app_log, path, tail=tail, since=since, grep=grep, current=f, end=pos)
+        if entries:
+            yield render(entries)
+        if not follow:
+            return
+        splitter = LineSplitter()
+        while True:
+            chunk = b""
+            if f is not None:
                 f.seek(pos)
-                data = f.read(size - pos)
-            pos = size
-            yield data.decode("utf-8", "replace")
+                chunk = f.read(1 << 20)
+                pos += len(chunk)
+            if chunk:
+                lines = [parse_log_line(raw.decode("utf-8", "replace")) for raw in splitter.feed(chunk)]
+                if text := render(e for e in lines if log_line_matches(e, since, grep)):
+                    yield text
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (f is None or st.st_ino != os.fstat(f.fileno()).st_ino):
+                # Rotated (or created): the rest of the old file, the rotated file if it is another one (two
+                # rotations since the last look), then the new file from its start.
+                if f is not None:
+                    f.seek(pos)
+                    raws = splitter.feed(f.read()) + splitter.flush()
+                    with contextlib.suppress(FileNotFoundError), open(rotated_log(path), "rb") as middle:
+                        if os.fstat(middle.fileno()).st_ino != os.fstat(f.fileno()).st_ino:
+                            raws += middle.read().splitlines()
+                    rest = [parse_log_line(raw.decode("utf-8", "replace")) for raw in raws]
+                    if text := render(e for e in rest if log_line_matches(e, since, grep)):
+                        yield text
+                    f.close()
+                f, pos, splitter = None, 0, LineSplitter()
+                with contextlib.suppress(FileNotFoundError):
+                    f = open(path, "rb")
+                continue
+            if st is not None and st.st_size < pos:  # truncated in place
+                pos = 0
+            await asyncio.sleep(0.25)
+    finally:
+        if f is not None:
+            f.close()
 
 
 # OpenAPI summaries (and request body models in bridge.py) of the gateway's routes.

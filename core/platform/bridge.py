@@ -134,9 +134,18 @@ class Bridge:
     async def call_tool(self, request: Request, target) -> dict:
         """REST: call a tool (body {"name", "arguments"}); answers the MCP CallToolResult"""
         body = await self._body(request, CallToolBody, '{"name": "greet", "arguments": {"name": "world"}}')
-        result = await self.pool.request(target, request.state.identity, types.CallToolRequest(
-            params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
-            hint=f"list its tools and their input schemas: GET /servers/{target.name}/tools")
+        call = self.gateway.call(target, [{"method": "tools/call", "id": "rest", "params": {"name": body.name}}],
+                                 request.headers.get("traceparent"))
+        try:
+            result = await self.pool.request(target, request.state.identity, types.CallToolRequest(
+                params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
+                hint=f"list its tools and their input schemas: GET /servers/{target.name}/tools")
+        except BaseException as exc:
+            if call is not None:
+                call.finish(1, type(exc).__name__)
+            raise
+        if call is not None:
+            call.finish(1 if result.is_error else 0)
         return result.model_dump(**WIRE)
 
     async def read_resource(self, request: Request, target) -> dict:
@@ -411,6 +420,7 @@ class SseConnection:
         # recent ids answered with a timeout error: a late upstream answer is dropped (bounded: the upstream was
         # told to cancel them, so most never answer)
         self.expired: OrderedDict[Any, None] = OrderedDict()
+        self._calls: dict[Any, Any] = {}  # request id -> its metrics and span (Gateway.call)
         self.ended_by: str | None = None  # "client", "upstream" or "gateway"
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
@@ -461,6 +471,9 @@ class SseConnection:
                             message = item.message
                             if isinstance(message, types.JSONRPCRequest):
                                 self._answered(message.id)  # a reused id: the new request gets its own deadline
+                                self._calls[message.id] = self.gateway.call(
+                                    self.target, [{"method": message.method, "id": message.id,
+                                                   "params": message.params}], None, self.session_id)
                                 deadline = self.pending[message.id] = anyio.CancelScope()
                                 self.expired.pop(message.id, None)
                                 tg.start_soon(self._expire, message.id, deadline, up_write, client_write)
@@ -484,6 +497,11 @@ class SseConnection:
                                     del self.expired[message.id]
                                     continue
                                 self._answered(message.id)
+                                call = self._calls.pop(message.id, None)
+                                if call is not None:
+                                    failed = isinstance(message, types.JSONRPCError) or (
+                                        isinstance(message.result, dict) and message.result.get("isError") is True)
+                                    call.finish(1 if failed else 0)
                                 if (isinstance(message, types.JSONRPCResponse) and message.id in init_ids
                                         and isinstance(message.result.get("protocolVersion"), str)):
                                     self.protocol_version = message.result["protocolVersion"]
@@ -519,6 +537,8 @@ class SseConnection:
         if deadline.cancel_called or self.pending.get(request_id) is not deadline:
             return  # answered, or the session is ending
         del self.pending[request_id]
+        if (call := self._calls.pop(request_id, None)) is not None:
+            call.finish(1, "timeout")
         self.expired[request_id] = None
         while len(self.expired) > EXPIRED_CAP:
             self.expired.popitem(last=False)
@@ -537,6 +557,8 @@ class SseConnection:
             text = f"the upstream server {self.target.key} went away" + (f" ({failure})" if failure else "")
         for request_id, deadline in list(self.pending.items()):
             deadline.cancel()
+            if (call := self._calls.pop(request_id, None)) is not None:
+                call.finish(1, "upstream_failed")
             error = types.JSONRPCError(jsonrpc="2.0", id=request_id,
                                        error=types.ErrorData(code=types.CONNECTION_CLOSED, message=text))
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from ..config import GatewayConfig, PlatformConfig
 from ..errors import MCPAgentCloudError, NotFoundError
 from ..hookspecs.types import Identity
+from ..telemetry import TRACEPARENT, parse_traceparent
 from ..runtime.jsonrpc_errors import (
     HEADER_REJECTED,
     INVALID_REQUEST,
@@ -345,6 +346,19 @@ class Gateway:
         self._instances: dict[str, tuple[Any, str]] = {}
         self._reaper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        if platform is None:  # a bare gateway (unit tests of the bridge): no metrics to feed
+            return
+        platform.gateway = self
+        platform.metrics.gauge("mcp_agent_cloud_active_sessions", "client sessions open on the gateway",
+                               ("org", "deployment"), self.session_counts)
+
+    def session_counts(self) -> dict[tuple[str, str], float]:
+        counts: dict[tuple[str, str], float] = {}
+        for session in list(self.sessions.values()):
+            if not session.pending:
+                key = tuple(session.key.split(".", 1))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     @property
     def config(self) -> GatewayConfig:
@@ -553,6 +567,7 @@ class Gateway:
                 session.protocol_version = version
         reserved = None
         relayed = False
+        call = None
         try:
             body = b""
             ids: list[Any] = []
@@ -562,20 +577,36 @@ class Gateway:
                 if isinstance(parsed, Response):
                     return parsed
                 body, messages = parsed
-                ids = [m["id"] for m in messages if "method" in m and "id" in m]
+                requests = [m for m in messages if "method" in m and "id" in m]
+                ids = [m["id"] for m in requests]
+                if requests:
+                    call = self.call(target, requests, request.headers.get(TRACEPARENT),
+                                     session.id if session else None)
                 if session is None and len(messages) == 1 and messages[0].get("method") == "initialize":
                     initialize = messages[0]
             if initialize is not None:
                 try:
                     reserved = self._register(target, identity, "http", pending=True)
                 except LimitExceeded as exc:
+                    if call is not None:
+                        call.finish(len(ids), "limit_exceeded")
                     return platform_error(exc, initialize.get("id"))
-            response = await self._forward(request, target, identity, session, reserved, body, ids)
+            response = await self._forward(request, target, identity, session, reserved, body, ids, call)
             relayed = isinstance(response, _Relay)  # it releases the session when the stream ends
             return response
         finally:
             if not relayed:
                 self._release(session, reserved)
+                if call is not None:
+                    call.finish(0)  # no-op when an error path finished it already
+
+    def call(self, target: Target, requests: list[dict], traceparent: str | None = None,
+             session_id: str | None = None) -> _Call | None:
+        """Start counting, timing and tracing JSON-RPC requests to ``target`` (every transport: this proxy, the
+        bridge's SSE and REST); the caller finishes it once the answer is out."""
+        if self.platform is None:
+            return None
+        return _Call(self.platform, target, requests, traceparent, session_id)
 
     def _release(self, session: Session | None, reserved: Session | None) -> None:
         if session is not None:
@@ -617,9 +648,14 @@ class Gateway:
                                             headers=headers)
                 await resp.aclose()
 
-    def _upstream_headers(self, request: Request, session: Session | None) -> list[tuple[bytes, bytes]]:
+    def _upstream_headers(self, request: Request, session: Session | None,
+                          call: _Call | None = None) -> list[tuple[bytes, bytes]]:
         # ASGI header names are lower case already; Host and Content-Length are the relay pool's to add.
         headers = [(k, v) for k, v in request.scope["headers"] if k not in _NOT_FORWARDED]
+        if call is not None and call.span is not None:
+            # The app's spans become children of the gateway's span (W3C trace context).
+            headers = [(k, v) for k, v in headers if k != _TRACEPARENT]
+            headers.append((_TRACEPARENT, call.span.traceparent().encode()))
         if session is not None and session.upstream_id:
             headers.append((_SESSION, session.upstream_id.encode()))
         # Uncompressed, so the relay can see SSE event boundaries and pass the bytes on unchanged.
@@ -627,8 +663,8 @@ class Gateway:
         return headers
 
     async def _forward(self, request: Request, target: Target, identity: Identity, session: Session | None,
-                       reserved: Session | None, body: bytes, ids: list[Any]) -> Response:
-        headers = self._upstream_headers(request, session)
+                       reserved: Session | None, body: bytes, ids: list[Any], call: _Call | None = None) -> Response:
+        headers = self._upstream_headers(request, session, call)
         timeout = self._config.request_timeout
         started = time.monotonic()
         try:
@@ -639,8 +675,12 @@ class Gateway:
         except TimeoutError:
             self.cancel_upstream(session, ids)
             timed_out = RequestTimedOut(target.key, timeout)
+            if call is not None:
+                call.finish(len(ids), "timeout")
             return _batch_response(timed_out.status, [timed_out.error_object(i) for i in ids or [None]])
         except UpstreamError as exc:
+            if call is not None:
+                call.finish(len(ids), "upstream_failed")
             error = f"{target.key} did not answer ({type(exc).__name__}: {exc}); {_look_at(target)}"
             return _batch_response(502, [error_object(UPSTREAM_FAILED, error, i, {"deployment": target.key})
                                          for i in ids or [None]])
@@ -656,6 +696,8 @@ class Gateway:
                 # The upstream forgot the session (it expired or restarted there): so do we.
                 await resp.aclose()
                 self.sessions.pop(session.id, None)
+                if call is not None:
+                    call.finish(len(ids), "session_not_found")
                 return session_not_found_response(session.id)
             if request.method == "DELETE" and resp.status < 300:
                 self.sessions.pop(session.id, None)
@@ -673,6 +715,8 @@ class Gateway:
                                      instance_id=target.instance_id, owner=owner_key(identity), token_key="",
                                      upstream_id=upstream_sid)
                     self._spawn(self._delete_upstream(orphan))
+                    if call is not None:
+                        call.finish(len(ids), "limit_exceeded")
                     return platform_error(exc, ids[0] if len(ids) == 1 else None)
                 opened.upstream_id = upstream_sid
                 sid = opened.id
@@ -684,7 +728,8 @@ class Gateway:
             headers.append((_SESSION, sid.encode()))
         streamed = (content_type or b"").lower().startswith(b"text/event-stream")
         deadline = started + timeout if request.method == "POST" and streamed and ids else None
-        return _Relay(self, target, resp, headers, session, reserved, deadline, ids)
+        return _Relay(self, target, resp, headers, session, reserved, deadline, ids, call,
+                      json_answer=call is not None and not streamed)
 
 
 def _look_at(target: Target) -> str:
@@ -731,6 +776,7 @@ class _SSESplitter:
     def __init__(self) -> None:
         self.buf = b""
         self.answered: set[Any] = set()
+        self.errors = 0
 
     def feed(self, data: bytes) -> bytes:
         buf = self.buf + data
@@ -755,6 +801,7 @@ class _SSESplitter:
         for message in payload if isinstance(payload, list) else [payload]:
             if isinstance(message, dict) and "id" in message and ("result" in message or "error" in message):
                 self.answered.add(json.dumps(message["id"]))
+                self.errors += _is_error(message)
 
 
 class _Relay:
@@ -764,7 +811,11 @@ class _Relay:
     upstream), or when the upstream connection breaks (an instance that crashed)."""
 
     def __init__(self, gateway: Gateway, target: Target, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
-                 session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any]) -> None:
+                 session: Session | None, reserved: Session | None, deadline: float | None, ids: list[Any],
+                 call: _Call | None = None, json_answer: bool = False) -> None:
+        self.call = call
+        # A JSON answer (not SSE) is kept, up to gateway.max_message_bytes, to count its errors at the end.
+        self.answer: list[bytes] | None = [] if json_answer else None
         self.gateway = gateway
         self.target = target
         self.resp = resp
@@ -801,6 +852,8 @@ class _Relay:
         finally:
             streaming = False  # before any await: the watcher must not cancel the task once the relay is done
             watcher.cancel()
+            if self.call is not None:
+                self.call.finish(0, "client_gone")  # a no-op when _stream finished it
             await self.resp.aclose()
             self.gateway._release(self.session, self.reserved)
 
@@ -813,7 +866,10 @@ class _Relay:
         try:
             async with deadline:
                 try:
+                    answer = self.answer
                     async for chunk in self.resp.aiter_stream():
+                        if answer is not None:
+                            answer.append(chunk)
                         whole = splitter.feed(chunk) if splitter is not None else chunk
                         if whole:
                             await send({"type": "http.response.body", "body": whole, "more_body": True})
@@ -838,6 +894,85 @@ class _Relay:
             else:
                 tail = splitter.buf  # the upstream ended mid-event: pass on what it sent
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if self.call is not None:
+            if splitter is not None:
+                unanswered = len(self.ids) - len([i for i in self.ids if json.dumps(i) in splitter.answered])
+                failure = "timeout" if deadline.expired() else ("upstream_failed" if broken else None)
+                self.call.finish(splitter.errors + unanswered, failure, self.resp.status)
+            else:
+                errors = _count_errors(b"".join(self.answer or ()), len(self.ids)) if self.answer is not None else 0
+                self.call.finish(errors, None, self.resp.status)
+
+
+_TRACEPARENT = TRACEPARENT.encode()
+
+
+def _is_error(message: dict) -> bool:
+    """A JSON-RPC error, or a tool result that reports a failure (``isError``)."""
+    if "error" in message:
+        return True
+    result = message.get("result")
+    return isinstance(result, dict) and result.get("isError") is True
+
+
+def _count_errors(body: bytes, requests: int) -> int:
+    if b'"error"' not in body and b'"isError"' not in body:  # the common answer is not parsed at all
+        return 0
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return requests
+    messages = payload if isinstance(payload, list) else [payload]
+    return sum(1 for m in messages if isinstance(m, dict) and _is_error(m))
+
+
+class _Call:
+    """One POST's JSON-RPC requests: counted, timed and traced, and finished once when the answer has gone."""
+
+    __slots__ = ("platform", "labels", "methods", "t0", "span", "done")
+
+    def __init__(self, platform, target: Target, requests: list[dict], traceparent: str | None,
+                 session_id: str | None) -> None:
+        self.platform = platform
+        self.done = False
+        self.methods = [str(m["method"]) for m in requests]
+        self.labels = (target.org, target.name)
+        self.t0 = time.perf_counter()
+        counter = platform.m_requests
+        for method in self.methods:
+            counter.inc((*self.labels, method))
+        first = requests[0]
+        tool = None
+        if first["method"] in ("tools/call", "prompts/get") and isinstance(first.get("params"), dict):
+            tool = first["params"].get("name")
+        name = first["method"] if len(requests) == 1 else f"batch ({len(requests)})"
+        self.span = platform.tracer.start(
+            f"{name} {tool}" if tool else name, kind="server",
+            parent=parse_traceparent(traceparent), org=target.org, deployment=target.name,
+            attributes={"mcp.method.name": first["method"], "gen_ai.tool.name": tool, "org": target.org,
+                        "deployment": target.key, "mcp.session.id": session_id,
+                        "deployment.version": target.version, "jsonrpc.request.id": str(first.get("id"))})
+
+    def finish(self, errors: int, failure: str | None = None, status: int | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        took = time.perf_counter() - self.t0
+        platform = self.platform
+        for method in self.methods:
+            platform.m_latency.observe((*self.labels, method), took)
+        if errors:
+            # Which requests of a batch failed is not tracked: the first ``errors`` methods carry them.
+            for method in self.methods[:errors]:
+                platform.m_errors.inc((*self.labels, method))
+        span = self.span
+        if span is not None:
+            if status is not None:
+                span.set("http.response.status_code", status)
+            if errors or failure:
+                span.fail(failure or f"{errors} of {len(self.methods)} requests failed")
+                span.set("error.type", failure or "tool_error")
+            span.end()
 
 
 def _events(messages) -> bytes:

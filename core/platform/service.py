@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ from ..hookspecs.types import (
     BuildRequest,
     DeploymentRecord,
     Event,
+    SpanData,
     EventRecord,
     ExecutorSupervisor,
     Identity,
@@ -49,6 +51,7 @@ from ..hookspecs.types import (
 )
 from ..manager import PluginManager
 from ..names import split_qualified, validate_name
+from ..telemetry import Metrics, SpanStore, Tracer
 from .cluster import Cluster
 from .secrets import (
     MAX_VALUE,
@@ -109,6 +112,13 @@ async def _no_progress(_: dict[str, Any]) -> None:
     return None
 
 
+class ClientStep(BaseModel):
+    step: Literal["validate", "package", "upload"]
+    status: Literal["ok", "failed"] = "ok"
+    start_ns: int = Field(ge=0)
+    end_ns: int = Field(ge=0)
+
+
 class DeployRequest(BaseModel):
     """Body of ``POST /api/v1/deployments/{name}/versions``."""
 
@@ -140,6 +150,9 @@ class DeployRequest(BaseModel):
     secrets_as: Literal["env", "file"] = Field(
         "env", description="hand secrets to the app as environment variables, or as a mcp_agent.secrets.yaml on a "
                            "tmpfs (its path in MCP_AGENT_SECRETS_FILE)")
+    client_steps: list[ClientStep] = Field(default_factory=list, max_length=8,
+                                           description="steps the CLI ran before this request (validate, package, "
+                                           "upload) with their times: spans of the deploy's trace")
 
 
 class Active:
@@ -155,20 +168,180 @@ class Active:
         self.stopping = False
         self.task: asyncio.Task | None = None
         self.restarts = 0
+        self.traced = True  # its control route hands over spans (false once it answered 404: not an MCPApp)
+
+
+def _own_rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- app logs ---------------------------------------------------------------------------------------------------
+# An app log line is stored as "2026-12-07T09:30:00.123Z stdout TEXT": when the platform read it (UTC) and from
+# which stream ("platform" for lines the platform writes itself). Logs written before this format have bare lines.
+APP_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (stdout|stderr|platform) (.*)", re.DOTALL)
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+MAX_LOG_LINE = 64 * 1024
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SINCE_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
+# Container log threads and the event loop append to the same files; rotation must not race a write.
+_app_log_lock = threading.Lock()
+
+
+@dataclasses.dataclass
+class LogLine:
+    ts: str | None  # None: a line of an older log, without a time
+    stream: str | None
+    line: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"ts": self.ts, "stream": self.stream, "line": self.line}
+
+
+def log_timestamp(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def parse_log_line(raw: str) -> LogLine:
+    m = APP_LOG_LINE.fullmatch(raw)
+    return LogLine(m[1], m[2], m[3]) if m else LogLine(None, None, raw)
+
+
+def rotated_log(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def append_app_log(path: Path | str, stream: str, lines: list[bytes] | list[str], *,
+                   max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
+    """Append ``lines`` (without newlines), all stamped now. A line that would take the file past ``max_bytes``
+    goes to a new file, the full one becoming ``app.log.1`` (replacing the previous one): a version keeps at most
+    twice the limit."""
+    if not lines:
+        return
+    stamp = log_timestamp()
+    encoded = [f"{stamp} {stream} {part.rstrip(chr(13))}\n".encode("utf-8", "replace")
+               for line in lines
+               for part in (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).split("\n")]
+    path = Path(path)
+    with _app_log_lock:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        chunk: list[bytes] = []
+        for data in encoded:
+            if size and size + len(data) > max_bytes:
+                if chunk:
+                    with open(path, "ab") as f:
+                        f.write(b"".join(chunk))
+                    chunk = []
+                os.replace(path, rotated_log(path))
+                size = 0
+            chunk.append(data)
+            size += len(data)
+        with open(path, "ab") as f:
+            f.write(b"".join(chunk))
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines, and lines longer than MAX_LOG_LINE into pieces."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        while len(self.pending) > MAX_LOG_LINE:
+            lines.append(self.pending[:MAX_LOG_LINE])
+            self.pending = self.pending[MAX_LOG_LINE:]
+        return [line[i:i + MAX_LOG_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LOG_LINE)]
+
+    def flush(self) -> list[bytes]:
+        rest, self.pending = self.pending, b""
+        return [rest] if rest else []
+
+
+def parse_since(value: str, now: float | None = None) -> str:
+    """``since`` of the logs route as a log timestamp: a duration ago (30s, 10m, 2h, 1d, 1h30m) or an ISO 8601
+    time (UTC when it has no offset). ValueError when it is neither."""
+    import datetime
+
+    text = value.strip()
+    if _SINCE_DURATION.fullmatch(text):
+        seconds = sum(float(n) * SINCE_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text))
+        return log_timestamp((time.time() if now is None else now) - seconds)
+    when = datetime.datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return log_timestamp(when.timestamp())
+
+
+def log_line_matches(entry: LogLine, since: str | None, grep: re.Pattern | None) -> bool:
+    if since is not None and (entry.ts is None or entry.ts < since):
+        return False
+    return grep is None or grep.search(entry.line) is not None
+
+
+def _lines_backwards(f, end: int, block: int = 64 * 1024):
+    """The lines of the open binary file ``f`` before offset ``end``, last first."""
+    pos, rest, first = end, b"", True
+    while pos > 0:
+        n = min(block, pos)
+        pos -= n
+        f.seek(pos)
+        lines = (f.read(n) + rest).split(b"\n")
+        if first and lines[-1] == b"":
+            lines.pop()  # the file's final newline
+        first = False
+        rest = lines.pop(0) if pos > 0 else b""
+        for line in reversed(lines):
+            yield line.decode("utf-8", "replace")
+    if rest:
+        yield rest.decode("utf-8", "replace")
+
+
+def read_app_log(path: Path, *, tail: int | None = 100, since: str | None = None, grep: re.Pattern | None = None,
+                 current=None, end: int | None = None) -> list[LogLine]:
+    """The last ``tail`` lines (None: all) of an app log and its rotated file that match (see log_line_matches),
+    oldest first. ``current``/``end``: an open handle on ``path`` to read up to ``end`` (where a follow goes on)."""
+    if tail is not None and tail <= 0:
+        return []
+    found: list[LogLine] = []
+    for file in (path, rotated_log(path)):
+        f = current if file == path and current is not None else None
+        try:
+            if f is None:
+                f = open(file, "rb")
+                limit = os.fstat(f.fileno()).st_size
+            else:
+                limit = end if end is not None else os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            continue
+        try:
+            for raw in _lines_backwards(f, limit):
+                entry = parse_log_line(raw)
+                if since is not None and entry.ts is not None and entry.ts < since:
+                    return found[::-1]  # lines are in time order: nothing older can match
+                if log_line_matches(entry, since, grep):
+                    found.append(entry)
+                    if tail is not None and len(found) >= tail:
+                        return found[::-1]
+        finally:
+            if f is not current:
+                f.close()
+    return found[::-1]
 
 
 def tail_file(path: Path, lines: int = 40) -> str:
-    if lines <= 0:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
+    """The last lines of a build log or an app log (its rotated file too), without the app log's time and stream."""
+    return "\n".join(e.line for e in read_app_log(path, tail=lines))
 
 
 async def mcp_health_check(
@@ -215,6 +388,13 @@ class Platform:
         self._control_tokens: dict[str, str] = {}
         self._wheel: Path | None = None
         self.cluster: Cluster | None = None
+        self.metrics = Metrics()
+        self.span_store = SpanStore(config.tracing.keep_spans)
+        self.tracer = Tracer()  # off until start() knows the exporters
+        self._span_exporters: list[Any] = []
+        self.gateway: Any = None  # the Gateway registers itself (its sessions are a metric)
+        self._control_http: Any = None
+        self._define_metrics()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -222,9 +402,12 @@ class Platform:
         gateway = self.config.gateway
         # Builders size what they start (the stdio adapter's idle timeout and session cap) from the gateway's limits.
         return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=getattr(self, "registry", None),
+                             metrics=self.metrics,
                              settings={"base_url": self.config.base_url,
                                        "session_idle_timeout": gateway.session_idle_timeout,
-                                       "max_sessions_per_deployment": gateway.max_sessions_per_deployment})
+                                       "max_sessions_per_deployment": gateway.max_sessions_per_deployment,
+                                       # builders rotate the app logs they write at this size
+                                       "log_max_bytes": self.config.limits.log_max_bytes})
 
     def _build(self, kind: str, ref) -> Any:
         spec = self.pm.get(kind, ref.name)
@@ -259,6 +442,9 @@ class Platform:
         # The exporters are in place before the other backends start, so the events those emit while starting
         # (the executor supervisor's `executor.temporal.started` or `.adopted`, say) are exported too.
         self.exporters = exporters
+        self._span_exporters = [e for e in exporters if type(e).takes_spans()]
+        if cfg.tracing.enabled:
+            self.tracer = Tracer(self.export_span, sample_ratio=cfg.tracing.sample_ratio)
         for backend in (self.packager, self.builder, self.executor, self.secrets, *providers):
             backend.ctx = ctx
             await backend.setup()
@@ -273,6 +459,10 @@ class Platform:
         self.emit(Event(type="platform.started", message=f"listening on {cfg.base_url}",
                         data={"builder": cfg.builder.name, "registry": cfg.registry.name}))
         self._spawn(self._restore())
+        if self.tracer.enabled:
+            self._spawn(self._collect_spans_loop())
+        self._spawn(self._usage_loop())
+        self._spawn(self._prune_events_loop())
 
     async def _bootstrap_admin(self) -> None:
         builtin = next((p for p in self.auth_providers if p.spec_name == "builtin"), None)
@@ -299,6 +489,9 @@ class Platform:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+        if self._control_http is not None:
+            with contextlib.suppress(Exception):
+                await self._control_http.aclose()
         for backend in (*self.auth_providers, self.secrets, self.executor, self.builder, *self._backends.values(),
                         self.packager,
                         *self.exporters, self.registry):
@@ -324,6 +517,95 @@ class Platform:
                 self.pm.hook.mcp_agent_cloud_lifecycle_event(event=event)
             except Exception as exc:
                 log.warning("a lifecycle_event hook failed: %s", exc)
+
+    def export_span(self, span: SpanData) -> None:
+        """Every finished span, the platform's and the apps': kept for ``traces``, then to each exporter."""
+        self.span_store.add(span)
+        for exporter in self._span_exporters:
+            try:
+                exporter.export_span(span)
+            except Exception as exc:  # an exporter must never break the platform
+                log.warning("telemetry exporter %s failed on a span: %s", exporter.spec_name, exc)
+
+    def _define_metrics(self) -> None:
+        m = self.metrics
+        dep = ("org", "deployment")
+        self.m_requests = m.counter("mcp_agent_cloud_requests_total",
+                                    "JSON-RPC requests through the gateway", (*dep, "method"))
+        self.m_errors = m.counter("mcp_agent_cloud_request_errors_total", "gateway requests answered with a "
+                                  "JSON-RPC error or a tool result with isError", (*dep, "method"))
+        self.m_latency = m.histogram("mcp_agent_cloud_request_duration_seconds",
+                                     "gateway request latency, from the request to the end of its answer",
+                                     (*dep, "method"))
+        self.m_restarts = m.counter("mcp_agent_cloud_restarts_total", "app instances restarted after a crash", dep)
+        self.m_deploys = m.counter("mcp_agent_cloud_deploys_total", "deploy pipelines run, by outcome",
+                                   ("org", "result"))
+        self.m_spans_dropped = m.counter("mcp_agent_cloud_telemetry_dropped_total",
+                                         "telemetry items an exporter dropped (its queue was full)",
+                                         ("exporter", "signal"))
+        self._usage: dict[tuple[str, str], dict] = {}
+        self._usage_at = 0.0
+        m.gauge("mcp_agent_cloud_app_cpu_seconds_total", "CPU time of the app's processes or container", dep,
+                lambda: {k: u["cpu_seconds"] for k, u in self._usage.items() if "cpu_seconds" in u})
+        m.gauge("mcp_agent_cloud_app_memory_bytes", "resident memory of the app's processes or container", dep,
+                lambda: {k: u["rss_bytes"] for k, u in self._usage.items() if "rss_bytes" in u})
+        m.gauge("mcp_agent_cloud_deployment_up", "1 for each deployment this node serves", (*dep, "version"),
+                lambda: {(a.record.org, a.record.name, str(a.version)): 1 for a in list(self.active.values())})
+        m.gauge("process_resident_memory_bytes", "the platform process's resident memory", (),
+                lambda: {(): _own_rss()})
+        m.gauge("process_cpu_seconds_total", "the platform process's CPU time", (),
+                lambda: {(): time.process_time()})
+
+    async def sample_usage(self, max_age: float = 2.0) -> None:
+        """Refresh the CPU and memory of every serving instance (read by the gauges above)."""
+        if time.monotonic() - self._usage_at < max_age:
+            return
+        self._usage_at = time.monotonic()
+        usage = {}
+        for active in list(self.active.values()):
+            if active.builder is None:
+                continue
+            with contextlib.suppress(Exception):
+                usage[(active.record.org, active.record.name)] = await active.builder.stats(active.instance)
+        self._usage = usage
+
+    async def _prune_events_loop(self) -> None:
+        days = self.config.limits.events_keep_days
+        while days > 0:
+            try:
+                removed = await self.registry.prune_events(before=time.time() - days * 86400)
+                if removed:
+                    log.info("deleted %d events older than %g days (limits.events_keep_days)", removed, days)
+            except Exception as exc:  # noqa: BLE001 - retention must not take the platform down; next hour again
+                log.warning("pruning old events failed: %s", exc)
+            await asyncio.sleep(3600)
+
+    async def _usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            await self.sample_usage()
+
+    def health(self, org: str, name: str) -> dict:
+        """Request metrics of one deployment since this node started serving it, for ``status``."""
+        requests = errors = 0
+        for (o, n, _), v in list(self.m_requests.values.items()):
+            if (o, n) == (org, name):
+                requests += int(v)
+        for (o, n, _), v in list(self.m_errors.values.items()):
+            if (o, n) == (org, name):
+                errors += int(v)
+        calls = (org, name, "tools/call")
+        out = {"requests": requests, "errors": errors,
+               "error_rate": round(errors / requests, 4) if requests else 0.0,
+               "tool_calls": int(self.m_requests.get(calls)), "tool_call_errors": int(self.m_errors.get(calls))}
+        for q in (0.5, 0.95, 0.99):
+            value = self.m_latency.quantile(calls, q)
+            out[f"p{int(q * 100)}_ms"] = None if value is None else round(value * 1000, 2)
+        out["active_sessions"] = int(self.gateway.session_counts().get((org, name), 0)) if self.gateway else 0
+        usage = self._usage.get((org, name)) or {}
+        out["cpu_seconds"] = usage.get("cpu_seconds")
+        out["memory_bytes"] = usage.get("rss_bytes")
+        return out
 
     async def record(self, event: Event, deployment_id: str | None = None) -> None:
         self.emit(event)
@@ -578,6 +860,30 @@ class Platform:
                      *, checked: tuple[str, str, DeployRequest] | None = None) -> dict:
         """Run the pipeline. ``checked`` is what :meth:`check_deploy` returned, when the caller ran it already."""
         org, short, req = checked or await self.check_deploy(identity, name, req)
+        attrs = {"deployment": f"{org}.{short}", "org": org, "kind": req.kind, "enduser.id": identity.subject}
+        now = time.time_ns()
+        # The CLI's own steps, if their times are sane (within the last hour, in order): the trace starts with them.
+        steps = [s for s in req.client_steps if now - 3600 * 10**9 < s.start_ns <= s.end_ns <= now]
+        first = min((s.start_ns for s in steps), default=None)
+        with self.tracer.span("deploy", kind="server", org=org, deployment=short, attributes=attrs,
+                              start_ns=first) as span:
+            for s in steps:
+                child = self.tracer.start(f"deploy.{s.step}", attributes=attrs | {"side": "cli"}, start_ns=s.start_ns)
+                if child is not None:
+                    if s.status == "failed":
+                        child.fail("failed in the CLI")
+                    child.end(s.end_ns)
+            try:
+                result = await self._deploy(org, short, req, progress)
+            except BaseException:
+                self.m_deploys.inc((org, "failed"))
+                raise
+            self.m_deploys.inc((org, "ok"))
+            if span is not None:
+                span.set("version", result.get("version"))
+            return result
+
+    async def _deploy(self, org: str, short: str, req: DeployRequest, progress: Progress) -> dict:
         await self.registry.ensure_org(org)
         await self.claim(f"{org}.{short}")
         builder = await self.builder_for(req.builder) if req.kind != "remote" else None
@@ -597,7 +903,7 @@ class Platform:
                 record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
             # The registry gets the declarations and their handles; values go to the secrets backend only.
             refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
-            options = req.model_dump(exclude={"env", "secrets", "secret_refs"}) | {
+            options = req.model_dump(exclude={"env", "secrets", "secret_refs", "client_steps"}) | {
                 "env_keys": sorted(req.env), "secret_refs": refs, "built_on": self.cluster.node_id}
             ver = await self.registry.create_version(record.id, status="building", package_sha256=req.package_sha256,
                                                      options=options)
@@ -607,6 +913,7 @@ class Platform:
             build_log = work_dir / "build.log"
             ref = record.ref
             dq = f"{org}.{short}"
+            span_attrs = {"deployment": dq, "org": org, "version": version}
 
             async def step(name: str, coro_fn):
                 await progress({"type": "step", "step": name, "status": "started"})
@@ -615,6 +922,7 @@ class Platform:
                     step=name, deployment=dq, version=version) if m is not None]
                 try:
                     with contextlib.ExitStack() as stack:
+                        stack.enter_context(self.tracer.span(f"deploy.{name}", attributes=span_attrs))
                         for m in managers:
                             stack.enter_context(m)
                         result = await coro_fn()
@@ -668,9 +976,11 @@ class Platform:
                     with contextlib.suppress(Exception):
                         await self._stop_instance(builder, instance, timeout=5)
                 message = str(getattr(exc, "message", None) or exc) if not isinstance(exc, asyncio.CancelledError) else "cancelled"
-                log_tail = getattr(exc, "log_tail", "") or "\n".join(
-                    t for t in (tail_file(build_log, 30) if not isinstance(exc, BuildError) or not instance else "",
-                                tail_file(self.app_log(org, short, version), 30) if instance else "") if t)
+                # Once the version wrote output, that says why it failed; before that, the build's does.
+                app_lines = read_app_log(self.app_log(org, short, version), tail=40)
+                app_tail = ("\n".join(e.line for e in app_lines)
+                            if any(e.stream != "platform" for e in app_lines) else "")
+                log_tail = getattr(exc, "log_tail", "") or app_tail or tail_file(build_log, 30)
                 await self.registry.update_version(record.id, version, status="failed", error=message)
                 current = self.active.get(dq)
                 fresh = await self.registry.get_deployment_by_id(record.id)
@@ -763,8 +1073,8 @@ class Platform:
     async def _start_instance(self, builder, artifact: Artifact, env: dict, org: str, short: str, version: int) -> Instance:
         path = self.app_log(org, short, version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---\n")
+        append_app_log(path, "platform", [f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting version {version} ---"],
+                       max_bytes=self.config.limits.log_max_bytes)
         return await builder.start(artifact, env=env, log_path=path)
 
     async def _launch(self, builder, artifact: Artifact, record: DeploymentRecord, version: int, *,
@@ -826,6 +1136,8 @@ class Platform:
                     "MCPAC_CONTROL_TOKEN": control_token})
         if fresh.spec.get("suspended"):
             env["MCPAC_SUSPENDED"] = "1"  # a restart keeps a suspended deployment suspended
+        if self.tracer.enabled:
+            env["MCPAC_TRACING"] = "1"
         return env
 
     async def _health(self, builder, instance: Instance) -> list[str]:
@@ -846,6 +1158,8 @@ class Platform:
         new = Active(record, version, artifact, instance, builder)
         self.active[dq] = new
         ver = await self.registry.get_version(record.id, version)
+        # Only the MCPApp runtime hands over spans: other servers are never asked.
+        new.traced = bool(ver is not None and (ver.options or {}).get("mcpac_runtime"))
         pinned = {}
         if ver is not None and (instance.data or {}).get("secret_versions"):
             # This instance is healthy: what it runs with is what later restarts of the version must use, so a
@@ -868,6 +1182,10 @@ class Platform:
 
     async def _stop_active(self, active: Active) -> None:
         active.stopping = True
+        key = f"{active.record.org}.{active.record.name}"
+        if self.tracer.enabled and self.active.get(key) is active:
+            with contextlib.suppress(Exception):  # its last spans, before it goes (briefly: it may be hung)
+                await self.collect_app_spans(key, timeout=1.0)
         if active.builder is not None:
             with contextlib.suppress(Exception):
                 await self._stop_instance(active.builder, active.instance)
@@ -919,6 +1237,7 @@ class Platform:
                     continue
                 active.instance = instance
                 active.restarts += 1
+                self.m_restarts.inc((rec.org, rec.name))
                 await self.registry.update_version(rec.id, active.version, instance=instance.model_dump(mode="json"))
                 await self.registry.update_deployment(rec.id, status="running")
                 await self.record(Event(type="deployment.restarted", org=rec.org, deployment=rec.name,
@@ -1115,12 +1434,8 @@ class Platform:
             raise ConflictError(f"{dq} was started by an earlier platform process, which holds its control token",
                                 hint=f"restart it so this platform can control it: `mcp-agent stop {record.name}` "
                                      f"then `mcp-agent start {record.name}`")
-        base = active.instance.url.rsplit("/", 1)[0] if active.instance.url.endswith("/mcp") else active.instance.url
         try:
-            async with httpx.AsyncClient(timeout=30.0) as http:
-                headers = {"Authorization": f"Bearer {token}"}
-                resp = await (http.post(base + CONTROL_PATH, json=body, headers=headers) if body is not None
-                              else http.get(base + CONTROL_PATH, headers=headers))
+            resp = await self._control_call(active, token, body)
         except httpx.HTTPError as exc:
             raise MCPAgentCloudError(f"{dq}: its control route did not answer: {type(exc).__name__}: {exc}",
                                      hint=f"check `mcp-agent logs {record.name}`") from None
@@ -1128,6 +1443,57 @@ class Platform:
             raise MCPAgentCloudError(f"{dq}: its control route answered {resp.status_code}: {resp.text[:300]}",
                                      hint=f"check `mcp-agent logs {record.name}`")
         return resp.json()
+
+    async def _control_call(self, active: Active, token: str, body: dict | None = None, path: str = "",
+                            timeout: float = 30.0):
+        import httpx
+
+        url = active.instance.url
+        base = url.rsplit("/", 1)[0] if url.endswith("/mcp") else url
+        if self._control_http is None:  # one pool: spans are fetched from every app each second
+            self._control_http = httpx.AsyncClient()
+        headers = {"Authorization": f"Bearer {token}"}
+        if body is not None:
+            return await self._control_http.post(base + CONTROL_PATH + path, json=body, headers=headers,
+                                                 timeout=timeout)
+        return await self._control_http.get(base + CONTROL_PATH + path, headers=headers, timeout=timeout)
+
+    async def collect_app_spans(self, key: str, timeout: float = 5.0) -> int:
+        """Fetch the spans an MCPApp instance finished since the last fetch (its control route hands them over
+        once) and pass them on like the platform's own. Returns how many. Org and deployment come from the
+        instance, not from what it sent: an app cannot file spans under another deployment."""
+        active = self.active.get(key)
+        token = self._control_tokens.get(active.instance.url) if active is not None else None
+        if active is None or token is None or not active.traced:
+            return 0
+        try:
+            resp = await self._control_call(active, token, path="/spans", timeout=timeout)
+            if resp.status_code == 404:  # a runtime from before span support
+                active.traced = False
+                return 0
+            payload = resp.json() if resp.status_code == 200 else {}
+        except Exception as exc:  # noqa: BLE001 - a busy or restarting app: its spans come on the next fetch
+            log.debug("no spans from %s: %s", key, exc)
+            return 0
+        org, name = active.record.org, active.record.name
+        count = 0
+        for raw in payload.get("spans") or []:
+            try:
+                span = SpanData.model_validate(raw)
+            except Exception:  # noqa: BLE001 - one malformed span does not lose the others
+                continue
+            self.export_span(span.model_copy(update={"org": org, "deployment": name, "service": key}))
+            count += 1
+        if payload.get("dropped"):
+            self.m_spans_dropped.inc((f"app:{key}", "traces"), int(payload["dropped"]))
+        return count
+
+    async def _collect_spans_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tracing.app_pull_seconds)
+            # Together, so one slow app does not hold back the others' spans.
+            await asyncio.gather(*(self.collect_app_spans(key, timeout=2.0) for key in list(self.active)
+                                   if self.active[key].traced), return_exceptions=True)
 
     async def set_suspended(self, identity: Identity, name: str, suspended: bool) -> dict:
         """Suspend (no new runs; runs in flight go on) or resume an MCPApp deployment. The state is kept in the
@@ -1408,6 +1774,9 @@ class Platform:
             with contextlib.suppress(Exception):
                 stats = await active.builder.stats(active.instance)
         out["stats"] = stats
+        if active is not None:
+            self._usage[(record.org, record.name)] = stats
+        out["health"] = self.health(record.org, record.name)
         out["versions"] = [v.model_dump(mode="json", include={"version", "status", "package_sha256", "error",
                                                               "created_at"})
                            for v in await self.registry.list_versions(record.id)]

@@ -13,11 +13,13 @@ is JSON ``{"error": CODE, "message": ..., "hint": ...}`` (see :func:`~mcp_agent_
 
 import contextlib
 import hmac
+import importlib.util
 import inspect
 import json
 import logging
 import os
 import warnings
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,9 +41,11 @@ from ..hookspecs.types import (
     RunRecord,
     RunStatus,
     Schedule,
+    SpanData,
     StepDef,
     WorkflowDef,
 )
+from ..telemetry import TRACEPARENT, Span, Tracer, current_span, parse_traceparent
 from .base import (
     STEP_ATTR,
     RateLimiter,
@@ -64,6 +68,8 @@ ENV_DEPLOYMENT = "MCPAC_DEPLOYMENT"
 ENV_DATA_DIR = "MCPAC_APP_DATA_DIR"
 ENV_CONTROL_TOKEN = "MCPAC_CONTROL_TOKEN"
 ENV_SUSPENDED = "MCPAC_SUSPENDED"
+ENV_TRACING = "MCPAC_TRACING"
+SPAN_BUFFER = 10_000  # finished spans kept for the platform to fetch; beyond that the oldest go (and are counted)
 BATCH_MAX = 1000  # runs one batch call may touch
 
 
@@ -102,6 +108,9 @@ class MCPApp:
         self._injected = executor
         self._limiters: dict[str, RateLimiter] = {}
         self._control_token: str | None = None
+        self.tracer = Tracer()  # makes no spans until _open sees MCPAC_TRACING=1
+        self._spans: deque[SpanData] = deque(maxlen=SPAN_BUFFER)
+        self._spans_dropped = 0
 
     # -- decorators ------------------------------------------------------------------------------------------
 
@@ -185,7 +194,9 @@ class MCPApp:
         limiter = self._limiters.get(defn.name)
         if limiter is not None:
             limiter.take(defn.name)
-        return await executor.start_run(defn.name, valid, workflow_id=workflow_id, priority=priority)
+        record = await executor.start_run(defn.name, valid, workflow_id=workflow_id, priority=priority)
+        _tag_run(record.run_id)
+        return record
 
     async def _run_id(self, run_id: str | None, workflow_id: str | None) -> str:
         if run_id:
@@ -329,14 +340,14 @@ class MCPApp:
 
         async def workflows_resume(run_id: str | None = None, workflow_id: str | None = None,
                                    signal_name: str = "resume", payload: Any = None) -> dict[str, Any]:
-            rid = await self._run_id(run_id, workflow_id)
+            rid = _tag_run(await self._run_id(run_id, workflow_id))
             return status_dict(await self._ready().signal(rid, signal_name or "resume", payload))
 
         async def workflows_pause(run_id: str | None = None, workflow_id: str | None = None) -> dict[str, Any]:
-            return status_dict(await self._ready().pause(await self._run_id(run_id, workflow_id)))
+            return status_dict(await self._ready().pause(_tag_run(await self._run_id(run_id, workflow_id))))
 
         async def workflows_cancel(run_id: str | None = None, workflow_id: str | None = None) -> dict[str, Any]:
-            return status_dict(await self._ready().cancel(await self._run_id(run_id, workflow_id)))
+            return status_dict(await self._ready().cancel(_tag_run(await self._run_id(run_id, workflow_id))))
 
         async def workflows_batch(action: Literal["run", "cancel", "pause", "resume"],
                                   workflow_name: str | None = None, status: RunStatus | None = None,
@@ -416,9 +427,34 @@ class MCPApp:
     def build_server(self) -> MCPServer:
         """A fresh mcp SDK ``MCPServer`` with this app's tools and the control route."""
         server = MCPServer(self.name, description=self.description or None, instructions=self.instructions,
-                           tools=self._tool_objects())
+                           tools=self._tool_objects(), middleware=[self._trace_tool_call])
         server.custom_route(CONTROL_PATH, methods=["GET", "POST"], include_in_schema=False)(self._control)
+        server.custom_route(CONTROL_PATH + "/spans", methods=["GET"], include_in_schema=False)(self._control_spans)
         return server
+
+    async def _trace_tool_call(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        """mcp SDK middleware: a ``tools/call NAME`` server span around each tool call, the child of the caller's
+        ``traceparent``. It runs in the handler's task, so the span is current in the tool (and in the runs the
+        tool starts, which copy the context)."""
+        tracer = self.tracer
+        if ctx.method != "tools/call" or not tracer.enabled:
+            return await call_next(ctx)
+        name = ctx.params.get("name") if isinstance(ctx.params, Mapping) else None
+        name = name if isinstance(name, str) else None
+        attributes = {"mcp.method.name": ctx.method, "gen_ai.tool.name": name,
+                      "jsonrpc.request.id": None if ctx.request_id is None else str(ctx.request_id)}
+        with tracer.span(f"tools/call {name}" if name else "tools/call", kind="server",
+                         parent=_incoming_parent(ctx), attributes=attributes) as span:
+            result = await call_next(ctx)
+            if span is not None and _is_tool_error(result):
+                span.set("error.type", _error_code(result))
+                span.fail("tool error")
+            return result
+
+    def _keep_span(self, span: SpanData) -> None:
+        if len(self._spans) == self._spans.maxlen:  # nobody fetched them for a while: the oldest go
+            self._spans_dropped += 1
+        self._spans.append(span)
 
     def streamable_http_app(self, streamable_http_path: str = "/mcp", host: str = "127.0.0.1") -> Any:
         """The ASGI app serving the tools at ``streamable_http_path``; its lifespan runs the executor."""
@@ -474,7 +510,14 @@ class MCPApp:
         data_dir = self._data_path()
         self.deployment = os.environ.get(ENV_DEPLOYMENT) or self.name
         self._control_token = os.environ.get(ENV_CONTROL_TOKEN) or None
+        self.tracer = Tracer(self._keep_span, service=self.deployment) if os.environ.get(ENV_TRACING) == "1" \
+            else Tracer()
+        if self.tracer.enabled and importlib.util.find_spec("opentelemetry") is not None:
+            from .otel_bridge import install
+
+            install(self._keep_span, self.deployment)  # the app's own OpenTelemetry spans join its traces
         executor = self._injected or self._build_executor(data_dir)
+        executor.tracer = self.tracer  # type: ignore[attr-defined] - executors make the run and step spans
         executor.bind(AppBinding(app_name=self.name, deployment=self.deployment, data_dir=data_dir,
                                  workflows=self.workflows, steps=self.steps))
         try:
@@ -493,7 +536,7 @@ class MCPApp:
         if executor is not None:
             await executor.aclose()
 
-    async def _control(self, request: Request) -> JSONResponse:
+    def _refused(self, request: Request) -> JSONResponse | None:
         token = self._control_token
         if not token:  # outside the platform there is no control route at all
             return JSONResponse({"error": "not_found", "message": "not found"}, status_code=404)
@@ -501,6 +544,23 @@ class MCPApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             return JSONResponse({"error": "unauthorized", "message": "a valid control token is required"},
                                 status_code=401)
+        return None
+
+    async def _control_spans(self, request: Request) -> JSONResponse:
+        """The spans finished since the last call, each handed over once (the platform passes them on)."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        spans, buffer = [], self._spans
+        while buffer:  # popleft, not list()+clear(): a span may end in another thread meanwhile
+            spans.append(buffer.popleft().model_dump(mode="json"))
+        dropped, self._spans_dropped = self._spans_dropped, 0
+        return JSONResponse({"spans": spans, "dropped": dropped})
+
+    async def _control(self, request: Request) -> JSONResponse:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if request.method == "POST":
             try:
                 body = json.loads(await request.body() or b"{}")
@@ -515,6 +575,43 @@ class MCPApp:
         except MCPAgentCloudError as exc:
             return JSONResponse(exc.to_dict(), status_code=exc.status)
         return JSONResponse({"suspended": self.suspended, "active_runs": active})
+
+
+def _incoming_parent(ctx: Any) -> Any:
+    """The caller's trace context: the HTTP ``traceparent`` header (the gateway sets it), else ``_meta``'s."""
+    headers = getattr(ctx.request, "headers", None)
+    value = headers.get(TRACEPARENT) if headers is not None else None
+    if not value and isinstance(ctx.meta, Mapping):
+        value = ctx.meta.get(TRACEPARENT)
+    return parse_traceparent(value) if isinstance(value, str) else None
+
+
+def _is_tool_error(result: Any) -> bool:
+    if isinstance(result, CallToolResult):
+        return bool(result.is_error)
+    return isinstance(result, dict) and result.get("isError") is True
+
+
+def _error_code(result: Any) -> str:
+    """The code of our JSON tool error (``not_found``, ``rate_limited``...), else ``tool_error``."""
+    content = result.content if isinstance(result, CallToolResult) else result.get("content") or []
+    for item in content:
+        text = getattr(item, "text", None) if not isinstance(item, dict) else item.get("text")
+        try:
+            code = json.loads(text or "").get("error")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(code, str):
+            return code
+    return "tool_error"
+
+
+def _tag_run(run_id: str) -> str:
+    """Name the run on the current tool call's span, so ``traces?run=RUN_ID`` finds that call's trace too."""
+    span = current_span()
+    if isinstance(span, Span) and span.kind == "server" and "run.id" not in span.attributes:
+        span.set("run.id", run_id)
+    return run_id
 
 
 def _ids(record: RunRecord) -> dict[str, Any]:

@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ..errors import MCPAgentCloudError, NotFoundError, RateLimited, ValidationFailed
 from ..hookspecs.types import RetryPolicy, RunContext, RunRecord, Schedule, StepDef, WorkflowDef
+from ..telemetry import Span
 
 __all__ = [
     "Workflow", "current_run", "execute", "input_model_for", "workflow_def", "function_workflow_def", "step_def",
     "step_of", "step_retry", "validate_params", "status_dict", "error_payload", "parse_rate_limit", "RateLimiter",
-    "NO_RETRY",
+    "NO_RETRY", "RUN_SPAN", "STEP_SPAN", "run_attributes", "end_run_span",
 ]
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("mcp_agent_cloud_current_run",
@@ -281,6 +282,28 @@ def to_json(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     return json.loads(json.dumps(to_jsonable_python(value, fallback=str)))
+
+
+# -- tracing ---------------------------------------------------------------------------------------------------
+
+# Span names both executors use: "workflow.run NAME" covers a run from its start to its end, "workflow.step NAME"
+# one attempt of a step. Attribute run.id is what `GET .../traces?run=RUN_ID` looks for.
+RUN_SPAN = "workflow.run"
+STEP_SPAN = "workflow.step"
+
+
+def run_attributes(workflow: str, run_id: str, workflow_id: str) -> dict[str, Any]:
+    return {"workflow.name": workflow, "run.id": run_id, "workflow.id": workflow_id}
+
+
+def end_run_span(span: Span | None, status: str, error: str | None = None, end_ns: int | None = None) -> None:
+    """End a run's span with the run's final status; only a failed or interrupted run is an error."""
+    if span is None:
+        return
+    span.set("run.status", status)
+    if status in ("error", "interrupted"):
+        span.fail(error or status)
+    span.end(end_ns)
 
 
 # -- rate limits -----------------------------------------------------------------------------------------------

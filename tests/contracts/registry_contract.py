@@ -317,6 +317,20 @@ class RegistryContract:
             assert sorted(numbers) == list(range(1, 17))
 
     @async_test
+    async def test_prune_events_drops_only_older_ones(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            now = time.time()
+            for i, age in enumerate([90, 40, 5, 0]):  # days
+                await reg.add_event(EventRecord(org="acme", deployment_id="d1", type=f"t{i}",
+                                                created_at=now - age * 86400))
+            assert await reg.prune_events(before=now - 30 * 86400) == 2
+            assert [e.type for e in await reg.list_events(org="acme")] == ["t2", "t3"]
+            assert await reg.prune_events(before=now - 30 * 86400) == 0
+            # New events still get ids after the pruned ones (a follower's `after` stays valid).
+            later = await reg.add_event(EventRecord(org="acme", type="t4"))
+            assert [e.type for e in await reg.list_events(org="acme")][-1] == "t4" and later.id
+
+    @async_test
     async def test_watch_sees_events_from_another_instance(self, registry_factory: RegistryFactory,
                                                            tmp_path: Path) -> None:
         async with opened(registry_factory, tmp_path) as a, opened(registry_factory, tmp_path) as b:

@@ -76,8 +76,10 @@ def test_logs_follow(platform):
     follower = subprocess.Popen([CLI, "logs", "hello", "--follow", "--tail", "1"], env=platform.env,
                                 stdout=subprocess.PIPE, text=True)
     try:
+        # The follow has started once it printed the last line there was: only then call, so the call's log
+        # lines come through the follow (and not only as its first tail line, or before it).
+        seen = [follower.stdout.readline()]
         anyio.run(call_tool, result["endpoint"], platform.token, "add", {"a": 1, "b": 2})
-        seen = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = follower.stdout.readline()
