@@ -59,7 +59,6 @@ class PodmanEngine(Engine):
 
         self.errors = podman.errors
         self.tar = podman.api.create_tar
-        self.frames = podman.api.stream_frames
         url = base_url or os.environ.get("CONTAINER_HOST") or DEFAULT_HOST
         try:
             self.client = podman.PodmanClient(base_url=url, timeout=timeout)
@@ -303,17 +302,8 @@ class PodmanEngine(Engine):
             return info.health
 
     def logs(self, container: str, *, since: float | None = None) -> Iterator[bytes]:
-        params: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True}
-        if since:
-            params["since"] = int(since)
-        try:
-            response = self._call("get", f"/containers/{_quote(container)}/logs", params=params, stream=True,
-                                  timeout=None, missing_ok=True)
-            if response is None:
-                return
-            yield from self.frames(response)
-        except (EngineError, OSError):
-            return
+        for _, chunk in self.log_frames(container, since=since):
+            yield chunk
 
     def log_frames(self, container: str, *, since: float | None = None) -> Iterator[tuple[str, bytes]]:
         """Like :meth:`logs`, as ``(stream, chunk)``, from the stream byte of each frame's 8-byte header."""
