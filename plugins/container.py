@@ -199,20 +199,23 @@ class LogFollower(threading.Thread):
         self.max_bytes = max_bytes
 
     def run(self) -> None:
-        from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, LineSplitter, append_app_log
+        from mcp_agent_cloud.applog import AppLog, LineSplitter
 
-        max_bytes = self.max_bytes or DEFAULT_LOG_MAX_BYTES
+        log = AppLog.open(self.path, self.max_bytes)
         splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         # An engine without log_frames cannot tell the streams apart: its output counts as stdout.
         frames = getattr(self.engine, "log_frames", None)
         source = (frames(self.container, since=self.since) if frames is not None
                   else (("stdout", chunk) for chunk in self.engine.logs(self.container, since=self.since)))
-        with contextlib.suppress(Exception):
-            for stream, chunk in source:
-                append_app_log(self.path, stream, splitters[stream].feed(chunk), max_bytes=max_bytes)
-        for stream, splitter in splitters.items():
-            with contextlib.suppress(OSError):
-                append_app_log(self.path, stream, splitter.flush(), max_bytes=max_bytes)
+        try:
+            with contextlib.suppress(Exception):
+                for stream, chunk in source:
+                    log.write(stream, splitters[stream].feed(chunk))
+            for stream, splitter in splitters.items():
+                with contextlib.suppress(OSError):
+                    log.write(stream, splitter.flush())
+        finally:
+            log.close()
 
 
 class ContainerBuilder(Builder):
@@ -738,11 +741,11 @@ class ContainerBuilder(Builder):
             note = (f"the container was killed (SIGKILL, exit code 137), most likely out of memory (limit "
                     f"{self._limit_text(instance)}; {self.spec_name} does not say); if so, raise limits.memory")
         if note and instance.data.get("log_path"):
-            from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, append_app_log
+            from mcp_agent_cloud.applog import append_app_log
 
             with contextlib.suppress(OSError):
                 append_app_log(instance.data["log_path"], "platform", [f"--- {note} ---"],
-                               max_bytes=self.ctx.settings.get("log_max_bytes") or DEFAULT_LOG_MAX_BYTES)
+                               max_bytes=self.ctx.settings.get("log_max_bytes"))
         follower = self._followers.pop(cid, None)
         if follower is not None:
             await asyncio.to_thread(follower.join, 5)

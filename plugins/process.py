@@ -170,23 +170,28 @@ async def _read_pipe(fd: int) -> asyncio.StreamReader:
 async def pump_app_log(stream: asyncio.StreamReader, name: str, path: Path, max_bytes: int | None) -> None:
     """Copies one output stream of an instance into its app log, each line stamped with the time it came. A line
     left open for half a second is written as it is, so a prompt without a newline still shows up."""
-    from mcp_agent_cloud.platform.service import DEFAULT_LOG_MAX_BYTES, LineSplitter, append_app_log
+    from mcp_agent_cloud.applog import AppLog, LineSplitter
 
+    log = AppLog.open(path, max_bytes)
     splitter = LineSplitter()
-    while True:
-        try:
-            chunk = await (asyncio.wait_for(stream.read(65536), 0.5) if splitter.pending else stream.read(65536))
-        except asyncio.TimeoutError:
-            lines = splitter.flush()
-        else:
-            if not chunk:
-                break
-            lines = splitter.feed(chunk)
-        # A failed write (the deployment's directory deleted) must not stop the draining: the app would block.
+    try:
+        while True:
+            try:
+                chunk = await (asyncio.wait_for(stream.read(65536), 0.5) if splitter.pending
+                               else stream.read(65536))
+            except asyncio.TimeoutError:
+                lines = splitter.flush()
+            else:
+                if not chunk:
+                    break
+                lines = splitter.feed(chunk)
+            # A failed write (the deployment's directory deleted) must not stop the draining: the app would block.
+            with contextlib.suppress(OSError):
+                log.write(name, lines)
         with contextlib.suppress(OSError):
-            append_app_log(path, name, lines, max_bytes=max_bytes or DEFAULT_LOG_MAX_BYTES)
-    with contextlib.suppress(OSError):
-        append_app_log(path, name, splitter.flush(), max_bytes=max_bytes or DEFAULT_LOG_MAX_BYTES)
+            log.write(name, splitter.flush())
+    finally:
+        log.close()
 
 
 async def emit(log: LogSink, line: str) -> None:

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from mcp_agent_cloud.hookspecs.types import Artifact, DeploymentRef, PluginContext
-from mcp_agent_cloud.platform.service import (
+from mcp_agent_cloud.applog import (
+    AppLog,
     LineSplitter,
     append_app_log,
     log_timestamp,
@@ -91,6 +92,33 @@ def test_rotation_keeps_one_file_and_reading_spans_both(tmp_path: Path) -> None:
     assert lines == written[-len(lines):] and written[0] not in lines
     assert len(lines) > len(log.read_text().splitlines())  # the rotated file's lines come first
     assert [e.line for e in read_app_log(log, tail=3)] == ["burst 97", "burst 98", "burst 99"]
+
+
+def test_writers_of_one_log_share_a_handle_across_rotation(tmp_path: Path) -> None:
+    # Two pumps (stdout, stderr) and the platform's own lines write one file; rotation by one of them must not
+    # leave another appending to app.log.1.
+    log = tmp_path / "app.log"
+    out, errs = AppLog.open(log, 2048), AppLog.open(log, 2048)
+    assert out is errs
+    written = []
+    for i in range(120):
+        line = f"line {i:03d} " + "y" * 30
+        (out if i % 3 == 0 else errs).write("stdout" if i % 3 == 0 else "stderr", [line])
+        if i % 10 == 0:
+            append_app_log(log, "platform", [f"mark {i}"])
+            written.append(f"mark {i}")
+        written.insert(len(written) - (1 if i % 10 == 0 else 0), line)
+    lines = [e.line for e in read_app_log(log, tail=None)]
+    assert lines == written[-len(lines):] and len(lines) > len(log.read_text().splitlines())
+    assert log.stat().st_size <= 2048 and rotated_log(log).stat().st_size <= 2048
+    out.close()
+    assert AppLog._open  # still held by the other writer
+    errs.close()
+    assert not AppLog._open
+    os.remove(log)  # a closed log keeps no handle: the next write makes the file again
+    os.remove(rotated_log(log))
+    append_app_log(log, "platform", ["again"])
+    assert [e.line for e in read_app_log(log, tail=None)] == ["again"]
 
 
 def test_long_lines_are_cut_and_partial_lines_wait() -> None:

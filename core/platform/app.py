@@ -28,7 +28,8 @@ from .bridge import Bridge
 from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
 from ..telemetry import TRACEPARENT, parse_traceparent, use_parent
-from .service import DeployRequest, Platform, parse_since
+from ..applog import parse_since
+from .service import DeployRequest, Platform
 from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
@@ -786,7 +787,7 @@ async def _log_stream(path: Path, *, tail: int | None, since: str | None, grep: 
     """The matching lines of an app log, then (follow) each new one, across rotations."""
     import os
 
-    from .service import LineSplitter, log_line_matches, parse_log_line, read_app_log, rotated_log
+    from ..applog import LineSplitter, log_line_matches, parse_log_line, read_app_log, rotated_log
 
     def render(entries) -> str:
         if ndjson:

@@ -12,11 +12,11 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,6 +49,7 @@ from ..hookspecs.types import (
     PluginContext,
     VersionRecord,
 )
+from ..applog import append_app_log, read_app_log, tail_file
 from ..manager import PluginManager
 from ..names import split_qualified, validate_name
 from ..telemetry import Metrics, SpanStore, Tracer
@@ -181,167 +182,6 @@ def _own_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# -- app logs ---------------------------------------------------------------------------------------------------
-# An app log line is stored as "2026-12-07T09:30:00.123Z stdout TEXT": when the platform read it (UTC) and from
-# which stream ("platform" for lines the platform writes itself). Logs written before this format have bare lines.
-APP_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (stdout|stderr|platform) (.*)", re.DOTALL)
-DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
-MAX_LOG_LINE = 64 * 1024
-SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SINCE_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
-# Container log threads and the event loop append to the same files; rotation must not race a write.
-_app_log_lock = threading.Lock()
-
-
-@dataclasses.dataclass
-class LogLine:
-    ts: str | None  # None: a line of an older log, without a time
-    stream: str | None
-    line: str
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"ts": self.ts, "stream": self.stream, "line": self.line}
-
-
-def log_timestamp(t: float | None = None) -> str:
-    t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def parse_log_line(raw: str) -> LogLine:
-    m = APP_LOG_LINE.fullmatch(raw)
-    return LogLine(m[1], m[2], m[3]) if m else LogLine(None, None, raw)
-
-
-def rotated_log(path: Path) -> Path:
-    return path.with_name(path.name + ".1")
-
-
-def append_app_log(path: Path | str, stream: str, lines: list[bytes] | list[str], *,
-                   max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
-    """Append ``lines`` (without newlines), all stamped now. A line that would take the file past ``max_bytes``
-    goes to a new file, the full one becoming ``app.log.1`` (replacing the previous one): a version keeps at most
-    twice the limit."""
-    if not lines:
-        return
-    stamp = log_timestamp()
-    encoded = [f"{stamp} {stream} {part.rstrip(chr(13))}\n".encode("utf-8", "replace")
-               for line in lines
-               for part in (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).split("\n")]
-    path = Path(path)
-    with _app_log_lock:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        chunk: list[bytes] = []
-        for data in encoded:
-            if size and size + len(data) > max_bytes:
-                if chunk:
-                    with open(path, "ab") as f:
-                        f.write(b"".join(chunk))
-                    chunk = []
-                os.replace(path, rotated_log(path))
-                size = 0
-            chunk.append(data)
-            size += len(data)
-        with open(path, "ab") as f:
-            f.write(b"".join(chunk))
-
-
-class LineSplitter:
-    """Cuts a byte stream into lines, and lines longer than MAX_LOG_LINE into pieces."""
-
-    def __init__(self) -> None:
-        self.pending = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        lines = (self.pending + data).split(b"\n")
-        self.pending = lines.pop()
-        while len(self.pending) > MAX_LOG_LINE:
-            lines.append(self.pending[:MAX_LOG_LINE])
-            self.pending = self.pending[MAX_LOG_LINE:]
-        return [line[i:i + MAX_LOG_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LOG_LINE)]
-
-    def flush(self) -> list[bytes]:
-        rest, self.pending = self.pending, b""
-        return [rest] if rest else []
-
-
-def parse_since(value: str, now: float | None = None) -> str:
-    """``since`` of the logs route as a log timestamp: a duration ago (30s, 10m, 2h, 1d, 1h30m) or an ISO 8601
-    time (UTC when it has no offset). ValueError when it is neither."""
-    import datetime
-
-    text = value.strip()
-    if _SINCE_DURATION.fullmatch(text):
-        seconds = sum(float(n) * SINCE_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text))
-        return log_timestamp((time.time() if now is None else now) - seconds)
-    when = datetime.datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return log_timestamp(when.timestamp())
-
-
-def log_line_matches(entry: LogLine, since: str | None, grep: re.Pattern | None) -> bool:
-    if since is not None and (entry.ts is None or entry.ts < since):
-        return False
-    return grep is None or grep.search(entry.line) is not None
-
-
-def _lines_backwards(f, end: int, block: int = 64 * 1024):
-    """The lines of the open binary file ``f`` before offset ``end``, last first."""
-    pos, rest, first = end, b"", True
-    while pos > 0:
-        n = min(block, pos)
-        pos -= n
-        f.seek(pos)
-        lines = (f.read(n) + rest).split(b"\n")
-        if first and lines[-1] == b"":
-            lines.pop()  # the file's final newline
-        first = False
-        rest = lines.pop(0) if pos > 0 else b""
-        for line in reversed(lines):
-            yield line.decode("utf-8", "replace")
-    if rest:
-        yield rest.decode("utf-8", "replace")
-
-
-def read_app_log(path: Path, *, tail: int | None = 100, since: str | None = None, grep: re.Pattern | None = None,
-                 current=None, end: int | None = None) -> list[LogLine]:
-    """The last ``tail`` lines (None: all) of an app log and its rotated file that match (see log_line_matches),
-    oldest first. ``current``/``end``: an open handle on ``path`` to read up to ``end`` (where a follow goes on)."""
-    if tail is not None and tail <= 0:
-        return []
-    found: list[LogLine] = []
-    for file in (path, rotated_log(path)):
-        f = current if file == path and current is not None else None
-        try:
-            if f is None:
-                f = open(file, "rb")
-                limit = os.fstat(f.fileno()).st_size
-            else:
-                limit = end if end is not None else os.fstat(f.fileno()).st_size
-        except FileNotFoundError:
-            continue
-        try:
-            for raw in _lines_backwards(f, limit):
-                entry = parse_log_line(raw)
-                if since is not None and entry.ts is not None and entry.ts < since:
-                    return found[::-1]  # lines are in time order: nothing older can match
-                if log_line_matches(entry, since, grep):
-                    found.append(entry)
-                    if tail is not None and len(found) >= tail:
-                        return found[::-1]
-        finally:
-            if f is not current:
-                f.close()
-    return found[::-1]
-
-
-def tail_file(path: Path, lines: int = 40) -> str:
-    """The last lines of a build log or an app log (its rotated file too), without the app log's time and stream."""
-    return "\n".join(e.line for e in read_app_log(path, tail=lines))
 
 
 async def mcp_health_check(
@@ -545,16 +385,21 @@ class Platform:
                                          ("exporter", "signal"))
         self._usage: dict[tuple[str, str], dict] = {}
         self._usage_at = 0.0
+        self._usage_read_at = -math.inf  # when a reader (an exporter's collection, /metrics) last read the usage
         m.gauge("mcp_agent_cloud_app_cpu_seconds_total", "CPU time of the app's processes or container", dep,
-                lambda: {k: u["cpu_seconds"] for k, u in self._usage.items() if "cpu_seconds" in u})
+                lambda: self._read_usage("cpu_seconds"))
         m.gauge("mcp_agent_cloud_app_memory_bytes", "resident memory of the app's processes or container", dep,
-                lambda: {k: u["rss_bytes"] for k, u in self._usage.items() if "rss_bytes" in u})
+                lambda: self._read_usage("rss_bytes"))
         m.gauge("mcp_agent_cloud_deployment_up", "1 for each deployment this node serves", (*dep, "version"),
                 lambda: {(a.record.org, a.record.name, str(a.version)): 1 for a in list(self.active.values())})
         m.gauge("process_resident_memory_bytes", "the platform process's resident memory", (),
                 lambda: {(): _own_rss()})
         m.gauge("process_cpu_seconds_total", "the platform process's CPU time", (),
                 lambda: {(): time.process_time()})
+
+    def _read_usage(self, key: str) -> dict[tuple[str, str], float]:
+        self._usage_read_at = time.monotonic()
+        return {k: u[key] for k, u in self._usage.items() if key in u}
 
     async def sample_usage(self, max_age: float = 2.0) -> None:
         """Refresh the CPU and memory of every serving instance (read by the gauges above)."""
@@ -581,9 +426,12 @@ class Platform:
             await asyncio.sleep(3600)
 
     async def _usage_loop(self) -> None:
+        # For readers that cannot wait for a sample (an exporter's collection thread), and only while one reads:
+        # the /metrics and status routes sample on demand, and asking every container's engine costs.
         while True:
             await asyncio.sleep(10)
-            await self.sample_usage()
+            if time.monotonic() - self._usage_read_at < 120:
+                await self.sample_usage()
 
     def health(self, org: str, name: str) -> dict:
         """Request metrics of one deployment since this node started serving it, for ``status``."""
