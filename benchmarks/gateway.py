@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import statistics
 import time
@@ -151,7 +152,11 @@ async def run(ctx: Context) -> list[Table]:
     warmup = ctx.size(10, 2)
     src = copy_app(HELLO, ctx.workdir / "hello")
     ENVS.mkdir(parents=True, exist_ok=True)
-    p = PlatformProcess(ctx.workdir / "platform", ENVS)
+    # For A/B runs of one platform setting (e.g. `tracing: {enabled: false}`): YAML added to the platform's config.
+    extra = os.environ.get("MCPAC_BENCH_PLATFORM_CONFIG", "")
+    if extra:
+        ctx.say(f"platform config added from MCPAC_BENCH_PLATFORM_CONFIG: {extra.strip()}")
+    p = PlatformProcess(ctx.workdir / "platform", ENVS, extra_config=extra + ("\n" if extra else ""))
     p.start()
     try:
         ctx.say("deploying examples/hello (process builder)")

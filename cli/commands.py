@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -779,6 +780,107 @@ def register(cli: click.Group) -> None:
             return emit_json(data)
         out.print(f"{name}: serving version {data['version']} at {data['endpoint']}", highlight=False)
 
+    # -- API keys and the audit log ------------------------------------------------------------------------------
+    def _when(ts):
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "never"
+
+    def _duration(value: str, what: str) -> float:
+        from ..applog import parse_duration
+
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise click.BadParameter(f"{value!r} is not a duration such as 30d, 12h or 90m", param_hint=what)
+        return seconds
+
+    @cli.group()
+    def keys():
+        """API keys for machine clients (CI, scripts, MCP clients without a browser). A key acts as the person who
+        made it, in their org, with at most their role; scopes narrow it further; every key expires.
+
+        \b
+          mcp-agent keys create ci --role developer --scope api --expires-in 30d
+          mcp-agent keys create bot --role viewer --scope mcp --scope deployment:hello
+          mcp-agent keys list
+          mcp-agent keys revoke tok_0123abcd
+
+        The key is printed once (on stdout, so it can be piped) and stored only as a hash. Use it as a bearer token:
+        `Authorization: Bearer KEY`, or `mcp-agent deploy auth login --token KEY`."""
+
+    @keys.command("create")
+    @click.argument("name")
+    @click.option("--role", type=click.Choice(["owner", "developer", "viewer"]),
+                  help="The key's role (default: yours; never more than yours).")
+    @click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
+                  help="api (the management API), mcp (deployments' MCP endpoints) or deployment:NAME (only that "
+                       "deployment); repeat to combine. None: all your role allows.")
+    @click.option("--expires-in", default="90d", show_default=True, help="Lifetime: 30d, 12h, 90m (at most 366d).")
+    @api_options
+    @json_option
+    @handle_errors
+    def keys_create(name, role, scopes, expires_in, api_url, as_json):
+        """Create API key NAME (a label) and print it once."""
+        data = _client(api_url).create_key(name=name, role=role, scopes=list(scopes),
+                                           expires_in=_duration(expires_in, "--expires-in"))
+        if as_json:
+            return emit_json(data)
+        out.print(data["key"], markup=False, highlight=False)
+        scope_text = ", ".join(data["scopes"]) or "all the role allows"
+        err.print(f"key {data['id']} ({name}): role {', '.join(data['roles'])}, scopes {scope_text}, expires "
+                  f"{_when(data['expires_at'])}; it is shown only once", highlight=False)
+
+    @keys.command("list")
+    @api_options
+    @json_option
+    @handle_errors
+    def keys_list(api_url, as_json):
+        """The org's keys (owners) or your own: never the keys themselves."""
+        rows = _client(api_url).keys()
+        if as_json:
+            return emit_json(rows)
+        for row in rows:
+            row["roles_text"] = ",".join(row["roles"])
+            row["scopes_text"] = ",".join(row["scopes"]) or "*"
+            row["created"] = _when(row["created_at"])
+            row["expires"] = _when(row["expires_at"])
+        table(rows, [("id", "ID"), ("name", "NAME"), ("subject", "OWNER"), ("roles_text", "ROLE"),
+                     ("scopes_text", "SCOPES"), ("created", "CREATED"), ("expires", "EXPIRES"), ("status", "STATUS")])
+
+    @keys.command("revoke")
+    @click.argument("key_id")
+    @api_options
+    @json_option
+    @handle_errors
+    def keys_revoke(key_id, api_url, as_json):
+        """Revoke a key at once (on every node within the auth cache time, 2 s by default)."""
+        data = _client(api_url).revoke_key(key_id)
+        if as_json:
+            return emit_json(data)
+        out.print(f"revoked key {data['id']} ({data['name'] or 'no name'})", highlight=False)
+
+    @cli.command()
+    @click.option("--actor", help="Only actions by this subject.")
+    @click.option("--action", help='Only actions whose route contains this text, e.g. "DELETE" or "/secrets".')
+    @click.option("--since", help="Only this recent: 10m, 2h, 7d, or an ISO time.")
+    @click.option("-n", "--limit", type=int, default=50, show_default=True, help="How many records, newest first.")
+    @api_options
+    @json_option
+    @handle_errors
+    def audit(actor, action, since, limit, api_url, as_json):
+        """The org's audit log (owners): every management action, with who, what, when, from where and the
+        outcome, newest first. It is append only.
+
+        \b
+          mcp-agent audit --since 1d
+          mcp-agent audit --action DELETE --actor alice --json"""
+        rows = _client(api_url).audit(actor=actor, action=action, since=since, limit=limit)
+        if as_json:
+            return emit_json(rows)
+        for row in rows:
+            row["when"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created_at"]))
+            row["result"] = f"{row['outcome']} {row['status']}" + (f": {row['message']}" if row["message"] else "")
+        table(rows, [("when", "WHEN"), ("actor", "WHO"), ("action", "ACTION"), ("target", "TARGET"),
+                     ("source", "FROM"), ("result", "OUTCOME")])
+
     # -- secrets ------------------------------------------------------------------------------------------------
     @cli.group()
     def secrets():
@@ -1462,8 +1564,17 @@ def register(cli: click.Group) -> None:
                 await registry.ensure_org(org)
                 ctx.registry = registry
                 auth = pm.build(pm.get_auth_provider("builtin"), {}, ctx)
-                return await auth.issue_token(org=org, subject=subject, roles=[role], name=name,
-                                              expires_in=expires_in)
+                issued = await auth.issue_token(org=org, subject=subject, roles=[role], name=name,
+                                                expires_in=expires_in)
+                import getpass
+
+                from ..hookspecs.types import AuditRecord
+
+                with contextlib.suppress(NotImplementedError):  # a registry without an audit log
+                    await registry.add_audit(AuditRecord(
+                        org=org, actor=f"host:{getpass.getuser()}", provider="admin-cli", action="admin token",
+                        target=f"id={issued[1].id} subject={subject} role={role}", source="local", status=201))
+                return issued
             finally:
                 await registry.aclose()
 

@@ -151,14 +151,22 @@ class LineSplitter:
         return [rest] if rest else []
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration such as 30s, 10m, 2h, 90d or 1h30m; None when ``text`` is not one."""
+    text = text.strip()
+    if not _SINCE_DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * SINCE_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text))
+
+
 def parse_since(value: str, now: float | None = None) -> str:
     """``since`` of the logs route as a log timestamp: a duration ago (30s, 10m, 2h, 1d, 1h30m) or an ISO 8601
     time (UTC when it has no offset). ValueError when it is neither."""
     import datetime
 
     text = value.strip()
-    if _SINCE_DURATION.fullmatch(text):
-        seconds = sum(float(n) * SINCE_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text))
+    seconds = parse_duration(text)
+    if seconds is not None:
         return log_timestamp((time.time() if now is None else now) - seconds)
     when = datetime.datetime.fromisoformat(text)
     if when.tzinfo is None:

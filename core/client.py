@@ -104,6 +104,25 @@ class PlatformClient:
     def whoami(self) -> dict:
         return self.request("GET", "/api/v1/whoami")
 
+    def create_key(self, *, name: str = "", role: str | None = None, scopes: list[str] | None = None,
+                   expires_in: float | None = None) -> dict:
+        body: dict = {"name": name, "scopes": scopes or []}
+        if role:
+            body["role"] = role
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return self.request("POST", "/api/v1/keys", json=body)
+
+    def keys(self) -> list[dict]:
+        return self.request("GET", "/api/v1/keys")["keys"]
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self.request("DELETE", f"/api/v1/keys/{key_id}")
+
+    def audit(self, **params) -> list[dict]:
+        return self.request("GET", "/api/v1/audit",
+                            params={k: v for k, v in params.items() if v is not None})["records"]
+
     def plugins(self) -> dict:
         return self.request("GET", "/api/v1/plugins")
 

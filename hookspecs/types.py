@@ -208,6 +208,9 @@ class Instance(BaseModel):
     started_at: float = Field(default_factory=time.time)
 
 
+ROLE_RANK = {"viewer": 0, "developer": 1, "owner": 2, "admin": 3}  # admin: the platform's operators, any org
+
+
 class Identity(BaseModel):
     subject: str
     org: str
@@ -320,6 +323,27 @@ class EventRecord(BaseModel):
     type: str
     message: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+
+
+AuditOutcome = Literal["ok", "denied", "failed", "error"]
+
+
+class AuditRecord(BaseModel):
+    """One management action: who did what, when, from where, and how it ended. Registries only append these."""
+
+    id: int | None = None
+    org: str
+    actor: str = Field(description="the identity's subject")
+    provider: str | None = None
+    token_id: str | None = None
+    action: str = Field(description='the API route, as "METHOD /path/{param}"')
+    target: str = Field("", description="the route's parameters, as name=value pairs")
+    source: str = Field("", description="the client's address")
+    user_agent: str = ""
+    status: int = 0
+    outcome: AuditOutcome = "ok"
+    message: str = ""
     created_at: float = Field(default_factory=time.time)
 
 
@@ -629,6 +653,18 @@ class Registry(Backend):
     async def list_tokens(self, org: str) -> list[TokenRecord]: ...
     @abc.abstractmethod
     async def revoke_token(self, token_id: str) -> None: ...
+
+    # audit log: append only (there is no update or delete)
+    async def add_audit(self, record: AuditRecord) -> AuditRecord:
+        """Append a record; returns it with its id. The default keeps none (the platform warns once)."""
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no audit log")
+
+    async def list_audit(self, *, org: str, before_id: int | None = None, limit: int = 100,
+                         actor: str | None = None, action: str | None = None,
+                         since: float | None = None) -> list[AuditRecord]:
+        """The org's records, newest first, at most ``limit``, with ``id < before_id`` (paging back), ``actor``
+        equal, ``action`` containing the text, ``created_at >= since``."""
+        return []
 
     # nodes and leases: which platform node runs which deployment (see docs/scaling.md)
     @abc.abstractmethod

@@ -76,6 +76,11 @@ class BuiltinAuth(AuthProvider):
         self._cache[digest] = (record, now)
         return record
 
+    def forget(self, token_id: str) -> None:
+        """Drop a token from the cache (it was just revoked on this node)."""
+        for digest in [d for d, (record, _) in self._cache.items() if record.id == token_id]:
+            self._cache.pop(digest, None)
+
     async def issue_token(
         self, *, org: str, subject: str, roles: list[str], name: str = "", scopes: list[str] | None = None,
         expires_in: float | None = None,

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundError
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
+    AuditRecord,
     DeploymentRecord,
     EventRecord,
     LeaseRecord,
@@ -38,6 +39,7 @@ from mcp_agent_cloud.hookspecs.types import (
     VersionRecord,
 )
 from mcp_agent_cloud.plugins.records import (
+    audit_query,
     DEPLOYMENT_UPDATABLE,
     JSON_COLUMNS,
     VERSION_FIELDS,
@@ -131,6 +133,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             data BYTEA NOT NULL,
             PRIMARY KEY (org, sha256, seq),
             FOREIGN KEY (org, sha256) REFERENCES packages (org, sha256) ON DELETE CASCADE)""",
+    ),
+    (  # 3: the audit log (append only)
+        """CREATE TABLE audit (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            org TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            provider TEXT,
+            token_id TEXT,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            source TEXT NOT NULL,
+            user_agent TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            message TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX audit_org ON audit (org, id)",
     ),
 ]
 
@@ -436,6 +455,19 @@ class PostgresRegistry(Registry):
             args.append(deployment_id)
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
         return await self._all(EventRecord, sql, (*args, max(0, limit)))
+
+    # -- audit ------------------------------------------------------------------------------------------------
+
+    async def add_audit(self, record: AuditRecord) -> AuditRecord:
+        async with self._tx() as cur:
+            audit_id = await self._insert(cur, "audit", _row(record, "audit", exclude={"id"}), returning="id")
+            return record.model_copy(update={"id": audit_id})
+
+    async def list_audit(self, *, org: str, before_id: int | None = None, limit: int = 100, actor: str | None = None,
+                         action: str | None = None, since: float | None = None) -> list[AuditRecord]:
+        sql, args = audit_query("%s", "strpos(action, %s) > 0", org=org, before_id=before_id, limit=limit,
+                                actor=actor, action=action, since=since)
+        return await self._all(AuditRecord, sql, args)
 
     async def prune_events(self, *, before: float) -> int:
         async with self._tx() as cur:

@@ -22,6 +22,7 @@ JSON_COLUMNS: dict[str, frozenset[str]] = {
     "tokens": frozenset({"roles", "scopes"}),
     "nodes": frozenset(),
     "leases": frozenset(),
+    "audit": frozenset(),
 }
 
 # Fields callers may set after creation; identity and timestamps are managed by the registry.
@@ -44,3 +45,16 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValidationFailed(f"invalid {what}: {problems}") from exc
+
+
+def audit_query(mark: str, contains: str, *, org: str, before_id: int | None, limit: int, actor: str | None,
+                action: str | None, since: float | None) -> tuple[str, tuple]:
+    """``list_audit``'s SELECT, for a driver's placeholder (``?``, ``%s``) and substring test (``instr(action, ?) >
+    0``)."""
+    where, args = [f"org = {mark}"], [org]
+    for clause, value in ((f"id < {mark}", before_id), (f"actor = {mark}", actor), (contains, action),
+                          (f"created_at >= {mark}", since)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    return f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT {mark}", (*args, max(0, limit))

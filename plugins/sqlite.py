@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundError
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
+    AuditRecord,
     DeploymentRecord,
     EventRecord,
     LeaseRecord,
@@ -34,6 +35,7 @@ from mcp_agent_cloud.hookspecs.types import (
     VersionRecord,
 )
 from mcp_agent_cloud.plugins.records import (
+    audit_query,
     DEPLOYMENT_UPDATABLE,
     JSON_COLUMNS,
     VERSION_FIELDS,
@@ -120,6 +122,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             expires_at REAL NOT NULL,
             epoch INTEGER NOT NULL)""",
         "CREATE INDEX leases_node ON leases (node_id)",
+    ),
+    (  # 3: the audit log (append only)
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            org TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            provider TEXT,
+            token_id TEXT,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            source TEXT NOT NULL,
+            user_agent TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            message TEXT NOT NULL,
+            created_at REAL NOT NULL)""",
+        "CREATE INDEX audit_org ON audit (org, id)",
     ),
 ]
 
@@ -355,6 +374,19 @@ class SqliteRegistry(Registry):
             args.append(deployment_id)
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         return await self._all(EventRecord, "events", sql, (*args, max(0, limit)))
+
+    # -- audit ------------------------------------------------------------------------------------------------
+
+    async def add_audit(self, record: AuditRecord) -> AuditRecord:
+        def op(c: sqlite3.Connection) -> AuditRecord:
+            return record.model_copy(update={"id": _insert(c, "audit", _to_row(record, "audit", exclude={"id"}))})
+        return await self._write(op)
+
+    async def list_audit(self, *, org: str, before_id: int | None = None, limit: int = 100, actor: str | None = None,
+                         action: str | None = None, since: float | None = None) -> list[AuditRecord]:
+        sql, args = audit_query("?", "instr(action, ?) > 0", org=org, before_id=before_id, limit=limit, actor=actor,
+                                action=action, since=since)
+        return await self._all(AuditRecord, "audit", sql, args)
 
     async def prune_events(self, *, before: float) -> int:
         # AUTOINCREMENT: ids of deleted events are never handed out again, so a follower's `after` stays valid.

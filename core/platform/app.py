@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from starlette.routing import Mount, Route, Router
 
 from .. import __version__
 from ..errors import ForbiddenError, MCPAgentCloudError, ValidationFailed
-from ..hookspecs.types import DeploymentRecord, EventRecord, Identity, Manifest, VersionRecord
+from ..hookspecs.types import AuditRecord, DeploymentRecord, EventRecord, Identity, Manifest, TokenRecord, VersionRecord
 from . import bridge as _bridge
+from .audit import AuditMiddleware, ScopeGuard
 from .bridge import Bridge
 from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
@@ -164,6 +166,52 @@ class NodeRouter:
 
 def identity_of(request: Request) -> Identity:
     return request.state.identity
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: str = Field("", max_length=100, description="a label, shown by `keys list`")
+    role: str | None = Field(None, description="owner, developer or viewer; at most the caller's (default: the "
+                             "caller's)")
+    scopes: list[str] = Field(default_factory=list, description="api, mcp, deployment:NAME; none: all the role "
+                              "allows")
+    expires_in: float = Field(90 * 86400, ge=60, le=366 * 86400, description="lifetime in seconds (at most a year)")
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    subject: str
+    roles: list[str]
+    scopes: list[str]
+    created_at: float
+    expires_at: float | None
+    status: str = Field(description="active, expired or revoked")
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="the key itself, shown only here")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class AuditList(BaseModel):
+    records: list[AuditRecord]
+
+
+def key_view(record: TokenRecord) -> dict:
+    status = "revoked" if record.revoked else (
+        "expired" if record.expires_at is not None and record.expires_at < time.time() else "active")
+    return KeyInfo(**record.model_dump(include=set(KeyInfo.model_fields) - {"status"}),
+                   status=status).model_dump()
+
+
+def log_time_to_epoch(stamp: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 class DeploymentList(BaseModel):
@@ -335,6 +383,37 @@ def build_app(platform: Platform) -> Starlette:
         return JSONResponse({"tracing": platform.tracer.enabled,
                              "traces": [[s.model_dump(mode="json") | {"duration_ms": s.duration_ms} for s in spans]
                                         for spans in found]})
+
+    async def create_key(request: Request) -> Response:
+        body = await json_body(request, KeyCreate, '{"name": "ci", "role": "developer", "scopes": ["mcp"], '
+                                '"expires_in": 2592000}')
+        token, record = await platform.create_key(identity_of(request), name=body.name, role=body.role,
+                                                  scopes=body.scopes, expires_in=body.expires_in)
+        return JSONResponse({"key": token, **key_view(record)}, status_code=201)
+
+    async def list_keys(request: Request) -> Response:
+        return JSONResponse({"keys": [key_view(r) for r in await platform.list_keys(identity_of(request))]})
+
+    async def revoke_key(request: Request) -> Response:
+        return JSONResponse(key_view(await platform.revoke_key(identity_of(request), request.path_params["key_id"])))
+
+    async def audit_log(request: Request) -> Response:
+        identity = identity_of(request)
+        if not identity.can("admin"):
+            raise ForbiddenError("the audit log is for owners of the org", hint="ask an owner of the org")
+        q = request.query_params
+        since = None
+        if q.get("since"):
+            try:
+                since = log_time_to_epoch(parse_since(q["since"]))
+            except ValueError:
+                raise ValidationFailed(f"since: {q['since']!r} is neither a duration (10m, 2h) nor an ISO time",
+                                       hint="e.g. ?since=1h or ?since=2026-12-07T09:00:00") from None
+        before = int_param(request, "before", 0) or None
+        rows = await platform.registry.list_audit(
+            org=identity.org, before_id=before, limit=min(int_param(request, "limit", 100), 1000),
+            actor=q.get("actor") or None, action=q.get("action") or None, since=since)
+        return JSONResponse({"records": [r.model_dump(mode="json") for r in rows]})
 
     async def whoami(request: Request) -> Response:
         return JSONResponse(identity_of(request).model_dump())
@@ -621,6 +700,15 @@ def build_app(platform: Platform) -> Starlette:
         Endpoint("GET", "/healthz", healthz, "Readiness: 200 once the platform is serving", public=True),
         Endpoint("GET", "/api/v1/whoami", whoami, "The caller's identity", response=Identity),
         Endpoint("GET", "/api/v1/plugins", plugins, "Installed plugins and the backends they provide"),
+        Endpoint("POST", "/api/v1/keys", create_key,
+                 "Create an API key for the caller's org, acting as the caller (at most the caller's role and "
+                 "scopes; it expires); the key is in the answer once", request=KeyCreate, response=KeyCreated),
+        Endpoint("GET", "/api/v1/keys", list_keys, "API keys: the org's for owners, one's own otherwise (never the "
+                 "key itself)", response=KeyList),
+        Endpoint("DELETE", "/api/v1/keys/{key_id}", revoke_key, "Revoke an API key", response=KeyInfo),
+        Endpoint("GET", "/api/v1/audit", audit_log,
+                 "The org's audit log, newest first (owners; ?actor=&action=&since=10m&limit=&before=ID)",
+                 response=AuditList),
         Endpoint("GET", "/api/v1/auth/providers", auth_providers, "Configured auth providers, in the order tried",
                  public=True),
         Endpoint("GET", "/api/v1/server-types", server_types, "Known utility servers for `deploy server --type`"),
@@ -695,6 +783,8 @@ def build_app(platform: Platform) -> Starlette:
     routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(NodeRouter, platform=platform)
+    app.add_middleware(ScopeGuard)  # after the audit: refusals are recorded too
+    app.add_middleware(AuditMiddleware, platform=platform, templates=[e.path for e in endpoints])
     app.add_middleware(AuthMiddleware, platform=platform)
     app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth
     app.state.platform = platform

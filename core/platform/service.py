@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..hookspecs.types import (
     Artifact,
+    AuditRecord,
     BuildRequest,
     DeploymentRecord,
     Event,
@@ -47,6 +48,8 @@ from ..hookspecs.types import (
     Instance,
     Manifest,
     PluginContext,
+    ROLE_RANK,
+    TokenRecord,
     VersionRecord,
 )
 from ..applog import append_app_log, read_app_log, tail_file
@@ -215,6 +218,7 @@ class Platform:
         self.pm = pm
         self.data_dir = config.data_dir
         self.active: dict[str, Active] = {}
+        self._audit_warned = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._backends: dict[str, Any] = {}
@@ -480,6 +484,66 @@ class Platform:
             raise ForbiddenError(f"{org}.{short} belongs to org {org!r}; your token is for org {identity.org!r}",
                                  hint="use a token of that org, or deploy under your own org's name")
         return org, short
+
+    # -- audit log and API keys ----------------------------------------------------------------------------------
+
+    async def audit(self, record: AuditRecord) -> None:
+        """Append to the audit log. A registry that keeps none is warned about once; a failed write is logged (the
+        action already happened: its answer is out)."""
+        try:
+            await self.registry.add_audit(record)
+        except NotImplementedError as exc:
+            if not self._audit_warned:
+                self._audit_warned = True
+                log.warning("%s: management actions are not audited", exc)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not write the audit record of %s by %s: %s", record.action, record.actor, exc)
+
+    def _key_issuer(self):
+        for provider in self.auth_providers:
+            if callable(getattr(provider, "issue_token", None)):
+                return provider
+        raise ValidationFailed("API keys need an auth provider that issues tokens (builtin), and none is configured",
+                               hint="add `builtin` to `auth` in the platform config")
+
+    async def create_key(self, identity: Identity, *, name: str, role: str | None, scopes: list[str],
+                         expires_in: float) -> tuple[str, TokenRecord]:
+        """An API key for the caller's org, acting as the caller, with at most the caller's role and scopes."""
+        from .audit import check_scopes
+
+        held = max((ROLE_RANK.get(r, -1) for r in identity.roles), default=-1)
+        role = role or max(identity.roles, key=lambda r: ROLE_RANK.get(r, -1), default="viewer")
+        if role not in ROLE_RANK or role == "admin":
+            raise ValidationFailed(f"unknown role {role!r}", hint="use owner, developer or viewer")
+        if ROLE_RANK[role] > held:
+            raise ForbiddenError(f"a key may not have more than your role: you are {', '.join(identity.roles)}, "
+                                 f"the key asks for {role}", hint="ask an owner of the org for that key")
+        try:
+            scopes = check_scopes(scopes)
+        except ValueError as exc:
+            raise ValidationFailed(str(exc)) from None
+        if identity.scopes:
+            if not scopes:
+                scopes = list(identity.scopes)  # a scoped key makes keys scoped as narrowly
+            elif not set(scopes) <= set(identity.scopes):
+                raise ForbiddenError(f"a key may not have scopes yours lacks (yours: {', '.join(identity.scopes)})")
+        return await self._key_issuer().issue_token(org=identity.org, subject=identity.subject, roles=[role],
+                                                    name=name, scopes=scopes, expires_in=expires_in)
+
+    async def list_keys(self, identity: Identity) -> list[TokenRecord]:
+        """The org's keys for owners; one's own for the other roles."""
+        rows = await self.registry.list_tokens(identity.org)
+        return rows if identity.can("admin") else [r for r in rows if r.subject == identity.subject]
+
+    async def revoke_key(self, identity: Identity, key_id: str) -> TokenRecord:
+        found = next((r for r in await self.list_keys(identity) if r.id == key_id), None)
+        if found is None:  # another org's key, or another member's, looks like none at all
+            raise NotFoundError(f"no key {key_id} in org {identity.org}", hint="see `mcp-agent keys list`")
+        await self.registry.revoke_token(key_id)
+        for provider in self.auth_providers:
+            if callable(forget := getattr(provider, "forget", None)):
+                forget(key_id)  # at once on this node; other nodes within their cache time
+        return found.model_copy(update={"revoked": True})
 
     async def find(self, identity: Identity, name: str) -> DeploymentRecord:
         org, short = self.qualify(identity, name)

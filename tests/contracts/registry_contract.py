@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from mcp_agent_cloud.errors import ConflictError, NotFoundError, ValidationFailed
-from mcp_agent_cloud.hookspecs.types import DeploymentRecord, EventRecord, Registry, TokenRecord
+from mcp_agent_cloud.hookspecs.types import AuditRecord, DeploymentRecord, EventRecord, Registry, TokenRecord
 
 from . import async_test
 
@@ -329,6 +329,33 @@ class RegistryContract:
             # New events still get ids after the pruned ones (a follower's `after` stays valid).
             later = await reg.add_event(EventRecord(org="acme", type="t4"))
             assert [e.type for e in await reg.list_events(org="acme")][-1] == "t4" and later.id
+
+    @async_test
+    async def test_audit_appends_and_filters_newest_first(self, registry_factory: RegistryFactory,
+                                                          tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            now = time.time()
+            made = []
+            for i, (org, actor, action, age) in enumerate([
+                    ("acme", "ann", "POST /api/v1/deployments/{name}/versions", 7200),
+                    ("acme", "bob", "DELETE /api/v1/deployments/{name}", 60),
+                    ("other", "ann", "POST /api/v1/keys", 30),
+                    ("acme", "ann", "POST /api/v1/keys", 0)]):
+                made.append(await reg.add_audit(AuditRecord(
+                    org=org, actor=actor, action=action, target=f"name=n{i}", source="127.0.0.1", status=200 + i,
+                    outcome="denied" if i == 1 else "ok", created_at=now - age)))
+            assert all(r.id for r in made) and len({r.id for r in made}) == 4
+            rows = await reg.list_audit(org="acme")
+            assert [r.target for r in rows] == ["name=n3", "name=n1", "name=n0"]  # newest first, one org only
+            assert rows[1].outcome == "denied" and rows[1].status == 201 and rows[1].source == "127.0.0.1"
+            assert [r.target for r in await reg.list_audit(org="acme", actor="ann")] == ["name=n3", "name=n0"]
+            assert [r.target for r in await reg.list_audit(org="acme", action="/api/v1/deployments")] == \
+                ["name=n1", "name=n0"]
+            assert [r.target for r in await reg.list_audit(org="acme", since=now - 3600)] == ["name=n3", "name=n1"]
+            assert [r.target for r in await reg.list_audit(org="acme", limit=1)] == ["name=n3"]
+            page = await reg.list_audit(org="acme", before_id=rows[0].id, limit=1)
+            assert [r.target for r in page] == ["name=n1"]
+            assert await reg.list_audit(org="nobody") == []
 
     @async_test
     async def test_watch_sees_events_from_another_instance(self, registry_factory: RegistryFactory,
