@@ -475,30 +475,54 @@ def register(cli: click.Group) -> None:
         """Credentials for the platform (stored in ~/.mcp-agent-cloud/auth.json, mode 0600)."""
 
     @auth.command("login")
-    @click.option("--token", help="An API token (for a local platform, `mcp-agent serve` writes one for you).")
+    @click.option("--token", help="Log in with a token instead of the browser (an API key from `mcp-agent keys "
+                  "create`, or one `mcp-agent admin token` made).")
+    @click.option("--no-browser", is_flag=True, help="Only print the login URL; do not try to open a browser.")
     @api_options
     @json_option
     @handle_errors
-    def auth_login(token, api_url, as_json):
-        """Store a token for a platform after checking it works."""
+    def auth_login(token, no_browser, api_url, as_json):
+        """Log in to a platform. Without --token: the OAuth device flow. It shows a code and a URL (and opens a
+        browser when it can); log in there, and the CLI gets its tokens. They are stored in
+        ~/.mcp-agent-cloud/auth.json (mode 0600) and refreshed on their own before they expire.
+
+        \b
+          mcp-agent login                                    browser login
+          mcp-agent login --api-url https://agents.example.com
+          mcp-agent login --token "$MCP_AGENT_CLOUD_KEY"    CI: an API key"""
         from ..client import PlatformClient
-        from ..state import resolve_api_url, save_auth
+        from ..state import resolve_api_url, resolve_auth_url, save_auth
 
-        if not token:
-            if not sys.stdin.isatty():
-                raise click.UsageError("--token is required when not interactive")
-            token = click.prompt("API token", hide_input=True)
         url = resolve_api_url(api_url)
-        with PlatformClient(url, token) as client:
-            who = client.whoami()
-        from ..state import resolve_auth_url
-
         auth_url = resolve_auth_url(url)
-        extra = {"auth_url": auth_url} if auth_url != url else {}
-        path = save_auth(api_url=url, access_token=token, org=who["org"], **extra)
+        extra: dict = {"auth_url": auth_url} if auth_url != url else {}
+        if token:
+            access = token
+        else:
+            from ..login import device_login
+
+            def show(device: dict) -> None:
+                err.print(f"To log in, open {device['verification_uri']} and enter the code "
+                          f"[bold]{device['user_code']}[/]", highlight=False)
+                err.print(f"  (or open {device['verification_uri_complete']})", highlight=False)
+                if not no_browser and sys.stderr.isatty() and not os.environ.get("CI"):
+                    import webbrowser
+
+                    with contextlib.suppress(Exception):
+                        webbrowser.open(device["verification_uri_complete"])
+                err.print("Waiting for the login in the browser...", highlight=False)
+
+            tokens = device_login(auth_url, show=show)
+            access = tokens["access_token"]
+            extra.update(refresh_token=tokens.get("refresh_token"), expires_at=tokens["expires_at"],
+                         scope=tokens.get("scope", ""), token_type="oauth")
+        with PlatformClient(url, access) as client:
+            who = client.whoami()
+        path = save_auth(api_url=url, access_token=access, org=who["org"], **{k: v for k, v in extra.items()
+                                                                                 if v is not None})
         if as_json:
             return emit_json({"api_url": url, "auth_url": auth_url, "subject": who["subject"], "org": who["org"],
-                              "path": str(path)})
+                              "roles": who["roles"], "path": str(path), "expires_at": extra.get("expires_at")})
         out.print(f"Logged in to {url} as {who['subject']} (org {who['org']}); credentials in {path}",
                   highlight=False)
 
@@ -507,32 +531,51 @@ def register(cli: click.Group) -> None:
     @json_option
     @handle_errors
     def auth_status(api_url, as_json):
-        """Who the CLI is logged in as, and where."""
+        """Who the CLI is logged in as, where, with which scopes, and when the token expires."""
+        from ..state import load_auth, resolve_auth_url
+
         client = _client(api_url)
         if not client.token:
             from ..errors import AuthError
-            raise AuthError(f"not logged in to {client.api_url}", hint="mcp-agent deploy auth login --token T")
+            raise AuthError(f"not logged in to {client.api_url}", hint="mcp-agent login")
         who = client.whoami()
-        from ..state import resolve_auth_url
-
+        stored = load_auth()
+        expires = stored.get("expires_at") if stored.get("access_token") == client.token else None
+        kind = "oauth" if stored.get("refresh_token") and expires else "token"
         if as_json:
-            return emit_json({"api_url": client.api_url, "auth_url": resolve_auth_url(client.api_url), **who})
+            return emit_json({"api_url": client.api_url, "auth_url": resolve_auth_url(client.api_url), **who,
+                              "login": kind, "expires_at": expires})
+        scopes = ", ".join(who.get("scopes") or []) or "all the role allows"
         out.print(f"{client.api_url}: {who['subject']} in org {who['org']} (roles: {', '.join(who['roles'])}, "
-                  f"provider: {who['provider']})", highlight=False)
+                  f"scopes: {scopes}, provider: {who['provider']})", highlight=False)
+        if expires:
+            out.print(f"  access token expires {_when(expires)} (refreshed on its own)", highlight=False)
 
     @auth.command("logout")
     @json_option
     @handle_errors
     def auth_logout(as_json):
-        """Forget the stored credentials."""
-        from ..state import clear_auth
+        """Revoke the stored login at the platform (an OAuth login) and forget it."""
+        from ..state import clear_auth, load_auth
 
+        stored = load_auth()
+        revoked = False
+        if stored.get("refresh_token"):
+            from ..login import revoke
+
+            try:
+                revoked = revoke(stored)
+            except MCPAgentCloudError as exc:
+                err.print(f"could not revoke the login at {stored.get('api_url')} ({exc.message}); forgetting it "
+                          "here anyway", highlight=False)
         removed = clear_auth()
         if as_json:
-            return emit_json({"logged_out": removed})
-        out.print("Logged out." if removed else "Not logged in.")
+            return emit_json({"logged_out": removed, "revoked": revoked})
+        out.print(("Logged out" + (" and revoked the login." if revoked else ".")) if removed else "Not logged in.")
 
     cli.add_command(auth, "auth")
+    cli.add_command(auth_login, "login")
+    cli.add_command(auth_logout, "logout")
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def _list(api_url, as_json):
@@ -1584,6 +1627,119 @@ def register(cli: click.Group) -> None:
         out.print(token, markup=False, highlight=False)
         err.print(f"token {record.id} for {subject} in org {org} (role {role}); it is shown only once",
                   highlight=False)
+
+    @admin.group("users")
+    def admin_users():
+        """Local users of the `builtin` provider: they log in with `mcp-agent login` (a browser page asks for the
+        password). Works on the platform's registry, on its host.
+
+        \b
+          mcp-agent admin users add alice --org acme --role developer      asks for the password
+          printf %s "$PW" | mcp-agent admin users add ci-bot --org acme --role viewer --password-stdin
+          mcp-agent admin users set alice --role owner
+          mcp-agent admin users set alice --disable                         no more logins or refreshes
+          mcp-agent admin users list"""
+
+    def _read_password(from_stdin: bool) -> str:
+        if from_stdin:
+            password = sys.stdin.read().rstrip("\n")
+        elif sys.stdin.isatty():
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        else:
+            raise click.UsageError("no terminal to ask for the password: pass it with --password-stdin")
+        if len(password) < 8:
+            raise click.BadParameter("a password needs at least 8 characters", param_hint="password")
+        return password
+
+    def _on_registry(config_path, fn):
+        import anyio
+
+        _, _, registry = _local_registry(config_path)
+
+        async def go():
+            await registry.setup()
+            try:
+                return await fn(registry)
+            finally:
+                await registry.aclose()
+        return anyio.run(go)
+
+    def _user_row(u) -> dict:
+        return {"username": u.username, "org": u.org, "roles": u.roles, "disabled": u.disabled,
+                "created_at": u.created_at}
+
+    @admin_users.command("add")
+    @click.argument("username")
+    @click.option("--org", required=True, help="The user's org (created if new).")
+    @click.option("--role", type=click.Choice(["owner", "developer", "viewer"]), default="developer",
+                  show_default=True)
+    @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_users_add(username, org, role, password_stdin, config_path, as_json):
+        """Add a local user. The password is stored only as a scrypt hash."""
+        from ..hookspecs.types import UserRecord
+        from ..names import validate_name
+        from ..plugins.builtin_auth import hash_password
+
+        validate_name(org, what="org name")
+        if not username or len(username) > 64 or not all(c.isalnum() or c in "._@-" for c in username):
+            raise click.BadParameter("1-64 letters, digits and . _ @ -", param_hint="USERNAME")
+        password = _read_password(password_stdin)
+
+        async def add(registry):
+            await registry.ensure_org(org)
+            return await registry.add_user(UserRecord(username=username, org=org, roles=[role],
+                                                      password_hash=hash_password(password)))
+        user = _on_registry(config_path, add)
+        if as_json:
+            return emit_json(_user_row(user))
+        out.print(f"user {username} added to org {org} (role {role}); they log in with `mcp-agent login`",
+                  highlight=False)
+
+    @admin_users.command("set")
+    @click.argument("username")
+    @click.option("--role", type=click.Choice(["owner", "developer", "viewer"]))
+    @click.option("--password", "new_password", is_flag=True, help="Set a new password (asked, or --password-stdin).")
+    @click.option("--password-stdin", is_flag=True, help="With --password: read it from standard input.")
+    @click.option("--disable/--enable", default=None, help="Stop (or allow again) logins and token refreshes.")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_users_set(username, role, new_password, password_stdin, disable, config_path, as_json):
+        """Change a local user's role, password or whether they may log in."""
+        from ..plugins.builtin_auth import hash_password
+
+        fields: dict = {}
+        if role:
+            fields["roles"] = [role]
+        if new_password:
+            fields["password_hash"] = hash_password(_read_password(password_stdin))
+        if disable is not None:
+            fields["disabled"] = disable
+        if not fields:
+            raise click.UsageError("nothing to change: give --role, --password or --disable/--enable")
+        user = _on_registry(config_path, lambda registry: registry.update_user(username, **fields))
+        if as_json:
+            return emit_json(_user_row(user))
+        out.print(f"user {username}: role {', '.join(user.roles)}{', disabled' if user.disabled else ''}",
+                  highlight=False)
+
+    @admin_users.command("list")
+    @click.option("--org", help="Only this org's users.")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False))
+    @json_option
+    @handle_errors
+    def admin_users_list(org, config_path, as_json):
+        """Local users (never their password hashes)."""
+        rows = [_user_row(u) for u in _on_registry(config_path, lambda registry: registry.list_users(org))]
+        if as_json:
+            return emit_json(rows)
+        for row in rows:
+            row["role"] = ",".join(row["roles"])
+            row["state"] = "disabled" if row["disabled"] else "active"
+        table(rows, [("username", "USER"), ("org", "ORG"), ("role", "ROLE"), ("state", "STATE")])
 
     @admin.command("migrate")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False))

@@ -163,6 +163,23 @@ class MetricsConfig(BaseModel):
         return value
 
 
+class OAuthConfig(BaseModel):
+    """The platform's OAuth 2.1 authorization server (docs/auth.md): `mcp-agent login`'s device flow."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="serve /oauth/* and /.well-known/* and take the JWT access tokens "
+                          "they issue (off: only the auth providers' own tokens work)")
+    access_token_seconds: int = Field(3600, ge=60, le=86400, description="lifetime of an access token (the CLI "
+                                      "refreshes it on its own before it expires)")
+    refresh_token_days: float = Field(30, gt=0, le=365, description="lifetime of a refresh token; each use "
+                                      "replaces it with a new one")
+    key_rotation_days: float = Field(30, gt=0, le=365, description="age at which the signing key gets a "
+                                     "successor (the old one verifies until its tokens expire)")
+    device_code_seconds: int = Field(600, ge=60, le=3600, description="how long a login's user code is valid")
+    poll_interval: int = Field(5, ge=1, le=60, description="seconds between the CLI's polls of the token "
+                               "endpoint during a device login (slow_down adds 5)")
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -188,6 +205,7 @@ class PlatformConfig(BaseModel):
     node: NodeConfig = Field(default_factory=NodeConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    oauth: OAuthConfig = Field(default_factory=OAuthConfig)
     log_level: str = "info"
 
     @field_validator("listen")

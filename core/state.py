@@ -103,5 +103,35 @@ def resolve_token(api_url: str, explicit: str | None = None) -> str | None:
         return env
     auth = load_auth()
     if auth.get("access_token") and auth.get("api_url", "").rstrip("/") == api_url.rstrip("/"):
+        if auth.get("refresh_token"):
+            return _fresh_access_token(auth)
         return auth["access_token"]
     return None
+
+
+def _fresh_access_token(auth: dict[str, Any]) -> str:
+    """The stored OAuth access token, refreshed first when it is about to expire. Under a lock: two CLI commands
+    refreshing at once would present one refresh token twice, which the server takes for theft (it revokes)."""
+    import fcntl
+
+    from .login import needs_refresh, refresh
+
+    if not needs_refresh(auth):
+        return auth["access_token"]
+    lock_path = auth_path().with_name(".auth.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        auth = load_auth()  # another command may have refreshed while this one waited
+        if not auth.get("refresh_token") or not needs_refresh(auth):
+            return auth.get("access_token", "")
+        fresh = refresh(auth)
+        if fresh is None:
+            clear_auth()
+            from .errors import AuthError
+
+            raise AuthError("your login has ended (logged out, expired, or its refresh token was used twice)",
+                            hint="log in again: mcp-agent login")
+        auth.update(access_token=fresh["access_token"], refresh_token=fresh.get("refresh_token",
+                    auth["refresh_token"]), expires_at=fresh["expires_at"], scope=fresh.get("scope", ""))
+        write_private(auth_path(), auth)
+        return auth["access_token"]

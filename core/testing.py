@@ -94,9 +94,9 @@ class PlatformProcess:
         return json.loads((self.home / "auth.json").read_text())["access_token"]
 
     def cli(self, *args: str, check: bool = False, timeout: float = 600, cwd: Path | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+            env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([CLI, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-                                timeout=timeout, cwd=cwd or self.root)
+                                timeout=timeout, cwd=cwd or self.root, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"mcp-agent {' '.join(args)} failed ({result.returncode}):\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")

@@ -326,6 +326,35 @@ class EventRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+class UserRecord(BaseModel):
+    """A local user of the ``builtin`` provider (``mcp-agent admin users add``): logs in with a password."""
+
+    username: str
+    org: str
+    roles: list[str] = Field(default_factory=list)
+    password_hash: str = Field(description="scrypt, as scrypt$N$r$p$salt$hash (base64)")
+    disabled: bool = False
+    created_at: float = Field(default_factory=time.time)
+
+
+class RefreshTokenRecord(BaseModel):
+    """An OAuth refresh token, stored as its SHA-256. Each use rotates it: the used one is marked ``used_at`` and a
+    new one of the same ``family`` is issued; a used one presented again revokes the whole family."""
+
+    id: str
+    family: str
+    token_hash: str
+    client_id: str
+    org: str
+    subject: str
+    scope: str = ""
+    audience: str = ""
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float
+    used_at: float | None = None
+    revoked: bool = False
+
+
 AuditOutcome = Literal["ok", "denied", "failed", "error"]
 
 
@@ -665,6 +694,38 @@ class Registry(Backend):
         """The org's records, newest first, at most ``limit``, with ``id < before_id`` (paging back), ``actor``
         equal, ``action`` containing the text, ``created_at >= since``."""
         return []
+
+    # local users and OAuth refresh tokens (optional: without them, password login and OAuth are off)
+    async def add_user(self, record: UserRecord) -> UserRecord:
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no users")
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        return None
+
+    async def list_users(self, org: str | None = None) -> list[UserRecord]:
+        return []
+
+    async def update_user(self, username: str, **fields: Any) -> UserRecord:
+        """Set ``roles``, ``password_hash`` or ``disabled``."""
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no users")
+
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no refresh tokens")
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None:
+        return None
+
+    async def use_refresh_token(self, token_id: str) -> bool:
+        """Mark it used, atomically: True for the one caller that did, False if it was used (or revoked) before."""
+        return False
+
+    async def revoke_refresh_family(self, family: str) -> int:
+        """Revoke every token of the family; returns how many were live."""
+        return 0
+
+    async def refresh_family_live(self, family: str) -> bool:
+        """Whether the family has a token that is not revoked (access tokens of a revoked family are refused)."""
+        return False
 
     # nodes and leases: which platform node runs which deployment (see docs/scaling.md)
     @abc.abstractmethod

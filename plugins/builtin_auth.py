@@ -28,6 +28,38 @@ class BuiltinAuthConfig(BaseModel):
     cache_size: int = Field(default=10_000, ge=1)
 
 
+# scrypt (RFC 7914): memory-hard, in the standard library. N=2**15, r=8 costs 32 MiB and ~0.1 s per check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+
+
+def hash_password(password: str) -> str:
+    import base64
+
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 << 20)
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt)}${b64(digest)}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    import base64
+
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        want = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=128 << 20, dklen=len(want))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+# Checked when a user is unknown, so an unknown name costs what a wrong password does (no user enumeration by time).
+_DUMMY_HASH = None
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -80,6 +112,34 @@ class BuiltinAuth(AuthProvider):
         """Drop a token from the cache (it was just revoked on this node)."""
         for digest in [d for d, (record, _) in self._cache.items() if record.id == token_id]:
             self._cache.pop(digest, None)
+
+    async def login(self, username: str, password: str) -> Identity | None:
+        """A local user's identity when the password is right (``mcp-agent admin users add``)."""
+        import anyio
+
+        global _DUMMY_HASH
+        if self.ctx.registry is None:
+            return None
+        try:
+            user = await self.ctx.registry.get_user(username)
+        except NotImplementedError:
+            return None
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = await anyio.to_thread.run_sync(hash_password, secrets.token_hex(8))
+        stored = user.password_hash if user is not None and not user.disabled else _DUMMY_HASH
+        ok = await anyio.to_thread.run_sync(check_password, password, stored)
+        if not ok or user is None or user.disabled:
+            return None
+        return Identity(subject=user.username, org=user.org, roles=user.roles, provider="builtin")
+
+    async def user(self, username: str) -> Identity | None:
+        """A local user that may still get tokens (refresh): None when unknown or disabled."""
+        if self.ctx.registry is None:
+            return None
+        user = await self.ctx.registry.get_user(username)
+        if user is None or user.disabled:
+            return None
+        return Identity(subject=user.username, org=user.org, roles=user.roles, provider="builtin")
 
     async def issue_token(
         self, *, org: str, subject: str, roles: list[str], name: str = "", scopes: list[str] | None = None,

@@ -28,6 +28,8 @@ from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundEr
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     AuditRecord,
+    RefreshTokenRecord,
+    UserRecord,
     DeploymentRecord,
     EventRecord,
     LeaseRecord,
@@ -42,6 +44,7 @@ from mcp_agent_cloud.plugins.records import (
     audit_query,
     DEPLOYMENT_UPDATABLE,
     JSON_COLUMNS,
+    USER_UPDATABLE,
     VERSION_FIELDS,
     check_fields,
     validate,
@@ -150,6 +153,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
             message TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL)""",
         "CREATE INDEX audit_org ON audit (org, id)",
+    ),
+    (  # 4: local users and OAuth refresh tokens
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            org TEXT NOT NULL,
+            roles JSONB NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX users_org ON users (org)",
+        """CREATE TABLE refresh_tokens (
+            id TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            client_id TEXT NOT NULL,
+            org TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            used_at DOUBLE PRECISION,
+            revoked BOOLEAN NOT NULL DEFAULT FALSE)""",
+        "CREATE INDEX refresh_tokens_family ON refresh_tokens (family)",
     ),
 ]
 
@@ -516,6 +543,61 @@ class PostgresRegistry(Registry):
             await cur.execute("UPDATE tokens SET revoked = TRUE WHERE id = %s", (token_id,))
             if cur.rowcount == 0:
                 raise NotFoundError(f"token {token_id} not found")
+
+    # -- users and refresh tokens -----------------------------------------------------------------------------
+
+    async def add_user(self, record: UserRecord) -> UserRecord:
+        async with self._tx() as cur:
+            await cur.execute("SELECT 1 FROM users WHERE username = %s", (record.username,))
+            if await cur.fetchone():
+                raise ConflictError(f"user {record.username} already exists")
+            await self._insert(cur, "users", _row(record, "users"))
+            return record
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        return await self._one(UserRecord, "SELECT * FROM users WHERE username = %s", (username,))
+
+    async def list_users(self, org: str | None = None) -> list[UserRecord]:
+        if org is None:
+            return await self._all(UserRecord, f"SELECT * FROM users ORDER BY username {ORDER_C}")
+        return await self._all(UserRecord, f"SELECT * FROM users WHERE org = %s ORDER BY username {ORDER_C}", (org,))
+
+    async def update_user(self, username: str, **fields: Any) -> UserRecord:
+        check_fields(fields, USER_UPDATABLE, "user")
+        async with self._tx() as cur:
+            await cur.execute("SELECT * FROM users WHERE username = %s FOR UPDATE", (username,))
+            current = _record(UserRecord, await cur.fetchone())
+            if current is None:
+                raise NotFoundError(f"no user {username}")
+            updated = validate(UserRecord, {**current.model_dump(), **fields}, "user update")
+            await self._update(cur, "users", _row(updated, "users", exclude={"username"}), "username = %s",
+                               (username,))
+            return updated
+
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
+        async with self._tx() as cur:
+            await self._insert(cur, "refresh_tokens", _row(record, "refresh_tokens"))
+            return record
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None:
+        return await self._one(RefreshTokenRecord, "SELECT * FROM refresh_tokens WHERE token_hash = %s",
+                               (token_hash,))
+
+    async def use_refresh_token(self, token_id: str) -> bool:
+        async with self._tx() as cur:
+            await cur.execute(f"UPDATE refresh_tokens SET used_at = {NOW} WHERE id = %s AND used_at IS NULL "
+                              "AND NOT revoked", (token_id,))
+            return cur.rowcount == 1
+
+    async def revoke_refresh_family(self, family: str) -> int:
+        async with self._tx() as cur:
+            await cur.execute("UPDATE refresh_tokens SET revoked = TRUE WHERE family = %s AND NOT revoked", (family,))
+            return cur.rowcount
+
+    async def refresh_family_live(self, family: str) -> bool:
+        async with self._tx() as cur:
+            await cur.execute("SELECT 1 FROM refresh_tokens WHERE family = %s AND NOT revoked LIMIT 1", (family,))
+            return await cur.fetchone() is not None
 
     # -- nodes and leases -------------------------------------------------------------------------------------
 

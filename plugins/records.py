@@ -23,7 +23,10 @@ JSON_COLUMNS: dict[str, frozenset[str]] = {
     "nodes": frozenset(),
     "leases": frozenset(),
     "audit": frozenset(),
+    "users": frozenset({"roles"}),
+    "refresh_tokens": frozenset(),
 }
+USER_UPDATABLE = frozenset({"roles", "password_hash", "disabled"})
 
 # Fields callers may set after creation; identity and timestamps are managed by the registry.
 DEPLOYMENT_UPDATABLE = frozenset({"kind", "builder", "status", "desired_state", "current_version", "spec"})

@@ -24,6 +24,8 @@ from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundEr
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     AuditRecord,
+    RefreshTokenRecord,
+    UserRecord,
     DeploymentRecord,
     EventRecord,
     LeaseRecord,
@@ -38,6 +40,7 @@ from mcp_agent_cloud.plugins.records import (
     audit_query,
     DEPLOYMENT_UPDATABLE,
     JSON_COLUMNS,
+    USER_UPDATABLE,
     VERSION_FIELDS,
     check_fields,
     validate,
@@ -139,6 +142,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
             message TEXT NOT NULL,
             created_at REAL NOT NULL)""",
         "CREATE INDEX audit_org ON audit (org, id)",
+    ),
+    (  # 4: local users and OAuth refresh tokens
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            org TEXT NOT NULL,
+            roles TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL)""",
+        "CREATE INDEX users_org ON users (org)",
+        """CREATE TABLE refresh_tokens (
+            id TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            client_id TEXT NOT NULL,
+            org TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL,
+            revoked INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX refresh_tokens_family ON refresh_tokens (family)",
     ),
 ]
 
@@ -417,6 +444,60 @@ class SqliteRegistry(Registry):
                 raise NotFoundError(f"token {token_id} not found")
         await self._write(op)
 
+
+    # -- users and refresh tokens -----------------------------------------------------------------------------
+
+    async def add_user(self, record: UserRecord) -> UserRecord:
+        def op(c: sqlite3.Connection) -> UserRecord:
+            if c.execute("SELECT 1 FROM users WHERE username = ?", (record.username,)).fetchone():
+                raise ConflictError(f"user {record.username} already exists")
+            _insert(c, "users", _to_row(record, "users"))
+            return record
+        return await self._write(op)
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        return await self._one(UserRecord, "users", "SELECT * FROM users WHERE username = ?", (username,))
+
+    async def list_users(self, org: str | None = None) -> list[UserRecord]:
+        if org is None:
+            return await self._all(UserRecord, "users", "SELECT * FROM users ORDER BY username")
+        return await self._all(UserRecord, "users", "SELECT * FROM users WHERE org = ? ORDER BY username", (org,))
+
+    async def update_user(self, username: str, **fields: Any) -> UserRecord:
+        check_fields(fields, USER_UPDATABLE, "user")
+
+        def op(c: sqlite3.Connection) -> UserRecord:
+            current = _from_row(UserRecord, "users", c.execute("SELECT * FROM users WHERE username = ?",
+                                                               (username,)).fetchone())
+            if current is None:
+                raise NotFoundError(f"no user {username}")
+            updated = validate(UserRecord, {**current.model_dump(), **fields}, "user update")
+            _update(c, "users", _to_row(updated, "users", exclude={"username"}), "username = ?", (username,))
+            return updated
+        return await self._write(op)
+
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
+        def op(c: sqlite3.Connection) -> RefreshTokenRecord:
+            _insert(c, "refresh_tokens", _to_row(record, "refresh_tokens"))
+            return record
+        return await self._write(op)
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None:
+        return await self._one(RefreshTokenRecord, "refresh_tokens",
+                               "SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,))
+
+    async def use_refresh_token(self, token_id: str) -> bool:
+        return await self._write(lambda c: c.execute(
+            "UPDATE refresh_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL AND revoked = 0",
+            (time.time(), token_id)).rowcount == 1)
+
+    async def revoke_refresh_family(self, family: str) -> int:
+        return await self._write(lambda c: c.execute(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE family = ? AND revoked = 0", (family,)).rowcount)
+
+    async def refresh_family_live(self, family: str) -> bool:
+        return await self._run(lambda c: c.execute("SELECT 1 FROM refresh_tokens WHERE family = ? AND revoked = 0 "
+                                                   "LIMIT 1", (family,)).fetchone() is not None)
 
     # -- nodes and leases -------------------------------------------------------------------------------------
 

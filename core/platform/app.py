@@ -37,7 +37,7 @@ from .workflows import Workflows
 log = logging.getLogger("mcp_agent_cloud.platform")
 
 PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers")
-PUBLIC_PREFIXES = ("/auth/",)  # login flows of auth providers: they are how a caller gets a token
+PUBLIC_PREFIXES = ("/auth/", "/oauth/", "/.well-known/")  # how a caller gets a token (introspect checks its own)
 
 
 def error_response(exc: MCPAgentCloudError) -> JSONResponse:
@@ -781,6 +781,8 @@ def build_app(platform: Platform) -> Starlette:
 
     # Providers' login routes are built lazily: the providers exist only once the platform has started.
     routes.append(Mount("/auth", app=_ProviderRoutes(platform)))
+    if platform.oauth is not None:
+        routes += platform.oauth.routes()
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(NodeRouter, platform=platform)
     app.add_middleware(ScopeGuard)  # after the audit: refusals are recorded too

@@ -219,6 +219,10 @@ class Platform:
         self.data_dir = config.data_dir
         self.active: dict[str, Active] = {}
         self._audit_warned = False
+        from .oauth import OAuthServer
+
+        # The OAuth authorization server (oauth.py): its routes exist from here, its keys from start().
+        self.oauth = OAuthServer(self, config.oauth) if config.oauth.enabled else None
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._backends: dict[str, Any] = {}
@@ -297,6 +301,9 @@ class Platform:
         await self.registry.ensure_org(cfg.default_org)
         await self._bootstrap_admin()
         await self._remove_stale_secret_files()
+        if self.oauth is not None:
+            await self.oauth.start()
+            self._spawn(self.oauth.rotate_loop())
         self.cluster = Cluster(self, cfg.node)
         await self.cluster.start()
         self.started = True
@@ -472,6 +479,13 @@ class Platform:
     # -- auth and names ----------------------------------------------------------------------------------------
 
     async def authenticate(self, request) -> Identity | None:
+        if self.oauth is not None:
+            from .oauth import looks_like_jwt
+
+            value = request.headers.get("authorization") or ""
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and looks_like_jwt(token.strip()):
+                return await self.oauth.authenticate(token.strip())
         for provider in self.auth_providers:
             identity = await provider.authenticate(request)
             if identity is not None:

@@ -19,7 +19,15 @@ import anyio
 import pytest
 
 from mcp_agent_cloud.errors import ConflictError, NotFoundError, ValidationFailed
-from mcp_agent_cloud.hookspecs.types import AuditRecord, DeploymentRecord, EventRecord, Registry, TokenRecord
+from mcp_agent_cloud.hookspecs.types import (
+    AuditRecord,
+    DeploymentRecord,
+    EventRecord,
+    RefreshTokenRecord,
+    Registry,
+    TokenRecord,
+    UserRecord,
+)
 
 from . import async_test
 
@@ -356,6 +364,44 @@ class RegistryContract:
             page = await reg.list_audit(org="acme", before_id=rows[0].id, limit=1)
             assert [r.target for r in page] == ["name=n1"]
             assert await reg.list_audit(org="nobody") == []
+
+    @async_test
+    async def test_users(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            ann = await reg.add_user(UserRecord(username="ann", org="acme", roles=["owner"], password_hash="h1"))
+            await reg.add_user(UserRecord(username="bob", org="beta", roles=["viewer"], password_hash="h2"))
+            with pytest.raises(ConflictError):
+                await reg.add_user(UserRecord(username="ann", org="beta", password_hash="x"))
+            assert await reg.get_user("ann") == ann and await reg.get_user("nobody") is None
+            assert [u.username for u in await reg.list_users()] == ["ann", "bob"]
+            assert [u.username for u in await reg.list_users("beta")] == ["bob"]
+            changed = await reg.update_user("ann", roles=["viewer"], disabled=True, password_hash="h3")
+            assert changed.roles == ["viewer"] and changed.disabled and (await reg.get_user("ann")) == changed
+            with pytest.raises(ValidationFailed):
+                await reg.update_user("ann", org="beta")
+            with pytest.raises(NotFoundError):
+                await reg.update_user("nobody", disabled=True)
+
+    @async_test
+    async def test_refresh_tokens_rotate_once_and_families_revoke(self, registry_factory: RegistryFactory,
+                                                                 tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            def rt(i: int, family: str) -> RefreshTokenRecord:
+                return RefreshTokenRecord(id=f"rt{i}", family=family, token_hash=f"hash{i}", client_id="cli",
+                                          org="acme", subject="ann", scope="api mcp", expires_at=time.time() + 60)
+            first = await reg.add_refresh_token(rt(1, "fam1"))
+            await reg.add_refresh_token(rt(2, "fam1"))
+            await reg.add_refresh_token(rt(3, "fam2"))
+            assert await reg.find_refresh_token("hash1") == first and await reg.find_refresh_token("none") is None
+            assert await reg.use_refresh_token("rt1") is True
+            assert await reg.use_refresh_token("rt1") is False  # the second use is the reuse to detect
+            assert (await reg.find_refresh_token("hash1")).used_at is not None
+            assert await reg.refresh_family_live("fam1")
+            assert await reg.revoke_refresh_family("fam1") == 2
+            assert not await reg.refresh_family_live("fam1") and await reg.refresh_family_live("fam2")
+            assert await reg.use_refresh_token("rt2") is False  # revoked
+            assert (await reg.find_refresh_token("hash2")).revoked
+            assert not await reg.refresh_family_live("no-such-family")
 
     @async_test
     async def test_watch_sees_events_from_another_instance(self, registry_factory: RegistryFactory,
