@@ -18,6 +18,10 @@ from mcp_agent_cloud.hookspecs.types import Event, PluginContext, TelemetryExpor
 from mcp_agent_cloud.manager import DISABLE_AUTOLOAD_ENV, PluginManager, load_plugin_manager
 
 
+# One worker installs and removes the example plugin at a time (tests/e2e/test_cli_misc.py does too).
+pytestmark = pytest.mark.xdist_group("example_plugin")
+
+
 @pytest.fixture(scope="module")
 def installed():
     with example_plugin_installed():

@@ -785,7 +785,7 @@ def build_app(platform: Platform) -> Starlette:
         routes += platform.oauth.routes()
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(NodeRouter, platform=platform)
-    app.add_middleware(ScopeGuard)  # after the audit: refusals are recorded too
+    app.add_middleware(ScopeGuard, platform=platform)  # after the audit: refusals are recorded too
     app.add_middleware(AuditMiddleware, platform=platform, templates=[e.path for e in endpoints])
     app.add_middleware(AuthMiddleware, platform=platform)
     app.add_middleware(TransportGuard, config=platform.config)  # added last: runs first, before auth

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 
+from ..errors import ForbiddenError
 from ..hookspecs.types import AuditRecord, Identity
 from ..names import split_qualified
 from .cluster import forwarded
@@ -85,16 +86,33 @@ def scope_refusal(identity: Identity, path: str, query_string: bytes = b"") -> s
 
 
 class ScopeGuard:
-    def __init__(self, app) -> None:
+    """Refuses, before any handler reads the body: what the caller's scopes do not cover, and a deployment of
+    another org named in the path (each handler checks that too; this makes it 403 on every route alike)."""
+
+    def __init__(self, app, platform=None) -> None:
         self.app = app
+        self.platform = platform
 
     async def __call__(self, scope, receive, send) -> None:
         identity = scope.get("state", {}).get("identity") if scope["type"] == "http" else None
-        if identity is not None and (why := scope_refusal(identity, scope["path"], scope.get("query_string", b""))):
-            response = JSONResponse({"error": "forbidden", "message": why,
-                                     "hint": "use a key with the scope this needs (`mcp-agent keys create --scope`)"},
-                                    status_code=403)
-            return await response(scope, receive, send)
+        if identity is not None:
+            why = scope_refusal(identity, scope["path"], scope.get("query_string", b""))
+            hint = "use a key with the scope this needs (`mcp-agent keys create --scope`)"
+            if why is None and self.platform is not None and (match := _NAMED.match(scope["path"])):
+                try:
+                    self.platform.qualify(identity, match.group(1))
+                except ForbiddenError as exc:
+                    why, hint = exc.message, exc.hint
+                except Exception:  # noqa: BLE001 - a malformed name: the handler says what is wrong with it
+                    pass
+            if why is not None:
+                if scope["path"].startswith("/servers/"):  # MCP endpoints answer with JSON-RPC errors
+                    from .gateway import platform_error
+
+                    response = platform_error(ForbiddenError(why, hint=hint))
+                else:
+                    response = JSONResponse({"error": "forbidden", "message": why, "hint": hint}, status_code=403)
+                return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
 

@@ -22,7 +22,7 @@ def test_auth_login_status_logout(platform):
     who = platform.cli_json("deploy", "auth", "status")
     assert who["org"] == "default" and "owner" in who["roles"] and who["api_url"] == platform.url
 
-    assert platform.cli_json("deploy", "auth", "logout") == {"logged_out": True}
+    assert platform.cli_json("deploy", "auth", "logout") == {"logged_out": True, "revoked": False}  # a plain token
     assert not auth.exists()
     r = platform.cli("list")
     assert r.returncode == 1 and "auth login" in r.stderr
@@ -96,6 +96,7 @@ def test_openapi_document(platform):
         assert platform.api(method, concrete, token=None).status_code == 401, (method, path)
 
 
+@pytest.mark.xdist_group("example_plugin")  # it installs the example plugin into the shared venv, as test_example_plugin
 def test_third_party_plugin_selected_by_name(tmp_path, shared_envs):
     """The example plugin package, pip-installed, is selected in the config and receives the deploy events."""
     events = tmp_path / "recorded.jsonl"

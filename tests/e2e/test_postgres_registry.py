@@ -11,6 +11,7 @@ import anyio
 import psycopg
 import pytest
 
+from mcp_agent_cloud.plugins.postgres import MIGRATIONS
 from tests.conftest import CLI, PlatformProcess, call_tool, wait_for
 
 HELLO = str(Path(__file__).resolve().parents[2] / "examples" / "hello")
@@ -26,7 +27,8 @@ def test_platform_on_postgres(tmp_path, shared_envs, postgres_dsn, pg_schemas):
     r = subprocess.run([CLI, "serve"], env=p.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "mcp-agent admin migrate" in r.stderr, r.stderr
     migrated = p.cli_json("admin", "migrate")
-    assert migrated == {"registry": "postgres", "migrated": True, "from_version": 0, "to_version": 2}, migrated
+    assert migrated == {"registry": "postgres", "migrated": True, "from_version": 0,
+                        "to_version": len(MIGRATIONS)}, migrated
     assert p.cli_json("admin", "migrate")["migrated"] is False
     assert "nothing to do" in p.cli("admin", "migrate", check=True).stdout
 
