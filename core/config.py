@@ -164,7 +164,8 @@ class MetricsConfig(BaseModel):
 
 
 class OAuthConfig(BaseModel):
-    """The platform's OAuth 2.1 authorization server (docs/auth.md): `mcp-agent login`'s device flow."""
+    """The platform's OAuth 2.1 authorization server (docs/auth.md): `mcp-agent login`'s device flow, and MCP
+    clients' authorization code + PKCE with dynamic registration."""
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, description="serve /oauth/* and /.well-known/* and take the JWT access tokens "
@@ -178,6 +179,11 @@ class OAuthConfig(BaseModel):
     device_code_seconds: int = Field(600, ge=60, le=3600, description="how long a login's user code is valid")
     poll_interval: int = Field(5, ge=1, le=60, description="seconds between the CLI's polls of the token "
                                "endpoint during a device login (slow_down adds 5)")
+    dynamic_registration: bool = Field(True, description="let MCP clients register themselves (RFC 7591) at "
+                                       "/oauth/register, as the MCP authorization spec expects (off: no client "
+                                       "but the CLI can get tokens)")
+    registrations_per_hour: int = Field(30, ge=1, le=10000, description="dynamic registrations one address may "
+                                        "make in an hour")
 
 
 class PlatformConfig(BaseModel):

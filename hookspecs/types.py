@@ -337,6 +337,18 @@ class UserRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+class OAuthClientRecord(BaseModel):
+    """A client registered with the platform's authorization server (RFC 7591 dynamic registration): an MCP client
+    such as Claude Desktop or VS Code. Public clients (``token_endpoint_auth_method`` ``none``) have no secret;
+    a confidential one's secret is stored as its SHA-256."""
+
+    client_id: str
+    secret_hash: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the registered client metadata (RFC 7591 2)")
+    source: str = Field("", description="the address that registered it")
+    created_at: float = Field(default_factory=time.time)
+
+
 class RefreshTokenRecord(BaseModel):
     """An OAuth refresh token, stored as its SHA-256. Each use rotates it: the used one is marked ``used_at`` and a
     new one of the same ``family`` is issued; a used one presented again revokes the whole family."""
@@ -695,7 +707,7 @@ class Registry(Backend):
         equal, ``action`` containing the text, ``created_at >= since``."""
         return []
 
-    # local users and OAuth refresh tokens (optional: without them, password login and OAuth are off)
+    # local users, OAuth clients and refresh tokens (optional: without them, password login and OAuth are off)
     async def add_user(self, record: UserRecord) -> UserRecord:
         raise NotImplementedError(f"the {self.spec_name} registry keeps no users")
 
@@ -708,6 +720,12 @@ class Registry(Backend):
     async def update_user(self, username: str, **fields: Any) -> UserRecord:
         """Set ``roles``, ``password_hash`` or ``disabled``."""
         raise NotImplementedError(f"the {self.spec_name} registry keeps no users")
+
+    async def add_oauth_client(self, record: OAuthClientRecord) -> OAuthClientRecord:
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no OAuth clients")
+
+    async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
+        return None
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         raise NotImplementedError(f"the {self.spec_name} registry keeps no refresh tokens")

@@ -28,6 +28,7 @@ from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundEr
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     AuditRecord,
+    OAuthClientRecord,
     RefreshTokenRecord,
     UserRecord,
     DeploymentRecord,
@@ -177,6 +178,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             used_at DOUBLE PRECISION,
             revoked BOOLEAN NOT NULL DEFAULT FALSE)""",
         "CREATE INDEX refresh_tokens_family ON refresh_tokens (family)",
+    ),
+    (  # 5: OAuth clients (dynamic registration)
+        """CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            metadata JSONB NOT NULL,
+            source TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL)""",
     ),
 ]
 
@@ -573,6 +582,14 @@ class PostgresRegistry(Registry):
             await self._update(cur, "users", _row(updated, "users", exclude={"username"}), "username = %s",
                                (username,))
             return updated
+
+    async def add_oauth_client(self, record: OAuthClientRecord) -> OAuthClientRecord:
+        async with self._tx() as cur:
+            await self._insert(cur, "oauth_clients", _row(record, "oauth_clients"))
+            return record
+
+    async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
+        return await self._one(OAuthClientRecord, "SELECT * FROM oauth_clients WHERE client_id = %s", (client_id,))
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         async with self._tx() as cur:

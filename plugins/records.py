@@ -25,6 +25,7 @@ JSON_COLUMNS: dict[str, frozenset[str]] = {
     "audit": frozenset(),
     "users": frozenset({"roles"}),
     "refresh_tokens": frozenset(),
+    "oauth_clients": frozenset({"metadata"}),
 }
 USER_UPDATABLE = frozenset({"roles", "password_hash", "disabled"})
 

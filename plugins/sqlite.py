@@ -24,6 +24,7 @@ from mcp_agent_cloud.errors import ConflictError, MCPAgentCloudError, NotFoundEr
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import (
     AuditRecord,
+    OAuthClientRecord,
     RefreshTokenRecord,
     UserRecord,
     DeploymentRecord,
@@ -166,6 +167,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             used_at REAL,
             revoked INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX refresh_tokens_family ON refresh_tokens (family)",
+    ),
+    (  # 5: OAuth clients (dynamic registration)
+        """CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at REAL NOT NULL)""",
     ),
 ]
 
@@ -475,6 +484,16 @@ class SqliteRegistry(Registry):
             _update(c, "users", _to_row(updated, "users", exclude={"username"}), "username = ?", (username,))
             return updated
         return await self._write(op)
+
+    async def add_oauth_client(self, record: OAuthClientRecord) -> OAuthClientRecord:
+        def op(c: sqlite3.Connection) -> OAuthClientRecord:
+            _insert(c, "oauth_clients", _to_row(record, "oauth_clients"))
+            return record
+        return await self._write(op)
+
+    async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
+        return await self._one(OAuthClientRecord, "oauth_clients", "SELECT * FROM oauth_clients WHERE client_id = ?",
+                               (client_id,))
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         def op(c: sqlite3.Connection) -> RefreshTokenRecord:

@@ -14,7 +14,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
 
 from mcp_agent_cloud.config import OAuthConfig
-from mcp_agent_cloud.platform.oauth import ALG, OAuthServer, User, looks_like_jwt
+from mcp_agent_cloud.platform.oauth import ALG, Client, OAuthServer, User, looks_like_jwt, redirect_uri_problem
 
 ISSUER = "http://127.0.0.1:8765"
 
@@ -49,7 +49,8 @@ def server(config: OAuthConfig | None = None) -> OAuthServer:
 
 def issue(oauth: OAuthServer, **overrides) -> str:
     client = oauth.clients["mcp-agent-cli"]
-    token = oauth._generate("refresh_token", client, User("ann", "acme", ["developer"], "fam_live"), "api mcp")
+    token = oauth._generate("refresh_token", client, User("ann", "acme", ["developer"], "fam_live", oauth.api_audience),
+                             "api mcp")
     if not overrides:
         return token["access_token"]
     claims = {**jwt.decode(token["access_token"], oauth.keys.keyset()).claims, **overrides}
@@ -118,3 +119,53 @@ def test_keys_rotate_and_old_ones_still_verify():
     anyio.run(oauth.keys.load)
     assert first_kid not in {k["kid"] for k in oauth.keys.keys} and len(oauth.keys.keys) == 2
     assert verify(oauth, old) is None
+
+
+def test_a_deployment_token_is_kept_to_that_deployment():
+    oauth = server()
+    aud = oauth.audience_for(ISSUER + "/servers/hello/mcp", "acme")
+    assert aud == ISSUER + "/servers/acme.hello"
+    # The same deployment however the client names it; another org's is not this user's to get.
+    assert oauth.audience_for(ISSUER + "/servers/acme.hello", "acme") == aud
+    assert oauth.audience_for(ISSUER + "/servers/acme.hello/sse/", "acme") == aud
+    assert oauth.audience_for(ISSUER + "/servers/beta.hello/mcp", "acme") is None
+    assert oauth.audience_for("http://elsewhere:1/servers/hello/mcp", "acme") is None
+    assert oauth.audience_for(ISSUER + "/servers/Bad_Name!/mcp", "acme") is None
+    assert oauth.audience_for(ISSUER + "/api", "acme") == oauth.api_audience
+    client = oauth.clients["mcp-agent-cli"]
+    token = oauth._generate("authorization_code", client, User("ann", "acme", ["viewer"], "fam_live", aud), "mcp")
+    identity = anyio.run(oauth.authenticate, token["access_token"])
+    assert identity.scopes == ["mcp", "deployment:acme.hello"] and identity.org == "acme"
+    # A token whose audience names another org's deployment than its org claim is refused.
+    forged = issue(oauth, aud=ISSUER + "/servers/beta.hello")
+    assert anyio.run(oauth.authenticate, forged) is None
+    assert verify(oauth, issue(oauth, aud=ISSUER + "/elsewhere")) is None
+
+
+@pytest.mark.parametrize("uri, ok", [
+    ("https://claude.ai/api/mcp/auth_callback", True),
+    ("http://127.0.0.1:33418/callback", True),
+    ("http://localhost/cb", True),
+    ("http://[::1]:9000/cb", True),
+    ("cursor://anysphere.cursor-retrieval/oauth/callback", True),
+    ("http://example.com/cb", False),
+    ("javascript:alert(1)", False),
+    ("data:text/html,hi", False),
+    ("file:///etc/passwd", False),
+    ("https://example.com/cb#frag", False),
+    ("/relative/cb", False),
+])
+def test_redirect_uris_that_may_be_registered(uri, ok):
+    assert (redirect_uri_problem(uri) is None) is ok, redirect_uri_problem(uri)
+
+
+def test_a_loopback_redirect_may_change_port_but_nothing_else():
+    client = Client("c", ("authorization_code",), "mcp", redirect_uris=("http://127.0.0.1:3000/cb",
+                                                                        "https://app.example/cb"))
+    assert client.check_redirect_uri("http://127.0.0.1:3000/cb")
+    assert client.check_redirect_uri("http://127.0.0.1:51234/cb")  # RFC 8252 7.3
+    assert not client.check_redirect_uri("http://127.0.0.1:3000/other")
+    assert not client.check_redirect_uri("http://localhost:3000/cb")
+    assert not client.check_redirect_uri("https://app.example:8443/cb")
+    assert not client.check_redirect_uri("https://app.example/cb/")
+    assert client.check_response_type("code") and not client.check_response_type("token")

@@ -61,10 +61,11 @@ class AuthMiddleware:
         request = Request(scope, receive)
         identity = await self.platform.authenticate(request)
         if identity is None:
+            error = "invalid_token" if "authorization" in request.headers else ""
             response = JSONResponse(
                 {"error": "unauthorized", "message": "a valid bearer token is required",
                  "hint": "log in with `mcp-agent deploy auth login`, or send Authorization: Bearer TOKEN"},
-                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="mcp-agent-cloud"'})
+                status_code=401, headers={"WWW-Authenticate": self.platform.challenge(path, error)})
             return await response(scope, receive, send)
         scope.setdefault("state", {})["identity"] = identity
         return await self.app(scope, receive, send)

@@ -106,6 +106,14 @@ class ScopeGuard:
                 except Exception:  # noqa: BLE001 - a malformed name: the handler says what is wrong with it
                     pass
             if why is not None:
+                if self.platform is not None and _bound_elsewhere(identity, scope["path"]):
+                    # RFC 6750 3.1: a token for another resource is invalid here, so the client gets one for this
+                    response = JSONResponse(
+                        {"error": "unauthorized", "message": why, "hint": "connect to this deployment again: "
+                         "your MCP client gets a token for it"}, status_code=401,
+                        headers={"WWW-Authenticate": self.platform.challenge(
+                            scope["path"], "invalid_token", "the token is for another deployment")})
+                    return await response(scope, receive, send)
                 if scope["path"].startswith("/servers/"):  # MCP endpoints answer with JSON-RPC errors
                     from .gateway import platform_error
 
@@ -114,6 +122,12 @@ class ScopeGuard:
                     response = JSONResponse({"error": "forbidden", "message": why, "hint": hint}, status_code=403)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+def _bound_elsewhere(identity: Identity, path: str) -> bool:
+    """An OAuth token bound to one deployment (its audience), used on another deployment's endpoint."""
+    return identity.provider == "oauth" and path.startswith("/servers/") and any(
+        s.startswith(SCOPE_DEPLOYMENT) for s in identity.scopes)
 
 
 def outcome_of(status: int) -> str:

@@ -1,6 +1,8 @@
-"""The platform's OAuth 2.1 authorization server, for its own API: the device authorization grant (RFC 8628) that
-``mcp-agent login`` uses, refresh tokens that rotate (a reused one revokes its whole family), revocation (RFC 7009),
-introspection (RFC 7662) and metadata (RFC 8414).
+"""The platform's OAuth 2.1 authorization server, for its own API and its deployments: the device authorization
+grant (RFC 8628) that ``mcp-agent login`` uses; authorization code + PKCE (S256 only) with dynamic client
+registration (RFC 7591) for MCP clients, whose tokens are bound to one deployment (RFC 8707 ``resource``, announced
+by each deployment's protected-resource metadata, RFC 9728); refresh tokens that rotate (a reused one revokes its
+whole family), revocation (RFC 7009), introspection (RFC 7662) and metadata (RFC 8414).
 
 authlib does the protocol work (the grants, client authentication, the endpoints' checks and error answers); its
 server is synchronous, so each call runs in a worker thread and reaches the async registry through
@@ -9,40 +11,51 @@ rotate, published at ``/.well-known/jwks.json``. The keys live in the secrets ba
 never in the registry or on disk in plaintext.
 
 Users log in on a plain server-rendered page, checked by the auth providers that take passwords (``builtin``: the
-local users of ``mcp-agent admin users add``). Not here yet: authorization code + PKCE, dynamic client
-registration and per-deployment audiences for MCP clients, and the GitHub and OIDC providers.
+local users of ``mcp-agent admin users add``). Not here yet: the GitHub and OIDC providers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import html
 import json
 import logging
+import re
 import secrets
 import time
 from collections import defaultdict
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..config import OAuthConfig
-from ..hookspecs.types import AuditRecord, Identity, RefreshTokenRecord
+from ..hookspecs.types import AuditRecord, Identity, OAuthClientRecord, RefreshTokenRecord
+from ..names import split_qualified
 
 log = logging.getLogger("mcp_agent_cloud.oauth")
 
 CLI_CLIENT_ID = "mcp-agent-cli"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+CODE_GRANT = "authorization_code"
+CLIENT_AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")
+MCP_SCOPE = "mcp"  # all a registered client may ask for: it calls one deployment, never the management API
 # No tenant can name this scope: deployment names start with a letter, never "_".
 SIGNING_SCOPE, SIGNING_KEY = "platform/_oauth", "SIGNING_KEYS"
 SCOPES = ("api", "mcp")
 REFRESH_PREFIX = "mcpacr_"
 ALG = "ES256"
 _LOGIN_FAILURES, _LOCKOUT_SECONDS = 5, 300
+_CODE_SECONDS = 120
+_MAX_CLIENT_METADATA = 16384
+# Redirect URIs that could run script in the browser, or read local files, never get a code.
+_BAD_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp", "ws", "wss"})
 
 
 def _sha(value: str) -> str:
@@ -53,43 +66,88 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and not token.startswith(("mcpac_", REFRESH_PREFIX))
 
 
+def _loopback(host: str | None) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why a client may not register ``uri`` as a redirect URI (OAuth 2.1 and RFC 8252), or None."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return f"{uri!r} is not a URI"
+    scheme = parts.scheme.lower()
+    if not scheme or parts.fragment:
+        return f"{uri!r} must be an absolute URI without a fragment"
+    if scheme == "https":
+        return None if parts.hostname else f"{uri!r} has no host"
+    if scheme == "http":
+        return None if _loopback(parts.hostname) else (
+            f"{uri!r}: plain http is allowed only to a loopback address (127.0.0.1, [::1], localhost); use https")
+    if scheme in _BAD_SCHEMES or not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        return f"{uri!r}: the scheme {scheme!r} cannot be a redirect URI"
+    return None  # a native app's private-use scheme (RFC 8252 7.1)
+
+
 # -- authlib's models ------------------------------------------------------------------------------------------------
 
 class Client:
-    """A registered client. The CLI is public (no secret): it proves nothing but its id, as RFC 8628 expects."""
+    """A client: the CLI (built in, public: it proves nothing but its id, as RFC 8628 expects), or one an MCP client
+    registered itself (public, or confidential with a secret kept as its SHA-256)."""
 
-    def __init__(self, client_id: str, grant_types: tuple[str, ...], scope: str) -> None:
+    def __init__(self, client_id: str, grant_types: tuple[str, ...], scope: str, *,
+                 redirect_uris: tuple[str, ...] = (), auth_method: str = "none", secret_hash: str = "",
+                 name: str = "") -> None:
         self.client_id, self.grant_types, self.scope = client_id, grant_types, scope
+        self.redirect_uris, self.auth_method, self.secret_hash = redirect_uris, auth_method, secret_hash
+        self.name = name or client_id
+
+    @classmethod
+    def registered(cls, record: OAuthClientRecord) -> Client:
+        meta = record.metadata
+        return cls(record.client_id, tuple(meta.get("grant_types") or (CODE_GRANT,)), MCP_SCOPE,
+                   redirect_uris=tuple(meta.get("redirect_uris") or ()),
+                   auth_method=meta.get("token_endpoint_auth_method") or "client_secret_basic",
+                   secret_hash=record.secret_hash, name=str(meta.get("client_name") or ""))
 
     def get_client_id(self) -> str:
         return self.client_id
 
-    def get_default_redirect_uri(self) -> None:
-        return None
+    def get_default_redirect_uri(self) -> str | None:
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
 
     def get_allowed_scope(self, scope: str | None) -> str:
         allowed = self.scope.split()
         return " ".join(s for s in (scope or self.scope).split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        if redirect_uri in self.redirect_uris:
+            return True
+        got = urlsplit(redirect_uri)
+        if got.scheme != "http" or not _loopback(got.hostname):
+            return False
+        # RFC 8252 7.3: a native app listens on whatever loopback port is free, so the port may differ.
+        return any(want.scheme == "http" and want.hostname == got.hostname and want.path == got.path
+                   and want.query == got.query for want in map(urlsplit, self.redirect_uris))
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return False
+        return bool(self.secret_hash) and hmac.compare_digest(_sha(client_secret), self.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method == "none"
+        return method == self.auth_method
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and CODE_GRANT in self.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
 
 
 class User:
-    def __init__(self, subject: str, org: str, roles: list[str], family: str) -> None:
-        self.subject, self.org, self.roles, self.family = subject, org, roles, family
+    """Who a grant is for, and the audience its tokens get (the API's, or one deployment's)."""
+
+    def __init__(self, subject: str, org: str, roles: list[str], family: str, audience: str) -> None:
+        self.subject, self.org, self.roles, self.family, self.audience = subject, org, roles, family, audience
 
     def get_user_id(self) -> str:
         return self.subject
@@ -115,6 +173,23 @@ class Refresh:
 
     def is_revoked(self) -> bool:
         return self.record.revoked
+
+
+class Code:
+    """An authorization code (in memory: it lives two minutes, on the node that issued it). A used one is kept
+    until it expires, so that a second use is seen (and revokes what the first gave, RFC 6749 4.1.2)."""
+
+    def __init__(self, client_id: str, redirect_uri: str, scope: str, user: User, challenge: str,
+                 method: str) -> None:
+        self.client_id, self.redirect_uri, self.scope, self.user = client_id, redirect_uri, scope, user
+        self.challenge, self.method = challenge, method
+        self.expires_at, self.used = time.time() + _CODE_SECONDS, False
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
 
 
 class Access:
@@ -196,6 +271,9 @@ class OAuthServer:
         self.clients = {CLI_CLIENT_ID: Client(CLI_CLIENT_ID, (DEVICE_GRANT, "refresh_token"), " ".join(SCOPES))}
         self.devices: dict[str, dict] = {}  # device_code -> credential (in memory: minutes-long, this node only)
         self.grants: dict[str, tuple[User, bool]] = {}  # user_code -> (user, approved)
+        self.codes: dict[str, Code] = {}
+        self._registered: dict[str, Client] = {}  # registered clients never change: cached once read
+        self._registrations: dict[str, list[float]] = defaultdict(list)  # source address -> times
         self._failures: dict[str, list[float]] = defaultdict(list)
         self._family_cache: dict[str, tuple[bool, float]] = {}
         self._server = None
@@ -207,6 +285,39 @@ class OAuthServer:
     @property
     def api_audience(self) -> str:
         return self.issuer + "/api"
+
+    @property
+    def servers_prefix(self) -> str:
+        return self.issuer + "/servers/"
+
+    def audience_for(self, resource: str | None, org: str) -> str | None:
+        """RFC 8707: the audience of a token for ``resource``, asked by a user of ``org``. A deployment's is
+        ``{platform}/servers/{org}.{name}`` whatever URL under it the client names (short or qualified name,
+        ``/mcp`` or ``/sse``); the API's is ``{platform}/api``. None: not this platform's, or another org's."""
+        if (resource or "").rstrip("/") == self.api_audience:
+            return self.api_audience
+        if (name := self._deployment_named(resource)) is None:
+            return None
+        owner, short = split_qualified(name, org)
+        return f"{self.servers_prefix}{owner}.{short}" if owner == org else None
+
+    def resource_metadata_url(self, path: str) -> str | None:
+        """Where the protected-resource metadata (RFC 9728) of the deployment at ``path`` is, or None."""
+        if not path.startswith("/servers/") or len(path.split("/")) < 3 or not path.split("/")[2]:
+            return None
+        return f"{self.issuer}/.well-known/oauth-protected-resource{path.rstrip('/')}"
+
+    def challenge(self, path: str, error: str = "", description: str = "") -> str:
+        """The ``WWW-Authenticate`` of a 401: on a deployment's endpoint it names that deployment's metadata, which
+        is how an MCP client finds where to get a token."""
+        parts = ['Bearer realm="mcp-agent-cloud"']
+        if url := self.resource_metadata_url(path):
+            parts.append(f'resource_metadata="{url}"')
+        if error:
+            parts.append(f'error="{error}"')
+        if description:
+            parts.append(f'error_description="{description}"')
+        return ", ".join(parts)
 
     async def start(self) -> None:
         await self.keys.load()
@@ -224,25 +335,24 @@ class OAuthServer:
 
     def _build(self):
         from authlib.oauth2 import AuthorizationServer
-        from authlib.oauth2.rfc6749 import OAuth2Request
-        from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
+        from authlib.oauth2.rfc6749 import InvalidRequestError, JsonRequest, OAuth2Error, OAuth2Request
+        from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+        from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
         from authlib.oauth2.rfc7009 import RevocationEndpoint
+        from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
+        from authlib.oauth2.rfc7636 import CodeChallenge
         from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceCredentialDict
 
         oauth = self
         run = anyio.from_thread.run
 
-        class Payload:
-            def __init__(self, form: dict) -> None:
-                self.data, self.datalist = form, {k: [v] for k, v in form.items()}
-                self.client_id = form.get("client_id")
-                self.grant_type, self.scope = form.get("grant_type"), form.get("scope")
-                self.response_type = self.redirect_uri = self.state = None
+        def invalid_target(description: str) -> OAuth2Error:  # RFC 8707 2: authlib has no class for it
+            return OAuth2Error(description, status_code=400, error="invalid_target")
 
         class Req(OAuth2Request):
             def __init__(self, method: str, uri: str, headers: dict, form: dict) -> None:
                 super().__init__(method, uri, headers=headers)
-                self.payload, self._form = Payload(form), form
+                self.payload, self._form = BasicOAuth2Payload(form), form
 
             @property
             def form(self) -> dict:
@@ -254,14 +364,20 @@ class OAuthServer:
 
         class Server(AuthorizationServer):
             def query_client(self, client_id):
-                return oauth.clients.get(client_id)
+                return oauth.clients.get(client_id) or run(oauth._registered_client, client_id)
 
             def save_token(self, token, request):
                 family = request.user.family
                 run(oauth._save_refresh, token, request.client.get_client_id(), request.user, family)
 
             def create_oauth2_request(self, request):
-                return Req(*request)
+                return request if isinstance(request, OAuth2Request) else Req(*request)
+
+            def create_json_request(self, request):
+                method, uri, headers, data = request
+                made = JsonRequest(method, uri, headers=headers)
+                made.payload = BasicOAuth2Payload(data)
+                return made
 
             def handle_response(self, status, body, headers):
                 return status, body, headers
@@ -301,12 +417,65 @@ class OAuthServer:
                 oauth.devices.pop(self.request.payload.data.get("device_code"), None)  # a device code works once
                 return status, body, headers
 
+        class Pkce(CodeChallenge):
+            DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+            SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]  # plain is no protection (OAuth 2.1)
+
+            def validate_code_challenge(self, grant, redirect_uri):
+                if not grant.request.payload.data.get("code_challenge"):
+                    raise InvalidRequestError("code_challenge is required: PKCE with S256")
+                super().validate_code_challenge(grant, redirect_uri)
+
+            def get_authorization_code_challenge(self, authorization_code):
+                return authorization_code.challenge
+
+            def get_authorization_code_challenge_method(self, authorization_code):
+                return authorization_code.method
+
+        class CodeGrant(AuthorizationCodeGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = list(CLIENT_AUTH_METHODS)
+
+            def save_authorization_code(self, code, request):
+                now = time.time()
+                for old in [c for c, item in oauth.codes.items() if item.expires_at < now]:
+                    del oauth.codes[old]
+                data = request.payload.data
+                oauth.codes[code] = Code(request.client.get_client_id(), request.payload.redirect_uri,
+                                         request.scope or MCP_SCOPE, request.user, data["code_challenge"],
+                                         data.get("code_challenge_method") or "S256")
+
+            def query_authorization_code(self, code, client):
+                item = oauth.codes.get(code)
+                if item is None or item.client_id != client.get_client_id() or item.expires_at < time.time():
+                    return None
+                if item.used:
+                    log.warning("authorization code of %s used twice: its login is revoked", item.user.subject)
+                    run(oauth._revoke_family, item.user.family)
+                    return None
+                return item
+
+            def delete_authorization_code(self, authorization_code):
+                authorization_code.used = True
+
+            def authenticate_user(self, authorization_code):
+                return authorization_code.user
+
+            def validate_token_request(self):
+                super().validate_token_request()
+                code = self.request.authorization_code
+                resource = self.request.form.get("resource")
+                if resource and oauth.audience_for(resource, code.user.org) != code.user.audience:
+                    raise invalid_target("resource is not the one this code was issued for")
+
         class Refresher(RefreshTokenGrant):
             INCLUDE_NEW_REFRESH_TOKEN = True
-            TOKEN_ENDPOINT_AUTH_METHODS = ["none"]
+            TOKEN_ENDPOINT_AUTH_METHODS = list(CLIENT_AUTH_METHODS)
 
             def authenticate_refresh_token(self, refresh_token):
-                return run(oauth._claim_refresh, refresh_token)
+                found = run(oauth._claim_refresh, refresh_token, self.request.form.get("resource"))
+                if found == "target":
+                    raise invalid_target("resource is not the one this login was for")
+                return found
 
             def authenticate_user(self, refresh_token):
                 return run(oauth._user_for, refresh_token.record)
@@ -314,8 +483,24 @@ class OAuthServer:
             def revoke_old_credential(self, refresh_token):
                 pass  # claimed (marked used) in authenticate_refresh_token, before anything was issued
 
+        class Registration(ClientRegistrationEndpoint):
+            def authenticate_token(self, request):
+                return True  # open, as the MCP spec expects; limited per address in _register
+
+            def get_server_metadata(self):
+                return {**oauth.metadata(), "grant_types_supported": [CODE_GRANT, "refresh_token"],
+                        "scopes_supported": [MCP_SCOPE], "response_types_supported": ["code"]}
+
+            def generate_client_secret(self, request):
+                method = request.payload.data.get("token_endpoint_auth_method") or "client_secret_basic"
+                return None if method == "none" else secrets.token_urlsafe(32)
+
+            def save_client(self, client_info, client_metadata, request):
+                return run(oauth._save_client, client_info, client_metadata,
+                           request.headers.get("x-mcpac-source", ""))
+
         class Revocation(RevocationEndpoint):
-            CLIENT_AUTH_METHODS = ["none"]
+            CLIENT_AUTH_METHODS = list(CLIENT_AUTH_METHODS)
 
             def query_token(self, token_string, token_type_hint):
                 return run(oauth._find_for_revocation, token_string)
@@ -328,9 +513,11 @@ class OAuthServer:
         server = Server(scopes_supported=list(SCOPES))
         server.register_token_generator("default", self._generate)
         server.register_grant(DeviceGrant)
+        server.register_grant(CodeGrant, [Pkce(required=True)])
         server.register_grant(Refresher)
         server.register_endpoint(DeviceEndpoint)
         server.register_endpoint(Revocation)
+        server.register_endpoint(Registration)
         return server
 
     def _generate(self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True):
@@ -339,7 +526,7 @@ class OAuthServer:
         now = int(time.time())
         lifetime = self.config.access_token_seconds
         kid, key = self.keys.signer()
-        claims = {"iss": self.issuer, "sub": user.subject, "aud": self.api_audience, "iat": now,
+        claims = {"iss": self.issuer, "sub": user.subject, "aud": user.audience, "iat": now,
                   "exp": now + lifetime, "jti": secrets.token_hex(12), "client_id": client.get_client_id(),
                   "scope": scope or "", "org": user.org, "roles": user.roles, "sid": user.family}
         token = {"token_type": "Bearer", "access_token": jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": kid},
@@ -357,12 +544,14 @@ class OAuthServer:
         await self.platform.registry.add_refresh_token(RefreshTokenRecord(
             id="rt_" + secrets.token_hex(8), family=family, token_hash=_sha(token["refresh_token"]),
             client_id=client_id, org=user.org, subject=user.subject, scope=token.get("scope", ""),
-            audience=self.api_audience, expires_at=time.time() + self.config.refresh_token_days * 86400))
+            audience=user.audience, expires_at=time.time() + self.config.refresh_token_days * 86400))
 
-    async def _claim_refresh(self, token_string: str) -> Refresh | None:
+    async def _claim_refresh(self, token_string: str, resource: str | None = None) -> Refresh | str | None:
         record = await self.platform.registry.find_refresh_token(_sha(token_string))
         if record is None or record.revoked or record.expires_at < time.time():
             return None
+        if resource and self.audience_for(resource, record.org) != (record.audience or self.api_audience):
+            return "target"  # before the claim: a client that named the wrong resource keeps its token
         if not await self.platform.registry.use_refresh_token(record.id):
             # Used before: someone holds a copy. Everything of the family goes (RFC 9700 4.14.2).
             revoked = await self.platform.registry.revoke_refresh_family(record.family)
@@ -383,8 +572,31 @@ class OAuthServer:
             if callable(lookup) and (found := await lookup(record.subject)) is not None:
                 if found.org != record.org:
                     return None
-                return User(found.subject, found.org, found.roles, record.family)
+                return User(found.subject, found.org, found.roles, record.family,
+                            record.audience or self.api_audience)
         return None
+
+    async def _registered_client(self, client_id: str | None) -> Client | None:
+        if not client_id or len(client_id) > 128:
+            return None
+        if (client := self._registered.get(client_id)) is not None:
+            return client
+        record = await self.platform.registry.get_oauth_client(client_id)
+        if record is None:
+            return None
+        if len(self._registered) > 10_000:
+            self._registered.clear()
+        client = self._registered[client_id] = Client.registered(record)
+        return client
+
+    async def _save_client(self, client_info: dict, client_metadata: dict, source: str) -> Client:
+        secret = client_info.get("client_secret")
+        record = await self.platform.registry.add_oauth_client(OAuthClientRecord(
+            client_id=client_info["client_id"], secret_hash=_sha(secret) if secret else "",
+            metadata=client_metadata, source=source))
+        log.info("OAuth client %s registered (%s) from %s", record.client_id,
+                 str(client_metadata.get("client_name", ""))[:80], source)
+        return Client.registered(record)
 
     async def _find_for_revocation(self, token_string: str):
         if looks_like_jwt(token_string):
@@ -399,7 +611,7 @@ class OAuthServer:
 
     async def _call(self, request: Request, call) -> Response:
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        args = (request.method, str(request.url), dict(request.headers), form)
+        args = (request.method, str(request.url), request.headers, form)  # case-insensitive: authlib reads "Authorization"
         status, body, headers = await anyio.to_thread.run_sync(lambda: call(args))
         return JSONResponse(body, status_code=status, headers={**dict(headers), "Cache-Control": "no-store"})
 
@@ -417,12 +629,17 @@ class OAuthServer:
             await self.keys.reload_for(str(header.get("kid")))
             decoded = jwt.decode(token, self.keys.keyset(), algorithms=[ALG])
             registry = jwt.JWTClaimsRegistry(iss={"essential": True, "value": self.issuer},
-                                             aud={"essential": True, "value": self.api_audience},
-                                             exp={"essential": True}, sub={"essential": True}, leeway=10)
+                                             aud={"essential": True}, exp={"essential": True},
+                                             sub={"essential": True}, leeway=10)
             registry.validate(decoded.claims)
         except (JoseError, ValueError, KeyError, IndexError, TypeError):
             return None
         claims = decoded.claims
+        aud = claims.get("aud")
+        # The API's, or exactly one deployment of the token's own org (as audience_for writes it).
+        if aud != self.api_audience and (not isinstance(aud, str) or
+                                         self.audience_for(aud, str(claims.get("org", ""))) != aud):
+            return None
         if check_family and not await self._family_live(str(claims.get("sid", ""))):
             return None
         return claims
@@ -441,26 +658,44 @@ class OAuthServer:
         claims = await self.verify(token)
         if claims is None:
             return None
+        scopes = [s for s in str(claims.get("scope", "")).split() if s in SCOPES]
+        if claims["aud"] != self.api_audience:
+            # One deployment's token: the scope guard keeps it to that deployment's MCP endpoints.
+            scopes = [MCP_SCOPE, f"deployment:{claims['aud'][len(self.servers_prefix):]}"]
         return Identity(subject=claims["sub"], org=claims["org"], roles=list(claims.get("roles") or []),
-                        scopes=[s for s in str(claims.get("scope", "")).split() if s in SCOPES],
-                        provider="oauth", token_id=claims.get("jti"))
+                        scopes=scopes, provider="oauth", token_id=claims.get("jti"))
 
     # HTTP ----------------------------------------------------------------------------------------------------------
 
     def metadata(self) -> dict:
         base = self.issuer
-        return {"issuer": base, "token_endpoint": base + "/oauth/token",
-                "device_authorization_endpoint": base + "/oauth/device_authorization",
+        data = {"issuer": base, "authorization_endpoint": base + "/oauth/authorize", "token_endpoint": base +
+                "/oauth/token", "device_authorization_endpoint": base + "/oauth/device_authorization",
                 "revocation_endpoint": base + "/oauth/revoke", "introspection_endpoint": base + "/oauth/introspect",
                 "jwks_uri": base + "/.well-known/jwks.json", "scopes_supported": list(SCOPES),
-                "grant_types_supported": [DEVICE_GRANT, "refresh_token"], "response_types_supported": [],
-                "token_endpoint_auth_methods_supported": ["none"],
-                "revocation_endpoint_auth_methods_supported": ["none"],
+                "grant_types_supported": [CODE_GRANT, DEVICE_GRANT, "refresh_token"],
+                "response_types_supported": ["code"], "response_modes_supported": ["query"],
+                "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+                "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
                 "code_challenge_methods_supported": ["S256"]}
+        if self.config.dynamic_registration:
+            data["registration_endpoint"] = base + "/oauth/register"
+        return data
+
+    def resource_metadata(self, name: str) -> dict:
+        """RFC 9728, for the deployment addressed as ``name``: the resource is the deployment (any of its endpoints),
+        its authorization server this platform. Answered for any name: it tells nobody what exists."""
+        return {"resource": f"{self.servers_prefix}{name}", "authorization_servers": [self.issuer],
+                "scopes_supported": [MCP_SCOPE], "bearer_methods_supported": ["header"],
+                "resource_name": f"mcp-agent-cloud deployment {name}"}
 
     def routes(self) -> list[Route]:
         async def metadata(request: Request) -> Response:
             return JSONResponse(self.metadata())
+
+        async def resource(request: Request) -> Response:
+            return JSONResponse(self.resource_metadata(request.path_params["name"]),
+                                headers={"Cache-Control": "max-age=300"})
 
         async def jwks(request: Request) -> Response:
             return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "max-age=300"})
@@ -495,6 +730,10 @@ class OAuthServer:
             Route("/oauth/revoke", revoke, methods=["POST"]),
             Route("/oauth/introspect", introspect, methods=["POST"]),
             Route("/oauth/device", self._device_page, methods=["GET", "POST"]),
+            Route("/oauth/authorize", self._authorize_page, methods=["GET", "POST"]),
+            Route("/oauth/register", self._register, methods=["POST"]),
+            Route("/.well-known/oauth-protected-resource/servers/{name}", resource, methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource/servers/{name}/{rest:path}", resource, methods=["GET"]),
         ]
 
     async def _device_page(self, request: Request) -> Response:
@@ -507,28 +746,134 @@ class OAuthServer:
         if user_code not in pending or user_code in self.grants:
             return _page(_device_form(user_code, "That code is unknown, used or expired. Run the login again."), 400)
         if form.get("action") == "deny":
-            self.grants[user_code] = (User("", "", [], ""), False)
+            self.grants[user_code] = (User("", "", [], "", ""), False)
             return _page("<h1>Login denied</h1><p>The terminal that asked is told so. You can close this page.</p>")
+        identity, error, status = await self._checked_login(request, username, password)
+        if identity is None:
+            return _page(_device_form(user_code, error), status)
+        await self._audit_login(request, identity, "oauth device login", f"client_id={CLI_CLIENT_ID}")
+        self.grants[user_code] = (User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8),
+                                       self.api_audience), True)
+        return _page(f"<h1>Logged in</h1><p>{html.escape(identity.subject)} (org {html.escape(identity.org)}). "
+                     "Go back to your terminal: it has its token now. You can close this page.</p>")
+
+    async def _authorize_page(self, request: Request) -> Response:
+        """The authorization endpoint: an MCP client sends the user here; the user logs in and allows it to call
+        one deployment as them. The code goes back to the client's registered redirect URI."""
+        from authlib.oauth2.rfc6749 import OAuth2Error
+
+        source = await request.form() if request.method == "POST" else request.query_params
+        params = {k: str(source[k]) for k in _AUTHORIZE_PARAMS if k in source}  # nothing else reaches authlib
+        args = ("GET", str(request.url), dict(request.headers), params)
+        try:
+            grant = await anyio.to_thread.run_sync(lambda: self._server.get_consent_grant(args))
+        except OAuth2Error as error:
+            return _oauth_redirect(*error()) if error.redirect_uri else _page(
+                _error_page(error.description or error.error), 400)
+        client, state = grant.request.client, params.get("state")
+
+        def refuse(error: str, description: str) -> Response:
+            return _oauth_redirect(*OAuth2Error(description, error=error, redirect_uri=grant.redirect_uri,
+                                                state=state)())
+
+        name = self._deployment_named(params.get("resource"))
+        if name is None:
+            return refuse("invalid_target", f"resource must be a deployment of this platform: "
+                                            f"{self.servers_prefix}NAME (RFC 8707)")
+        page = functools.partial(_page, redirect_to=grant.redirect_uri)
+        if request.method == "GET":
+            return page(_authorize_form(params, client.name, grant.redirect_uri, name))
+        if source.get("action") != "approve":
+            response = await anyio.to_thread.run_sync(
+                lambda: self._server.create_authorization_response(grant.request, grant_user=None, grant=grant))
+            return _oauth_redirect(*response)
+        identity, error, status = await self._checked_login(request, str(source.get("username", "")),
+                                                            str(source.get("password", "")))
+        if identity is None:
+            return page(_authorize_form(params, client.name, grant.redirect_uri, name, error), status)
+        audience = self.audience_for(params["resource"], identity.org)
+        if audience is None:
+            return refuse("invalid_target", f"deployment {name} is not one of org {identity.org}'s")
+        user = User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), audience)
+        response = await anyio.to_thread.run_sync(
+            lambda: self._server.create_authorization_response(grant.request, grant_user=user, grant=grant))
+        await self._audit_login(request, identity, "oauth authorize",
+                                f"client_id={client.client_id} resource={audience[len(self.servers_prefix):]}")
+        return _oauth_redirect(*response)
+
+    def _deployment_named(self, resource: str | None) -> str | None:
+        """The deployment name in a resource URL under /servers/, if it is one."""
+        resource = (resource or "").rstrip("/")
+        if not resource.startswith(self.servers_prefix):
+            return None
+        name = resource[len(self.servers_prefix):].split("/", 1)[0]
+        try:
+            split_qualified(name, "org")
+        except Exception:  # noqa: BLE001 - not a deployment name
+            return None
+        return name
+
+    async def _register(self, request: Request) -> Response:
+        """Dynamic client registration (RFC 7591), open as the MCP spec expects, limited per address. A client
+        gets scope mcp only, and only the authorization code grant (with refresh)."""
+        def refuse(error: str, description: str, status: int = 400) -> Response:
+            return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                                headers={"Cache-Control": "no-store"})
+
+        if not self.config.dynamic_registration:
+            return refuse("access_denied", "dynamic client registration is off here (oauth.dynamic_registration)",
+                          403)
+        source, now = _source(request), time.time()
+        recent = [t for t in self._registrations[source] if now - t < 3600]
+        self._registrations[source] = recent
+        if len(recent) >= self.config.registrations_per_hour:
+            return refuse("access_denied", "too many registrations from this address: try again in an hour", 429)
+        body = await request.body()
+        if len(body) > _MAX_CLIENT_METADATA:
+            return refuse("invalid_client_metadata", f"the metadata is over {_MAX_CLIENT_METADATA} bytes", 413)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return refuse("invalid_client_metadata", "send the client metadata as a JSON object (RFC 7591 2)")
+        uris = data.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            return refuse("invalid_redirect_uri", "redirect_uris must be a non-empty list of URIs")
+        for uri in uris:
+            if problem := redirect_uri_problem(uri):
+                return refuse("invalid_redirect_uri", problem)
+        # RFC 7591's defaults, made explicit so the client reads back what the server will hold it to.
+        data.setdefault("grant_types", [CODE_GRANT])
+        data.setdefault("response_types", ["code"])
+        data.setdefault("token_endpoint_auth_method", "client_secret_basic")
+        recent.append(now)
+        args = ("POST", str(request.url), {**dict(request.headers), "x-mcpac-source": source}, data)
+        status, answer, _ = await anyio.to_thread.run_sync(
+            lambda: self._server.create_endpoint_response("client_registration", args))
+        return JSONResponse({k: v for k, v in answer.items() if v is not None}, status_code=status,
+                            headers={"Cache-Control": "no-store"})
+
+    async def _checked_login(self, request: Request, username: str,
+                             password: str) -> tuple[Identity | None, str, int]:
+        """A password login on one of the pages: five failures lock the user out for five minutes."""
         now = time.time()
         recent = [t for t in self._failures[username] if now - t < _LOCKOUT_SECONDS]
         self._failures[username] = recent
         if len(recent) >= _LOGIN_FAILURES:
-            return _page(_device_form(user_code, "Too many failed logins for this user: wait a few minutes."), 429)
+            return None, "Too many failed logins for this user: wait a few minutes.", 429
         identity = await self._login(username, password)
-        source = request.client.host if request.client else ""
         if identity is None:
             recent.append(now)
-            log.warning("failed login for user %r from %s", username[:64], source)
-            return _page(_device_form(user_code, "Wrong username or password."), 401)
-        await self.platform.audit(AuditRecord(
-            org=identity.org, actor=identity.subject, provider=identity.provider, action="oauth device login",
-            target=f"client_id={CLI_CLIENT_ID}", source=source,
-            user_agent=request.headers.get("user-agent", "")[:200], status=200))
+            log.warning("failed login for user %r from %s", username[:64], _source(request))
+            return None, "Wrong username or password.", 401
         self._failures.pop(username, None)
-        self.grants[user_code] = (User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8)),
-                                  True)
-        return _page(f"<h1>Logged in</h1><p>{html.escape(identity.subject)} (org {html.escape(identity.org)}). "
-                     "Go back to your terminal: it has its token now. You can close this page.</p>")
+        return identity, "", 200
+
+    async def _audit_login(self, request: Request, identity: Identity, action: str, target: str) -> None:
+        await self.platform.audit(AuditRecord(
+            org=identity.org, actor=identity.subject, provider=identity.provider, action=action, target=target,
+            source=_source(request), user_agent=request.headers.get("user-agent", "")[:200], status=200))
 
     async def _login(self, username: str, password: str) -> Identity | None:
         for provider in self.platform.auth_providers:
@@ -536,6 +881,22 @@ class OAuthServer:
             if callable(login) and (identity := await login(username, password)) is not None:
                 return identity
         return None
+
+
+_AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
+                     "code_challenge_method", "resource")
+
+
+def _oauth_redirect(status: int, body, headers) -> Response:
+    location = dict(headers).get("Location")
+    if status == 302 and location:
+        return RedirectResponse(location, status_code=302, headers={"Cache-Control": "no-store"})
+    message = body.get("error_description") or body.get("error") if isinstance(body, dict) else str(body)
+    return _page(_error_page(str(message)), status)
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def _b64(part: str) -> bytes:
@@ -550,13 +911,20 @@ _STYLE = ("body{font:16px/1.5 system-ui,sans-serif;max-width:28rem;margin:3rem a
           "font-size:1rem}.error{color:#a00000;font-weight:600}")
 
 
-def _page(body: str, status: int = 200) -> HTMLResponse:
+def _page(body: str, status: int = 200, redirect_to: str = "") -> HTMLResponse:
+    # A form's answer may redirect only where form-action allows: the authorize page's goes to the client.
+    extra = ""
+    if redirect_to:
+        target = urlsplit(redirect_to)
+        host = target.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        extra = f" {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else f" {target.scheme}:"
     return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
                         f'content="width=device-width,initial-scale=1"><title>mcp-agent-cloud login</title>'
                         f"<style>{_STYLE}</style></head><body>{body}</body></html>", status_code=status,
                         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                  "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                                            "form-action 'self'; frame-ancestors 'none'"})
+                                                            f"form-action 'self'{extra}; frame-ancestors 'none'"})
 
 
 def _device_form(user_code: str, error: str = "") -> str:
@@ -565,6 +933,30 @@ def _device_form(user_code: str, error: str = "") -> str:
             f"{message}<form method=\"post\" action=\"/oauth/device\">"
             f'<label for="user_code">Code</label><input id="user_code" name="user_code" required '
             f'autocomplete="off" value="{html.escape(user_code)}">'
+            f'<label for="username">Username</label><input id="username" name="username" required '
+            f'autocomplete="username">'
+            f'<label for="password">Password</label><input id="password" name="password" type="password" required '
+            f'autocomplete="current-password">'
+            f'<button type="submit" name="action" value="approve">Log in and allow</button>'
+            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button></form>')
+
+
+def _error_page(message: str) -> str:
+    return (f"<h1>This login cannot go on</h1><p class=\"error\" role=\"alert\">{html.escape(message)}</p>"
+            "<p>Go back to the app that sent you here and connect again.</p>")
+
+
+def _authorize_form(params: dict, client_name: str, redirect_uri: str, deployment: str, error: str = "") -> str:
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                     for k, v in params.items())
+    where = urlsplit(redirect_uri)
+    return (f"<h1>Allow {html.escape(client_name)}?</h1>"
+            f"<p><strong>{html.escape(client_name)}</strong> asks to call the deployment "
+            f"<strong>{html.escape(deployment)}</strong> as you. It will get a token for that deployment only, "
+            f"sent to <strong>{html.escape(where.scheme + '://' + (where.netloc or where.path))}</strong>.</p>"
+            f"<p>Allow it only if you just connected this app.</p>{message}"
+            f'<form method="post" action="/oauth/authorize">{hidden}'
             f'<label for="username">Username</label><input id="username" name="username" required '
             f'autocomplete="username">'
             f'<label for="password">Password</label><input id="password" name="password" type="password" required '

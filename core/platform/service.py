@@ -492,6 +492,12 @@ class Platform:
                 return identity
         return None
 
+    def challenge(self, path: str, error: str = "", description: str = "") -> str:
+        """The ``WWW-Authenticate`` of a 401 on ``path`` (with OAuth on, a deployment's names its metadata)."""
+        if self.oauth is not None:
+            return self.oauth.challenge(path, error, description)
+        return 'Bearer realm="mcp-agent-cloud"' + (f', error="{error}"' if error else "")
+
     def qualify(self, identity: Identity, name: str) -> tuple[str, str]:
         org, short = split_qualified(name, identity.org)
         if org != identity.org and "admin" not in identity.roles:

@@ -23,6 +23,7 @@ from mcp_agent_cloud.hookspecs.types import (
     AuditRecord,
     DeploymentRecord,
     EventRecord,
+    OAuthClientRecord,
     RefreshTokenRecord,
     Registry,
     TokenRecord,
@@ -381,6 +382,18 @@ class RegistryContract:
                 await reg.update_user("ann", org="beta")
             with pytest.raises(NotFoundError):
                 await reg.update_user("nobody", disabled=True)
+
+    @async_test
+    async def test_oauth_clients(self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            meta = {"redirect_uris": ["http://127.0.0.1:3000/cb"], "client_name": "VS Code",
+                    "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none"}
+            public = await reg.add_oauth_client(OAuthClientRecord(client_id="c1", metadata=meta, source="10.0.0.1"))
+            await reg.add_oauth_client(OAuthClientRecord(client_id="c2", secret_hash="abc", metadata={}))
+            assert await reg.get_oauth_client("c1") == public
+            assert (await reg.get_oauth_client("c1")).metadata["redirect_uris"] == meta["redirect_uris"]
+            assert (await reg.get_oauth_client("c2")).secret_hash == "abc"
+            assert await reg.get_oauth_client("nobody") is None
 
     @async_test
     async def test_refresh_tokens_rotate_once_and_families_revoke(self, registry_factory: RegistryFactory,
