@@ -58,6 +58,10 @@ def _print_result(result: dict, as_json: bool) -> None:
     out.print(f"  status:     {result['status']}", highlight=False)
     if result.get("tools"):
         out.print(f"  tools:      {', '.join(result['tools'])}", highlight=False)
+    if result.get("auth") == "none":
+        out.print("  auth:       [bold yellow]none[/]: anyone who can reach the platform may call it, with no token "
+                  "(`--auth platform` closes it)", markup=True, highlight=False)
+        return
     from ..state import auth_path
 
     out.print(f"\nMCP client configuration (set MCP_AGENT_CLOUD_TOKEN to your token, from {auth_path()}):",
@@ -186,7 +190,7 @@ def _server_secrets(client, target: str, keys: tuple[str, ...], *, non_interacti
 def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, env: tuple[str, ...],
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
                    verbose: bool, packager_name: str = "tarball", non_interactive: bool = False,
-                   secrets_as: str = "env") -> dict:
+                   secrets_as: str = "env", auth: str | None = None) -> dict:
     from ..appspec import load_app
     from ..hookspecs.types import PluginContext
     from ..manager import load_plugin_manager
@@ -249,6 +253,7 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
     body = {"kind": "app", "package_sha256": package.sha256, "package_format": spec.name,
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
             "description": app.description or None, "region": region, "public": public or None,
+            "auth": auth or app.auth,
             "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as,
             "client_steps": progress.timings}
     try:
@@ -270,6 +275,13 @@ _secrets_deploy_options = [
 ]
 
 
+_auth_option = click.option(
+    "--auth", type=click.Choice(["platform", "none"]),
+    help="Who may call its MCP endpoints: platform (a token of its org; the default) or none (anyone who can "
+         "reach the platform, with no token: only for what may be public). Default: deploy.auth in "
+         "mcp_agent.config.yaml, else what the deployment had, else platform.")
+
+
 def _deploy_app_options(fn):
     for opt in reversed([
         click.option("--name", help="Deployment name (default: from mcp_agent.config.yaml, else the directory name)."),
@@ -279,6 +291,7 @@ def _deploy_app_options(fn):
         click.option("--builder", help="Builder for this deployment (default: the platform's)."),
         click.option("--region", help="Region label (stored; scale-out gives it effect)."),
         click.option("--public", is_flag=True, help="List in the catalog (stored; the catalog gives it effect)."),
+        _auth_option,
         click.option("-v", "--verbose", is_flag=True, help="Show every build log line."),
         *_secrets_deploy_options,
         api_options, json_option, handle_errors,
@@ -349,8 +362,8 @@ def register(cli: click.Group) -> None:
     @deploy.command("app")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_app(directory, name, entrypoint, env, builder, region, public, verbose, non_interactive, secrets_as,
-                   api_url, as_json):
+    def deploy_app(directory, name, entrypoint, env, builder, region, public, auth, verbose, non_interactive,
+                   secrets_as, api_url, as_json):
         """Deploy the MCP app in DIRECTORY (default: the current directory).
 
         The app is an MCP server object (mcp's MCPServer). Its dependencies come from deploy.requirements in
@@ -372,19 +385,19 @@ def register(cli: click.Group) -> None:
         refuses to start while a declared key has no stored value, and names it.
         """
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, api_url=api_url, as_json=as_json, verbose=verbose,
+                       public=public, auth=auth, api_url=api_url, as_json=as_json, verbose=verbose,
                        non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("agent")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_agent(directory, name, entrypoint, env, builder, region, public, verbose, non_interactive,
+    def deploy_agent(directory, name, entrypoint, env, builder, region, public, auth, verbose, non_interactive,
                      secrets_as, api_url, as_json):
         """Alias of `deploy app`. `mcp-agent deploy agent list` lists deployments."""
         if directory == "list" and not Path("list").is_dir():
             return _list(api_url, as_json)
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, api_url=api_url, as_json=as_json, verbose=verbose,
+                       public=public, auth=auth, api_url=api_url, as_json=as_json, verbose=verbose,
                        non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("server")
@@ -408,6 +421,7 @@ def register(cli: click.Group) -> None:
     @click.option("--builder", help="Builder for this deployment.")
     @click.option("--region")
     @click.option("--public", is_flag=True)
+    @_auth_option
     @click.option("-v", "--verbose", is_flag=True)
     @_secrets_deploy_options[0]
     @_secrets_deploy_options[1]
@@ -415,7 +429,7 @@ def register(cli: click.Group) -> None:
     @json_option
     @handle_errors
     def deploy_server(name, server_type, command, args, pip_reqs, env, url, directory, session_mode, secret_keys,
-                      builder, region, public, verbose, non_interactive, secrets_as, api_url, as_json):
+                      builder, region, public, auth, verbose, non_interactive, secrets_as, api_url, as_json):
         """Deploy an existing MCP server NAME: a stdio command behind the adapter, a known --type, or a --url.
 
         \b
@@ -444,7 +458,7 @@ def register(cli: click.Group) -> None:
         else:
             body = {"kind": "stdio", "command": command, "args": list(args), "pip": list(pip_reqs)}
         body.update({"env": _parse_env(env), "builder": builder, "region": region, "public": public or None,
-                     "session_mode": session_mode})
+                     "session_mode": session_mode, "auth": auth})
         client = _client(api_url)
         summary = None
         if secret_keys:
@@ -582,8 +596,9 @@ def register(cli: click.Group) -> None:
         rows = _client(api_url).list()
         if as_json:
             return emit_json(rows)
+        rows = [r | {"auth": "NONE (open)" if r.get("auth") == "none" else r.get("auth", "platform")} for r in rows]
         table(rows, [("name", "NAME"), ("status", "STATUS"), ("current_version", "VERSION"), ("kind", "KIND"),
-                     ("builder", "BUILDER"), ("endpoint", "ENDPOINT")])
+                     ("builder", "BUILDER"), ("auth", "AUTH"), ("endpoint", "ENDPOINT")])
 
     @cli.command("list")
     @api_options
@@ -605,7 +620,7 @@ def register(cli: click.Group) -> None:
             return emit_json(data)
         out.print(f"[bold]{data['org']}.{data['name']}[/] ({data['kind']}, builder {data['builder']})", markup=True,
                   highlight=False)
-        for key in ("status", "desired_state", "serving_version", "endpoint", "restarts", "id"):
+        for key in ("status", "desired_state", "serving_version", "endpoint", "auth", "restarts", "id"):
             out.print(f"  {key + ':':16} {data.get(key)}", highlight=False)
         if (data.get("spec") or {}).get("suspended"):
             out.print(f"  {'suspended:':16} yes: it starts no new workflow runs (`mcp-agent workflows unsuspend "

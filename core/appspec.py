@@ -47,6 +47,8 @@ class DeploySection(BaseModel):
     description: str = ""
     builder: str | dict[str, Any] | None = None
     exclude: list[str] = Field(default_factory=list, description="extra gitignore-style patterns")
+    auth: Literal["platform", "none"] | None = Field(
+        None, description="who may call it: platform (a token of its org, the default) or none (anyone)")
 
     @field_validator("env", mode="before")
     @classmethod
@@ -67,6 +69,7 @@ class AppSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     builder: str | dict[str, Any] | None = None
     exclude: list[str] = Field(default_factory=list)
+    auth: Literal["platform", "none"] | None = None
     detected: str = Field(description="how the entrypoint was found")
     warnings: list[str] = Field(default_factory=list, description="things ignored on the way, for the CLI to show")
 
@@ -98,7 +101,7 @@ def load_app(directory: Path | str, *, name: str | None = None, entrypoint: str 
     final_name = validate_name(name or deploy.name or suggest_name(root.name))
     return AppSpec(dir=root, name=final_name, entrypoint=entrypoint, requirements=_requirements(root, deploy, warnings),
                    description=deploy.description, env=deploy.env, builder=deploy.builder, exclude=deploy.exclude,
-                   detected=detected, warnings=warnings)
+                   auth=deploy.auth, detected=detected, warnings=warnings)
 
 
 def _load_deploy_section(root: Path) -> DeploySection:

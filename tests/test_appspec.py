@@ -278,3 +278,12 @@ def test_to_hints_carries_what_the_packager_needs(app):
     assert (hints.name, hints.entrypoint, hints.requirements, hints.env, hints.description, hints.max_bytes) == (
         "demo-app", "main:server", ["a"], {"K": "v"}, "d", 10)
     assert requirements_hash(hints.requirements) == requirements_hash(["a"])
+
+
+def test_deploy_auth_is_platform_or_none(app):
+    write(app, {"main.py": SERVER, "mcp_agent.config.yaml": "deploy:\n  auth: none\n"})
+    assert load_app(app).auth == "none"
+    write(app, {"main.py": SERVER, "mcp_agent.config.yaml": "deploy:\n  name: ok\n  auth: open\n"})
+    with pytest.raises(AppError) as exc:
+        load_app(app)
+    assert "mcp_agent.config.yaml:3: deploy.auth: Input should be 'platform' or 'none'" in exc.value.message

@@ -31,7 +31,7 @@ from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
 from ..telemetry import TRACEPARENT, parse_traceparent, use_parent
 from ..applog import parse_since
-from .service import DeployRequest, Platform
+from .service import DeployRequest, Platform, auth_of
 from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
@@ -60,6 +60,8 @@ class AuthMiddleware:
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
         identity = await self.platform.authenticate(request)
+        if identity is None and "authorization" not in request.headers:
+            identity = await self.platform.open_caller(path)  # a deployment with auth: none
         if identity is None:
             error = "invalid_token" if "authorization" in request.headers else ""
             response = JSONResponse(
@@ -453,6 +455,7 @@ def build_app(platform: Platform) -> Starlette:
         for rec in await platform.registry.list_deployments(identity.org):
             row = rec.model_dump(mode="json")
             row["endpoint"] = platform.endpoint(rec)
+            row["auth"] = auth_of(rec)
             rows.append(row)
         return JSONResponse({"deployments": rows})
 

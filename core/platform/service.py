@@ -110,6 +110,12 @@ def uses_runtime(source_dir: Path | None, requirements: list[str]) -> bool:
     return False
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
+_OPEN_PATH = re.compile(r"^/servers/([^/]+)/")
+
+
+def auth_of(record: DeploymentRecord) -> str:
+    """Who may call a deployment: ``platform`` (a token of its org) or ``none`` (anyone)."""
+    return str(record.spec.get("auth") or "platform")
 
 
 async def _no_progress(_: dict[str, Any]) -> None:
@@ -145,6 +151,9 @@ class DeployRequest(BaseModel):
     description: str | None = None
     region: str | None = None
     public: bool | None = None
+    auth: Literal["platform", "none"] | None = Field(
+        None, description="who may call its MCP endpoints: platform (a token of its org; the default) or none "
+                          "(anyone who can reach it: asked for explicitly, and flagged in list)")
     secrets: dict[str, str] = Field(default_factory=dict, repr=False,
                                     description="KEY -> value supplied now: stored in the secrets backend, never in "
                                                 "the registry")
@@ -219,6 +228,7 @@ class Platform:
         self.data_dir = config.data_dir
         self.active: dict[str, Active] = {}
         self._audit_warned = False
+        self._open_cache: dict[str, tuple[bool, float]] = {}
         from .oauth import OAuthServer
 
         # The OAuth authorization server (oauth.py): its routes exist from here, its keys from start().
@@ -491,6 +501,28 @@ class Platform:
             if identity is not None:
                 return identity
         return None
+
+    async def open_caller(self, path: str) -> Identity | None:
+        """The identity of a caller without a token on a deployment deployed with ``auth: none``, else None. It may
+        call that deployment's MCP endpoints and nothing else (its scopes). The answer is cached for 2 s."""
+        match = _OPEN_PATH.match(path)
+        if match is None:
+            return None
+        try:
+            org, short = split_qualified(match.group(1), self.config.default_org)
+        except Exception:  # noqa: BLE001 - not a deployment name: the 401 stands
+            return None
+        key, now = f"{org}.{short}", time.monotonic()
+        hit = self._open_cache.get(key)
+        if hit is None or now - hit[1] > 2.0:
+            record = await self.registry.get_deployment(org, short)
+            if len(self._open_cache) > 10_000:
+                self._open_cache.clear()
+            hit = self._open_cache[key] = (record is not None and auth_of(record) == "none", now)
+        if not hit[0]:
+            return None
+        return Identity(subject="anonymous", org=org, roles=["viewer"], scopes=["mcp", f"deployment:{key}"],
+                        provider="none")
 
     def challenge(self, path: str, error: str = "", description: str = "") -> str:
         """The ``WWW-Authenticate`` of a 401 on ``path`` (with OAuth on, a deployment's names its metadata)."""
@@ -823,7 +855,8 @@ class Platform:
         async with self.lock(f"{org}.{short}"):
             record = await self.registry.get_deployment(org, short)
             spec_update = {k: v for k, v in {"description": req.description, "region": req.region,
-                                              "public": req.public, "url": req.url}.items() if v is not None}
+                                              "public": req.public, "url": req.url,
+                                              "auth": req.auth}.items() if v is not None}
             if record is None:
                 record = await self.registry.create_deployment(DeploymentRecord(
                     id="dep_" + secrets.token_hex(8), org=org, name=short, kind=req.kind,
@@ -833,6 +866,7 @@ class Platform:
             else:
                 # kind, builder and desired state change only when the new version serves (in _switch).
                 record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
+            self._open_cache.pop(f"{org}.{short}", None)  # an auth change holds at once on this node
             # The registry gets the declarations and their handles; values go to the secrets backend only.
             refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
             options = req.model_dump(exclude={"env", "secrets", "secret_refs", "client_steps"}) | {
@@ -996,7 +1030,8 @@ class Platform:
 
     def describe_result(self, record: DeploymentRecord, version: int, tools: list[str] | None = None) -> dict:
         return {"id": record.id, "org": record.org, "name": record.name, "version": version, "status": record.status,
-                "builder": record.builder, "endpoint": self.endpoint(record), "tools": tools or []}
+                "builder": record.builder, "endpoint": self.endpoint(record), "tools": tools or [],
+                "auth": auth_of(record)}
 
     def endpoint(self, record: DeploymentRecord) -> str:
         name = record.name if record.org == self.config.default_org else f"{record.org}.{record.name}"
@@ -1695,6 +1730,7 @@ class Platform:
     async def status(self, record: DeploymentRecord) -> dict:
         out = record.model_dump(mode="json")
         out["endpoint"] = self.endpoint(record)
+        out["auth"] = auth_of(record)
         active = self.active.get(f"{record.org}.{record.name}")
         out["serving_version"] = active.version if active else None
         out["node"] = self.cluster.node_id if active else None

@@ -323,3 +323,34 @@ def test_no_password_code_or_token_in_the_log(p):
     assert PASSWORD not in log
     assert not re.search(r"eyJ[\w-]{20,}\.", log), "an access token is in the platform log"
     assert "code=" not in log and "mcpacr_" not in log
+
+
+def test_auth_none_must_be_asked_for_is_flagged_and_opens_that_deployment_only(p):
+    async def greet_without_token(url: str) -> str:
+        from mcp_agent_cloud.client import mcp_client
+
+        async with mcp_client(url, None) as client:
+            result = await client.call_tool("greet", {"name": "anyone"})
+            return result.content[0].text
+
+    deployed = p.cli_json("deploy", "app", str(HELLO), "--name", "open", "--auth", "none")
+    assert deployed["auth"] == "none"
+    text = p.cli("deploy", "app", str(HELLO), "--name", "open", check=True).stdout  # no --auth: it stays open
+    assert "auth:       none" in text and "anyone who can reach" in text
+    rows = {r["name"]: r for r in p.cli_json("list")}
+    assert rows["open"]["auth"] == "none" and rows["hello"]["auth"] == "platform"
+    assert "NONE (open)" in p.cli("list", check=True).stdout
+    assert p.cli_json("status", "open")["auth"] == "none"
+    for name in (f"{p.org}.open", "open"):
+        assert "anyone" in anyio.run(greet_without_token, f"{p.url}/servers/{name}/mcp")
+    # Nothing else opens: the org's other deployments, the API, the REST routes of another deployment.
+    assert p.api("POST", f"/servers/{p.org}.hello/mcp", token=None, json={}).status_code == 401
+    assert p.api("GET", "/api/v1/deployments", token=None).status_code == 401
+    assert p.api("GET", f"/servers/{p.org}.hello/tools", token=None).status_code == 401
+    assert p.api("GET", f"/servers/{p.org}.open/tools", token=None).status_code == 200
+    # A bad token is still refused (a caller that sent one meant to be someone).
+    assert p.api("GET", f"/servers/{p.org}.open/tools", token="wrong").status_code == 401
+    # Closed again by a deploy with --auth platform: at once.
+    p.cli_json("deploy", "app", str(HELLO), "--name", "open", "--auth", "platform")
+    assert p.api("POST", f"/servers/{p.org}.open/mcp", token=None, json={}).status_code == 401
+    assert {r["name"]: r for r in p.cli_json("list")}["open"]["auth"] == "platform"
