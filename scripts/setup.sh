@@ -17,13 +17,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# npm tools the gateway e2e tests run for real (the "everything" reference server, the MCP Inspector CLI), pinned so
+# npm tools the gateway e2e tests run for real (the "everything" reference server, the MCP Inspector CLI, an OIDC issuer), pinned so
 # a new release cannot change what the tests see. Installed into .tools/node (gitignored); tests/conftest.py finds
 # them there. MCPAC_SKIP_NODE_TOOLS=1 skips this; the tests that need them then fail and point back here.
 EVERYTHING_VERSION=2026.8.31
 INSPECTOR_VERSION=2.12.0
+OIDC_PROVIDER_VERSION=9.13.3  # a real OIDC issuer for the okta provider's tests (tests/oidc_issuer.mjs)
 tools=.tools/node
-want="@modelcontextprotocol/server-everything@$EVERYTHING_VERSION @modelcontextprotocol/inspector@$INSPECTOR_VERSION"
+want="@modelcontextprotocol/server-everything@$EVERYTHING_VERSION @modelcontextprotocol/inspector@$INSPECTOR_VERSION oidc-provider@$OIDC_PROVIDER_VERSION"
 if [ -n "${MCPAC_SKIP_NODE_TOOLS:-}" ]; then
   echo "==> MCPAC_SKIP_NODE_TOOLS set: not installing $want (the gateway e2e tests will fail without them)"
   exit 0

@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ..config import OAuthConfig
+from ..errors import MCPAgentCloudError
 from ..hookspecs.types import AuditRecord, Identity, OAuthClientRecord, RefreshTokenRecord
 from ..names import split_qualified
 
@@ -53,6 +54,8 @@ REFRESH_PREFIX = "mcpacr_"
 ALG = "ES256"
 _LOGIN_FAILURES, _LOCKOUT_SECONDS = 5, 300
 _CODE_SECONDS = 120
+_UPSTREAM_SECONDS = 600
+_BINDING_COOKIE = "mcpac_login"
 _MAX_CLIENT_METADATA = 16384
 # Redirect URIs that could run script in the browser, or read local files, never get a code.
 _BAD_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp", "ws", "wss"})
@@ -272,6 +275,7 @@ class OAuthServer:
         self.devices: dict[str, dict] = {}  # device_code -> credential (in memory: minutes-long, this node only)
         self.grants: dict[str, tuple[User, bool]] = {}  # user_code -> (user, approved)
         self.codes: dict[str, Code] = {}
+        self.upstream: dict[str, dict] = {}  # state -> a login at another identity provider, under way
         self._registered: dict[str, Client] = {}  # registered clients never change: cached once read
         self._registrations: dict[str, list[float]] = defaultdict(list)  # source address -> times
         self._failures: dict[str, list[float]] = defaultdict(list)
@@ -732,74 +736,173 @@ class OAuthServer:
             Route("/oauth/device", self._device_page, methods=["GET", "POST"]),
             Route("/oauth/authorize", self._authorize_page, methods=["GET", "POST"]),
             Route("/oauth/register", self._register, methods=["POST"]),
+            Route("/oauth/callback/{provider}", self._upstream_callback, methods=["GET"]),
             Route("/.well-known/oauth-protected-resource/servers/{name}", resource, methods=["GET"]),
             Route("/.well-known/oauth-protected-resource/servers/{name}/{rest:path}", resource, methods=["GET"]),
         ]
 
+    # the login pages --------------------------------------------------------------------------------------------
+
+    @property
+    def federated(self) -> list:
+        """The providers whose users log in elsewhere (a "Log in with ..." button each)."""
+        return [p for p in self.platform.auth_providers if getattr(p, "federated", False)]
+
+    def _buttons(self) -> list[tuple[str, str]]:
+        return [(p.spec_name, p.label) for p in self.federated]
+
+    def _login_origins(self) -> tuple[str, ...]:
+        return tuple(p.login_origin for p in self.federated if getattr(p, "login_origin", ""))
+
+    def _pending_device(self, user_code: str) -> bool:
+        now = time.time()
+        return user_code not in self.grants and any(
+            c["user_code"] == user_code and c["expires_at"] > now for c in self.devices.values())
+
     async def _device_page(self, request: Request) -> Response:
+        buttons = self._buttons()
+        page = functools.partial(_page, redirect_to=self._login_origins())
         if request.method == "GET":
-            return _page(_device_form(request.query_params.get("user_code", "")))
+            return page(_device_form(request.query_params.get("user_code", ""), buttons=buttons))
         form = await request.form()
         user_code = str(form.get("user_code", "")).strip().upper()
-        username, password = str(form.get("username", "")), str(form.get("password", ""))
-        pending = {c["user_code"]: c for c in self.devices.values() if c["expires_at"] > time.time()}
-        if user_code not in pending or user_code in self.grants:
-            return _page(_device_form(user_code, "That code is unknown, used or expired. Run the login again."), 400)
-        if form.get("action") == "deny":
+        action = str(form.get("action", ""))
+        if not self._pending_device(user_code):
+            return page(_device_form(user_code, "That code is unknown, used or expired. Run the login again.",
+                                     buttons=buttons), 400)
+        if action == "deny":
             self.grants[user_code] = (User("", "", [], "", ""), False)
             return _page("<h1>Login denied</h1><p>The terminal that asked is told so. You can close this page.</p>")
-        identity, error, status = await self._checked_login(request, username, password)
+        if action.startswith("provider:"):
+            return await self._upstream_start(action[len("provider:"):], {"kind": "device", "user_code": user_code})
+        identity, error, status = await self._checked_login(request, str(form.get("username", "")),
+                                                            str(form.get("password", "")))
         if identity is None:
-            return _page(_device_form(user_code, error), status)
+            return page(_device_form(user_code, error, buttons=buttons), status)
+        return await self._finish_device(request, user_code, identity)
+
+    async def _finish_device(self, request: Request, user_code: str, identity: Identity) -> Response:
         await self._audit_login(request, identity, "oauth device login", f"client_id={CLI_CLIENT_ID}")
         self.grants[user_code] = (User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8),
                                        self.api_audience), True)
         return _page(f"<h1>Logged in</h1><p>{html.escape(identity.subject)} (org {html.escape(identity.org)}). "
                      "Go back to your terminal: it has its token now. You can close this page.</p>")
 
-    async def _authorize_page(self, request: Request) -> Response:
-        """The authorization endpoint: an MCP client sends the user here; the user logs in and allows it to call
-        one deployment as them. The code goes back to the client's registered redirect URI."""
+    async def _consent(self, request: Request, params: dict):
+        """authlib's checks of an authorization request: (the grant, None), or (None, the error's answer)."""
         from authlib.oauth2.rfc6749 import OAuth2Error
 
-        source = await request.form() if request.method == "POST" else request.query_params
-        params = {k: str(source[k]) for k in _AUTHORIZE_PARAMS if k in source}  # nothing else reaches authlib
         args = ("GET", str(request.url), dict(request.headers), params)
         try:
             grant = await anyio.to_thread.run_sync(lambda: self._server.get_consent_grant(args))
         except OAuth2Error as error:
-            return _oauth_redirect(*error()) if error.redirect_uri else _page(
-                _error_page(error.description or error.error), 400)
-        client, state = grant.request.client, params.get("state")
+            return None, (_oauth_redirect(*error()) if error.redirect_uri else _page(
+                _error_page(error.description or error.error), 400))
+        if self._deployment_named(params.get("resource")) is None:
+            return None, self._refuse(grant, params, "invalid_target", "resource must be a deployment of this "
+                                      f"platform: {self.servers_prefix}NAME (RFC 8707)")
+        return grant, None
 
-        def refuse(error: str, description: str) -> Response:
-            return _oauth_redirect(*OAuth2Error(description, error=error, redirect_uri=grant.redirect_uri,
-                                                state=state)())
+    def _refuse(self, grant, params: dict, error: str, description: str) -> Response:
+        from authlib.oauth2.rfc6749 import OAuth2Error
 
-        name = self._deployment_named(params.get("resource"))
-        if name is None:
-            return refuse("invalid_target", f"resource must be a deployment of this platform: "
-                                            f"{self.servers_prefix}NAME (RFC 8707)")
-        page = functools.partial(_page, redirect_to=grant.redirect_uri)
+        return _oauth_redirect(*OAuth2Error(description, error=error, redirect_uri=grant.redirect_uri,
+                                            state=params.get("state"))())
+
+    async def _authorize_page(self, request: Request) -> Response:
+        """The authorization endpoint: an MCP client sends the user here; the user logs in and allows it to call
+        one deployment as them. The code goes back to the client's registered redirect URI."""
+        source = await request.form() if request.method == "POST" else request.query_params
+        params = {k: str(source[k]) for k in _AUTHORIZE_PARAMS if k in source}  # nothing else reaches authlib
+        grant, answer = await self._consent(request, params)
+        if grant is None:
+            return answer
+        client, name = grant.request.client, self._deployment_named(params["resource"])
+        buttons = self._buttons()
+        page = functools.partial(_page, redirect_to=(grant.redirect_uri, *self._login_origins()))
         if request.method == "GET":
-            return page(_authorize_form(params, client.name, grant.redirect_uri, name))
-        if source.get("action") != "approve":
+            return page(_authorize_form(params, client.name, grant.redirect_uri, name, buttons=buttons))
+        action = str(source.get("action", ""))
+        if action.startswith("provider:"):
+            return await self._upstream_start(action[len("provider:"):], {"kind": "authorize", "params": params})
+        if action != "approve":
             response = await anyio.to_thread.run_sync(
                 lambda: self._server.create_authorization_response(grant.request, grant_user=None, grant=grant))
             return _oauth_redirect(*response)
         identity, error, status = await self._checked_login(request, str(source.get("username", "")),
                                                             str(source.get("password", "")))
         if identity is None:
-            return page(_authorize_form(params, client.name, grant.redirect_uri, name, error), status)
+            return page(_authorize_form(params, client.name, grant.redirect_uri, name, error, buttons=buttons),
+                        status)
+        return await self._finish_authorize(request, grant, params, identity)
+
+    async def _finish_authorize(self, request: Request, grant, params: dict, identity: Identity) -> Response:
         audience = self.audience_for(params["resource"], identity.org)
         if audience is None:
-            return refuse("invalid_target", f"deployment {name} is not one of org {identity.org}'s")
+            return self._refuse(grant, params, "invalid_target", f"deployment "
+                                f"{self._deployment_named(params['resource'])} is not one of org {identity.org}'s")
         user = User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), audience)
         response = await anyio.to_thread.run_sync(
             lambda: self._server.create_authorization_response(grant.request, grant_user=user, grant=grant))
-        await self._audit_login(request, identity, "oauth authorize",
-                                f"client_id={client.client_id} resource={audience[len(self.servers_prefix):]}")
+        await self._audit_login(request, identity, "oauth authorize", f"client_id={grant.request.client.client_id} "
+                                f"resource={audience[len(self.servers_prefix):]}")
         return _oauth_redirect(*response)
+
+    # logins at another identity provider (core/federation.py) ----------------------------------------------------
+
+    async def _upstream_start(self, name: str, flow: dict) -> Response:
+        provider = next((p for p in self.federated if p.spec_name == name), None)
+        if provider is None:
+            return _page(_error_page(f"There is no login through {name!r} here."), 400)
+        now = time.time()
+        for old in [s for s, f in self.upstream.items() if f["expires_at"] < now]:
+            del self.upstream[old]
+        state, binding = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        flow = {**flow, "provider": name, "verifier": secrets.token_urlsafe(48), "nonce": secrets.token_urlsafe(16),
+                "binding": _sha(binding), "expires_at": now + _UPSTREAM_SECONDS}
+        try:
+            url = await provider.authorization_url(redirect_uri=self._callback_url(name), state=state,
+                                                   code_verifier=flow["verifier"], nonce=flow["nonce"])
+        except MCPAgentCloudError as exc:
+            log.warning("login through %s cannot start: %s", name, exc.message)
+            return _page(_error_page(f"The login through {provider.label} cannot start: {exc.message}"), 502)
+        self.upstream[state] = flow
+        response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+        # The callback must come back to the browser that started the login: a link to the identity provider
+        # sent to someone else would otherwise log them in to the sender's pending login.
+        response.set_cookie(_BINDING_COOKIE, binding, max_age=_UPSTREAM_SECONDS, path="/oauth/callback/",
+                            httponly=True, samesite="lax", secure=self.issuer.startswith("https://"))
+        return response
+
+    def _callback_url(self, name: str) -> str:
+        return f"{self.issuer}/oauth/callback/{name}"
+
+    async def _upstream_callback(self, request: Request) -> Response:
+        name = request.path_params["provider"]
+        query = request.query_params
+        flow = self.upstream.pop(str(query.get("state", "")), None)
+        if flow is None or flow["provider"] != name or flow["expires_at"] < time.time():
+            return _page(_error_page("This login is unknown, used or expired: start it again."), 400)
+        if not hmac.compare_digest(_sha(request.cookies.get(_BINDING_COOKIE, "")), flow["binding"]):
+            return _page(_error_page("This login was started in another browser: start it again here."), 400)
+        provider = next(p for p in self.federated if p.spec_name == name)
+        if query.get("error"):
+            return _page(_error_page(f"{provider.label} said: {query.get('error_description') or query['error']}"),
+                         403)
+        try:
+            identity = await provider.complete(code=str(query.get("code", "")), redirect_uri=self._callback_url(name),
+                                               code_verifier=flow["verifier"], nonce=flow["nonce"])
+        except MCPAgentCloudError as exc:
+            log.warning("login through %s refused: %s", name, exc.message)
+            return _page(_error_page(f"{exc.message}. {exc.hint or ''}".strip()), exc.status)
+        if flow["kind"] == "device":
+            if not self._pending_device(flow["user_code"]):
+                return _page(_error_page("That code is used or expired. Run the login again."), 400)
+            return await self._finish_device(request, flow["user_code"], identity)
+        grant, answer = await self._consent(request, flow["params"])
+        if grant is None:
+            return answer
+        return await self._finish_authorize(request, grant, flow["params"], identity)
 
     def _deployment_named(self, resource: str | None) -> str | None:
         """The deployment name in a resource URL under /servers/, if it is one."""
@@ -911,14 +1014,15 @@ _STYLE = ("body{font:16px/1.5 system-ui,sans-serif;max-width:28rem;margin:3rem a
           "font-size:1rem}.error{color:#a00000;font-weight:600}")
 
 
-def _page(body: str, status: int = 200, redirect_to: str = "") -> HTMLResponse:
-    # A form's answer may redirect only where form-action allows: the authorize page's goes to the client.
+def _page(body: str, status: int = 200, redirect_to: tuple[str, ...] = ()) -> HTMLResponse:
+    # A form's answer may redirect only where form-action allows: to the client (the authorize page) or to an
+    # identity provider (a "Log in with" button).
     extra = ""
-    if redirect_to:
-        target = urlsplit(redirect_to)
+    for url in redirect_to:
+        target = urlsplit(url)
         host = target.hostname or ""
         host = f"[{host}]" if ":" in host else host
-        extra = f" {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else f" {target.scheme}:"
+        extra += f" {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else f" {target.scheme}:"
     return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
                         f'content="width=device-width,initial-scale=1"><title>mcp-agent-cloud login</title>'
                         f"<style>{_STYLE}</style></head><body>{body}</body></html>", status_code=status,
@@ -927,7 +1031,14 @@ def _page(body: str, status: int = 200, redirect_to: str = "") -> HTMLResponse:
                                                             f"form-action 'self'{extra}; frame-ancestors 'none'"})
 
 
-def _device_form(user_code: str, error: str = "") -> str:
+def _provider_buttons(buttons: list[tuple[str, str]]) -> str:
+    if not buttons:
+        return ""
+    return "<p>Or:</p>" + "".join(f'<button type="submit" name="action" value="provider:{html.escape(name)}" '
+                                  f'formnovalidate>Log in with {html.escape(label)}</button>' for name, label in buttons)
+
+
+def _device_form(user_code: str, error: str = "", buttons: list[tuple[str, str]] = ()) -> str:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return (f"<h1>Log in to mcp-agent-cloud</h1><p>Check that the code matches the one your terminal shows.</p>"
             f"{message}<form method=\"post\" action=\"/oauth/device\">"
@@ -938,7 +1049,8 @@ def _device_form(user_code: str, error: str = "") -> str:
             f'<label for="password">Password</label><input id="password" name="password" type="password" required '
             f'autocomplete="current-password">'
             f'<button type="submit" name="action" value="approve">Log in and allow</button>'
-            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button></form>')
+            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button>'
+            f'{_provider_buttons(list(buttons))}</form>')
 
 
 def _error_page(message: str) -> str:
@@ -946,7 +1058,8 @@ def _error_page(message: str) -> str:
             "<p>Go back to the app that sent you here and connect again.</p>")
 
 
-def _authorize_form(params: dict, client_name: str, redirect_uri: str, deployment: str, error: str = "") -> str:
+def _authorize_form(params: dict, client_name: str, redirect_uri: str, deployment: str, error: str = "",
+                    buttons: list[tuple[str, str]] = ()) -> str:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
                      for k, v in params.items())
@@ -962,4 +1075,5 @@ def _authorize_form(params: dict, client_name: str, redirect_uri: str, deploymen
             f'<label for="password">Password</label><input id="password" name="password" type="password" required '
             f'autocomplete="current-password">'
             f'<button type="submit" name="action" value="approve">Log in and allow</button>'
-            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button></form>')
+            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button>'
+            f'{_provider_buttons(list(buttons))}</form>')
