@@ -492,16 +492,20 @@ def register(cli: click.Group) -> None:
     @click.option("--token", help="Log in with a token instead of the browser (an API key from `mcp-agent keys "
                   "create`, or one `mcp-agent admin token` made).")
     @click.option("--no-browser", is_flag=True, help="Only print the login URL; do not try to open a browser.")
+    @click.option("--provider", metavar="NAME", help="Log in at this identity provider's own device flow (github), "
+                  "then trade its token for the platform's. Without it, the platform's login page offers every way "
+                  "to log in.")
     @api_options
     @json_option
     @handle_errors
-    def auth_login(token, no_browser, api_url, as_json):
+    def auth_login(token, no_browser, provider, api_url, as_json):
         """Log in to a platform. Without --token: the OAuth device flow. It shows a code and a URL (and opens a
         browser when it can); log in there, and the CLI gets its tokens. They are stored in
         ~/.mcp-agent-cloud/auth.json (mode 0600) and refreshed on their own before they expire.
 
         \b
           mcp-agent login                                    browser login
+          mcp-agent login --provider github                  GitHub's device flow
           mcp-agent login --api-url https://agents.example.com
           mcp-agent login --token "$MCP_AGENT_CLOUD_KEY"    CI: an API key"""
         from ..client import PlatformClient
@@ -513,20 +517,22 @@ def register(cli: click.Group) -> None:
         if token:
             access = token
         else:
-            from ..login import device_login
+            from ..login import device_login, provider_login
 
             def show(device: dict) -> None:
                 err.print(f"To log in, open {device['verification_uri']} and enter the code "
                           f"[bold]{device['user_code']}[/]", highlight=False)
-                err.print(f"  (or open {device['verification_uri_complete']})", highlight=False)
+                complete = device.get("verification_uri_complete")
+                if complete:
+                    err.print(f"  (or open {complete})", highlight=False)
                 if not no_browser and sys.stderr.isatty() and not os.environ.get("CI"):
                     import webbrowser
 
                     with contextlib.suppress(Exception):
-                        webbrowser.open(device["verification_uri_complete"])
+                        webbrowser.open(complete or device["verification_uri"])
                 err.print("Waiting for the login in the browser...", highlight=False)
 
-            tokens = device_login(auth_url, show=show)
+            tokens = provider_login(auth_url, provider, show=show) if provider else device_login(auth_url, show=show)
             access = tokens["access_token"]
             extra.update(refresh_token=tokens.get("refresh_token"), expires_at=tokens["expires_at"],
                          scope=tokens.get("scope", ""), token_type="oauth")

@@ -54,7 +54,7 @@ class FederatedProvider(AuthProvider):
     async def complete(self, *, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> Identity:
         identity = await self.identity_from_code(code=code, redirect_uri=redirect_uri, code_verifier=code_verifier,
                                                  nonce=nonce)
-        await self._provision(identity)
+        await self.provision(identity)
         return identity
 
     def subject(self, login: str) -> str:
@@ -69,7 +69,8 @@ class FederatedProvider(AuthProvider):
             return None
         return Identity(subject=user.username, org=user.org, roles=user.roles, provider=self.spec_name)
 
-    async def _provision(self, identity: Identity) -> None:
+    async def provision(self, identity: Identity) -> None:
+        """Make or update the user's record; refuse a disabled user, or one of another provider or org."""
         registry = self.ctx.registry
         if registry is None:
             return

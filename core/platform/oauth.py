@@ -44,6 +44,8 @@ log = logging.getLogger("mcp_agent_cloud.oauth")
 
 CLI_CLIENT_ID = "mcp-agent-cli"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 CODE_GRANT = "authorization_code"
 CLIENT_AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")
 MCP_SCOPE = "mcp"  # all a registered client may ask for: it calls one deployment, never the management API
@@ -271,7 +273,8 @@ class OAuthServer:
     def __init__(self, platform, config: OAuthConfig) -> None:
         self.platform, self.config = platform, config
         self.keys = SigningKeys(platform, config)
-        self.clients = {CLI_CLIENT_ID: Client(CLI_CLIENT_ID, (DEVICE_GRANT, "refresh_token"), " ".join(SCOPES))}
+        self.clients = {CLI_CLIENT_ID: Client(CLI_CLIENT_ID, (DEVICE_GRANT, TOKEN_EXCHANGE, "refresh_token"),
+                                              " ".join(SCOPES))}
         self.devices: dict[str, dict] = {}  # device_code -> credential (in memory: minutes-long, this node only)
         self.grants: dict[str, tuple[User, bool]] = {}  # user_code -> (user, approved)
         self.codes: dict[str, Code] = {}
@@ -339,8 +342,16 @@ class OAuthServer:
 
     def _build(self):
         from authlib.oauth2 import AuthorizationServer
-        from authlib.oauth2.rfc6749 import InvalidRequestError, JsonRequest, OAuth2Error, OAuth2Request
-        from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+        from authlib.oauth2.rfc6749 import (
+            InvalidGrantError,
+            InvalidRequestError,
+            JsonRequest,
+            OAuth2Error,
+            OAuth2Request,
+            UnauthorizedClientError,
+        )
+        from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, BaseGrant, RefreshTokenGrant
+        from authlib.oauth2.rfc6749.grants.base import TokenEndpointMixin
         from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
         from authlib.oauth2.rfc7009 import RevocationEndpoint
         from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
@@ -487,6 +498,30 @@ class OAuthServer:
             def revoke_old_credential(self, refresh_token):
                 pass  # claimed (marked used) in authenticate_refresh_token, before anything was issued
 
+        class Exchange(BaseGrant, TokenEndpointMixin):
+            """RFC 8693: a token of an identity provider (GitHub's, from its device flow) for the platform's."""
+
+            GRANT_TYPE = TOKEN_EXCHANGE
+            TOKEN_ENDPOINT_AUTH_METHODS = ["none"]
+
+            def validate_token_request(self):
+                client = self.authenticate_token_endpoint_client()
+                if not client.check_grant_type(TOKEN_EXCHANGE):
+                    raise UnauthorizedClientError(f"the client may not use {TOKEN_EXCHANGE}")
+                form = self.request.form
+                if form.get("subject_token_type") != ACCESS_TOKEN_TYPE or not form.get("subject_token"):
+                    raise InvalidRequestError(f"send subject_token, with subject_token_type {ACCESS_TOKEN_TYPE}")
+                found = run(oauth._exchange, str(form.get("subject_issuer", "")), form["subject_token"])
+                if isinstance(found, str):
+                    raise InvalidGrantError(found)
+                self.request.client, self.request.user = client, found
+
+            def create_token_response(self):
+                scope = self.request.client.get_allowed_scope(self.request.form.get("scope"))
+                token = self.generate_token(user=self.request.user, scope=scope, include_refresh_token=True)
+                self.save_token(token)
+                return 200, {**token, "issued_token_type": ACCESS_TOKEN_TYPE}, self.TOKEN_RESPONSE_HEADER
+
         class Registration(ClientRegistrationEndpoint):
             def authenticate_token(self, request):
                 return True  # open, as the MCP spec expects; limited per address in _register
@@ -519,6 +554,7 @@ class OAuthServer:
         server.register_grant(DeviceGrant)
         server.register_grant(CodeGrant, [Pkce(required=True)])
         server.register_grant(Refresher)
+        server.register_grant(Exchange)
         server.register_endpoint(DeviceEndpoint)
         server.register_endpoint(Revocation)
         server.register_endpoint(Registration)
@@ -677,7 +713,7 @@ class OAuthServer:
                 "/oauth/token", "device_authorization_endpoint": base + "/oauth/device_authorization",
                 "revocation_endpoint": base + "/oauth/revoke", "introspection_endpoint": base + "/oauth/introspect",
                 "jwks_uri": base + "/.well-known/jwks.json", "scopes_supported": list(SCOPES),
-                "grant_types_supported": [CODE_GRANT, DEVICE_GRANT, "refresh_token"],
+                "grant_types_supported": [CODE_GRANT, DEVICE_GRANT, TOKEN_EXCHANGE, "refresh_token"],
                 "response_types_supported": ["code"], "response_modes_supported": ["query"],
                 "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
                 "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
@@ -849,6 +885,23 @@ class OAuthServer:
         return _oauth_redirect(*response)
 
     # logins at another identity provider (core/federation.py) ----------------------------------------------------
+
+    async def _exchange(self, name: str, subject_token: str) -> User | str:
+        """The user of another identity provider's token (the ``subject_issuer`` names the provider), or why not."""
+        provider = next((p for p in self.federated if p.spec_name == name and hasattr(p, "identity_from_token")),
+                        None)
+        if provider is None:
+            return f"subject_issuer must name a provider that takes tokens: {name!r} is none"
+        try:
+            identity = await provider.identity_from_token(subject_token)
+            await provider.provision(identity)
+        except MCPAgentCloudError as exc:
+            log.warning("token exchange through %s refused: %s", name, exc.message)
+            return exc.message
+        await self.platform.audit(AuditRecord(
+            org=identity.org, actor=identity.subject, provider=identity.provider, action="oauth device login",
+            target=f"client_id={CLI_CLIENT_ID} via={name}", status=200))
+        return User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), self.api_audience)
 
     async def _upstream_start(self, name: str, flow: dict) -> Response:
         provider = next((p for p in self.federated if p.spec_name == name), None)
