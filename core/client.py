@@ -34,6 +34,9 @@ class PlatformClient:
         """A short name means the org chosen with `mcp-agent configure`, when that differs from the token's org."""
         from .state import load_auth, load_session
 
+        from .names import from_at_name
+
+        name = from_at_name(name)
         org = load_session().get("org")
         if "." in name or not org or org == load_auth().get("org"):
             return name

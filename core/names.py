@@ -9,6 +9,21 @@ from .errors import ValidationFailed
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 ORG_RE = NAME_RE
+# A deployment's public address, @{org}/{name}: in a URL, /servers/@acme/hello/mcp is /servers/acme.hello/mcp.
+AT_NAME = re.compile(r"^@([^/.]+)/([^/.]+)$")
+AT_PATH = re.compile(r"^/servers/@([^/]+)/([^/]+)(/.*)?$")
+
+
+def from_at_name(name: str) -> str:
+    """``@acme/hello`` -> ``acme.hello``; any other name as it is."""
+    match = AT_NAME.match(name)
+    return f"{match.group(1)}.{match.group(2)}" if match else name
+
+
+def from_at_path(path: str) -> str | None:
+    """``/servers/@acme/hello/mcp`` -> ``/servers/acme.hello/mcp``; None for a path that is not one."""
+    match = AT_PATH.match(path)
+    return f"/servers/{match.group(1)}.{match.group(2)}{match.group(3) or ''}" if match else None
 
 
 def validate_name(name: str, *, what: str = "deployment name") -> str:
@@ -30,8 +45,9 @@ def suggest_name(raw: str) -> str:
 
 
 def split_qualified(name: str, default_org: str) -> tuple[str, str]:
-    """``acme.hello`` -> (``acme``, ``hello``); ``hello`` -> (default_org, ``hello``). Both parts are validated."""
-    org, sep, short = name.rpartition(".")
+    """``acme.hello`` or ``@acme/hello`` -> (``acme``, ``hello``); ``hello`` -> (default_org, ``hello``). Both parts
+    are validated."""
+    org, sep, short = from_at_name(name).rpartition(".")
     if not sep:
         org = default_org
     validate_name(org, what="org name")

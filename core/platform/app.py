@@ -67,7 +67,8 @@ class AuthMiddleware:
             response = JSONResponse(
                 {"error": "unauthorized", "message": "a valid bearer token is required",
                  "hint": "log in with `mcp-agent deploy auth login`, or send Authorization: Bearer TOKEN"},
-                status_code=401, headers={"WWW-Authenticate": self.platform.challenge(path, error)})
+                status_code=401, headers={"WWW-Authenticate": self.platform.challenge(
+                    scope.get("state", {}).get("address", path), error)})
             return await response(scope, receive, send)
         scope.setdefault("state", {})["identity"] = identity
         return await self.app(scope, receive, send)

@@ -112,7 +112,8 @@ class ScopeGuard:
                         {"error": "unauthorized", "message": why, "hint": "connect to this deployment again: "
                          "your MCP client gets a token for it"}, status_code=401,
                         headers={"WWW-Authenticate": self.platform.challenge(
-                            scope["path"], "invalid_token", "the token is for another deployment")})
+                            scope["state"].get("address", scope["path"]), "invalid_token",
+                            "the token is for another deployment")})
                     return await response(scope, receive, send)
                 if scope["path"].startswith("/servers/"):  # MCP endpoints answer with JSON-RPC errors
                     from .gateway import platform_error

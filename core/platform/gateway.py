@@ -32,6 +32,7 @@ from starlette.routing import Route
 from ..config import GatewayConfig, PlatformConfig
 from ..errors import MCPAgentCloudError, NotFoundError
 from ..hookspecs.types import Identity
+from ..names import from_at_path
 from ..telemetry import TRACEPARENT, parse_traceparent
 from ..runtime.jsonrpc_errors import (
     HEADER_REJECTED,
@@ -241,6 +242,11 @@ class TransportGuard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if (rewritten := from_at_path(scope["path"])) is not None:
+            # @{org}/{name}: the same deployment as {org}.{name}. The address the client used is kept for the
+            # 401's challenge, whose metadata must name the URL the client knows.
+            scope.setdefault("state", {})["address"] = scope["path"]
+            scope = {**scope, "path": rewritten, "raw_path": rewritten.encode()}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         host = headers.get("host")

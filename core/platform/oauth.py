@@ -734,8 +734,10 @@ class OAuthServer:
             return JSONResponse(self.metadata())
 
         async def resource(request: Request) -> Response:
-            return JSONResponse(self.resource_metadata(request.path_params["name"]),
-                                headers={"Cache-Control": "max-age=300"})
+            name = request.path_params["name"]
+            if name.startswith("@"):  # @{org}/{name}: the resource is the address the client used
+                name = f"{name}/{request.path_params.get('rest', '').split('/', 1)[0]}"
+            return JSONResponse(self.resource_metadata(name), headers={"Cache-Control": "max-age=300"})
 
         async def jwks(request: Request) -> Response:
             return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "max-age=300"})
@@ -958,11 +960,11 @@ class OAuthServer:
         return await self._finish_authorize(request, grant, flow["params"], identity)
 
     def _deployment_named(self, resource: str | None) -> str | None:
-        """The deployment name in a resource URL under /servers/, if it is one."""
+        """The deployment name in a resource URL under /servers/, if it is one (``@org/name`` as ``org.name``)."""
         resource = (resource or "").rstrip("/")
         if not resource.startswith(self.servers_prefix):
             return None
-        name = resource[len(self.servers_prefix):].split("/", 1)[0]
+        name = _address(resource[len(self.servers_prefix):])
         try:
             split_qualified(name, "org")
         except Exception:  # noqa: BLE001 - not a deployment name
@@ -1037,6 +1039,13 @@ class OAuthServer:
             if callable(login) and (identity := await login(username, password)) is not None:
                 return identity
         return None
+
+
+def _address(rest: str) -> str:
+    """The deployment part of a path under /servers/: ``acme.hello/mcp`` -> ``acme.hello``, ``@acme/hello/mcp`` ->
+    ``acme.hello``."""
+    parts = rest.split("/")
+    return f"{parts[0][1:]}.{parts[1]}" if parts[0].startswith("@") and len(parts) > 1 else parts[0]
 
 
 _AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",

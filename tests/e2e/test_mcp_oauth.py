@@ -354,3 +354,20 @@ def test_auth_none_must_be_asked_for_is_flagged_and_opens_that_deployment_only(p
     p.cli_json("deploy", "app", str(HELLO), "--name", "open", "--auth", "platform")
     assert p.api("POST", f"/servers/{p.org}.open/mcp", token=None, json={}).status_code == 401
     assert {r["name"]: r for r in p.cli_json("list")}["open"]["auth"] == "platform"
+
+
+def test_a_deployment_is_addressed_as_at_org_slash_name(p):
+    url = f"{p.url}/servers/@{p.org}/hello/mcp"
+    anonymous = p.api("POST", f"/servers/@{p.org}/hello/mcp", token=None, json={})
+    assert anonymous.status_code == 401
+    metadata = f"{p.url}/.well-known/oauth-protected-resource/servers/@{p.org}/hello/mcp"
+    assert f'resource_metadata="{metadata}"' in anonymous.headers["www-authenticate"]
+    assert httpx.get(metadata).json()["resource"] == f"{p.url}/servers/@{p.org}/hello"
+    # The SDK's client, from that address alone: the token is the deployment's, as under its qualified name.
+    browser, storage = Browser(), Memory()
+    assert "oauth" in anyio.run(connect_and_greet, url, browser, storage)
+    assert claims_of(storage.tokens.access_token)["aud"] == f"{p.url}/servers/{p.org}.hello"
+    assert f"{p.org}.hello" in browser.pages[0]
+    # The REST routes and the CLI take it too.
+    assert p.api("GET", f"/servers/@{p.org}/hello/tools", token=storage.tokens.access_token).status_code == 200
+    assert p.cli_json("status", f"@{p.org}/hello")["name"] == "hello"
