@@ -275,10 +275,19 @@ _secrets_deploy_options = [
 ]
 
 
+def _check_auth(ctx, param, value):
+    from ..appspec import AUTH_RE
+
+    if value is not None and not AUTH_RE.match(value):
+        raise click.BadParameter(f"{value!r}: use platform, none or provider:NAME (e.g. provider:github)")
+    return value
+
+
 _auth_option = click.option(
-    "--auth", type=click.Choice(["platform", "none"]),
-    help="Who may call its MCP endpoints: platform (a token of its org; the default) or none (anyone who can "
-         "reach the platform, with no token: only for what may be public). Default: deploy.auth in "
+    "--auth", metavar="platform|none|provider:NAME", callback=_check_auth,
+    help="Who may call its MCP endpoints: platform (a token of its org; the default), none (anyone who can reach "
+         "the platform, with no token: only for what may be public), or provider:NAME (users of its org who "
+         "logged in through that auth provider, e.g. provider:github). Default: deploy.auth in "
          "mcp_agent.config.yaml, else what the deployment had, else platform.")
 
 

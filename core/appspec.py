@@ -34,6 +34,9 @@ APP_HINT = ("name the server object with --app module:attr, e.g. --app main:serv
             + APP_CONFIG_FILENAME)
 
 
+AUTH_RE = re.compile(r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$")
+
+
 class DeploySection(BaseModel):
     """The ``deploy:`` key of ``mcp_agent.config.yaml``."""
 
@@ -47,8 +50,18 @@ class DeploySection(BaseModel):
     description: str = ""
     builder: str | dict[str, Any] | None = None
     exclude: list[str] = Field(default_factory=list, description="extra gitignore-style patterns")
-    auth: Literal["platform", "none"] | None = Field(
-        None, description="who may call it: platform (a token of its org, the default) or none (anyone)")
+    auth: str | None = Field(
+        None, description="who may call it: platform (a token of its org, the default), none (anyone), or "
+                          "{provider: NAME} (users who logged in through that auth provider)")
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"provider"} and isinstance(value["provider"], str):
+            value = f"provider:{value['provider']}"
+        if value is not None and (not isinstance(value, str) or not AUTH_RE.match(value)):
+            raise ValueError("use platform, none, or {provider: NAME}")
+        return value
 
     @field_validator("env", mode="before")
     @classmethod
@@ -69,7 +82,7 @@ class AppSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     builder: str | dict[str, Any] | None = None
     exclude: list[str] = Field(default_factory=list)
-    auth: Literal["platform", "none"] | None = None
+    auth: str | None = None
     detected: str = Field(description="how the entrypoint was found")
     warnings: list[str] = Field(default_factory=list, description="things ignored on the way, for the CLI to show")
 

@@ -218,6 +218,12 @@ class Identity(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     provider: str
     token_id: str | None = None
+    via: str | None = Field(None, description="for the platform's own OAuth tokens: the auth provider the user "
+                            "logged in through (builtin, okta, github)")
+
+    @property
+    def login_provider(self) -> str:
+        return self.via or self.provider
 
     def can(self, action: Literal["read", "write", "admin"]) -> bool:
         need = {"read": {"viewer", "developer", "owner", "admin"}, "write": {"developer", "owner", "admin"},

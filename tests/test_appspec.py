@@ -286,4 +286,7 @@ def test_deploy_auth_is_platform_or_none(app):
     write(app, {"main.py": SERVER, "mcp_agent.config.yaml": "deploy:\n  name: ok\n  auth: open\n"})
     with pytest.raises(AppError) as exc:
         load_app(app)
-    assert "mcp_agent.config.yaml:3: deploy.auth: Input should be 'platform' or 'none'" in exc.value.message
+    assert "mcp_agent.config.yaml:3: deploy.auth: Value error, use platform, none, or {provider: NAME}" in \
+        exc.value.message
+    write(app, {"main.py": SERVER, "mcp_agent.config.yaml": "deploy:\n  auth: {provider: github}\n"})
+    assert load_app(app).auth == "provider:github"

@@ -60,8 +60,13 @@ class AuthMiddleware:
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
         identity = await self.platform.authenticate(request)
-        if identity is None and "authorization" not in request.headers:
-            identity = await self.platform.open_caller(path)  # a deployment with auth: none
+        if path.startswith("/servers/"):  # a deployment's own auth: none, or only one provider's users
+            try:
+                identity = await self.platform.caller_for(path, identity, "authorization" in request.headers)
+            except ForbiddenError as exc:
+                from .gateway import platform_error
+
+                return await platform_error(exc)(scope, receive, send)
         if identity is None:
             error = "invalid_token" if "authorization" in request.headers else ""
             response = JSONResponse(

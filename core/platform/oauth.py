@@ -151,8 +151,15 @@ class Client:
 class User:
     """Who a grant is for, and the audience its tokens get (the API's, or one deployment's)."""
 
-    def __init__(self, subject: str, org: str, roles: list[str], family: str, audience: str) -> None:
+    def __init__(self, subject: str, org: str, roles: list[str], family: str, audience: str, idp: str = "") -> None:
         self.subject, self.org, self.roles, self.family, self.audience = subject, org, roles, family, audience
+        self.idp = idp  # the auth provider they logged in through
+
+    @classmethod
+    def logged_in(cls, identity: Identity, audience: str) -> User:
+        """A new login (a new refresh token family)."""
+        return cls(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), audience,
+                   identity.provider)
 
     def get_user_id(self) -> str:
         return self.subject
@@ -569,6 +576,8 @@ class OAuthServer:
         claims = {"iss": self.issuer, "sub": user.subject, "aud": user.audience, "iat": now,
                   "exp": now + lifetime, "jti": secrets.token_hex(12), "client_id": client.get_client_id(),
                   "scope": scope or "", "org": user.org, "roles": user.roles, "sid": user.family}
+        if user.idp:
+            claims["idp"] = user.idp
         token = {"token_type": "Bearer", "access_token": jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": kid},
                                                                     claims, key, algorithms=[ALG]),
                  "expires_in": lifetime, "scope": scope or ""}
@@ -613,7 +622,7 @@ class OAuthServer:
                 if found.org != record.org:
                     return None
                 return User(found.subject, found.org, found.roles, record.family,
-                            record.audience or self.api_audience)
+                            record.audience or self.api_audience, found.provider)
         return None
 
     async def _registered_client(self, client_id: str | None) -> Client | None:
@@ -703,7 +712,7 @@ class OAuthServer:
             # One deployment's token: the scope guard keeps it to that deployment's MCP endpoints.
             scopes = [MCP_SCOPE, f"deployment:{claims['aud'][len(self.servers_prefix):]}"]
         return Identity(subject=claims["sub"], org=claims["org"], roles=list(claims.get("roles") or []),
-                        scopes=scopes, provider="oauth", token_id=claims.get("jti"))
+                        scopes=scopes, provider="oauth", token_id=claims.get("jti"), via=claims.get("idp"))
 
     # HTTP ----------------------------------------------------------------------------------------------------------
 
@@ -821,8 +830,7 @@ class OAuthServer:
 
     async def _finish_device(self, request: Request, user_code: str, identity: Identity) -> Response:
         await self._audit_login(request, identity, "oauth device login", f"client_id={CLI_CLIENT_ID}")
-        self.grants[user_code] = (User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8),
-                                       self.api_audience), True)
+        self.grants[user_code] = (User.logged_in(identity, self.api_audience), True)
         return _page(f"<h1>Logged in</h1><p>{html.escape(identity.subject)} (org {html.escape(identity.org)}). "
                      "Go back to your terminal: it has its token now. You can close this page.</p>")
 
@@ -856,10 +864,13 @@ class OAuthServer:
         if grant is None:
             return answer
         client, name = grant.request.client, self._deployment_named(params["resource"])
-        buttons = self._buttons()
         page = functools.partial(_page, redirect_to=(grant.redirect_uri, *self._login_origins()))
+        only = await self._only_provider(name)
+        buttons = [b for b in self._buttons() if only is None or b[0] == only]
+        form = functools.partial(_authorize_form, params, client.name, grant.redirect_uri, name, buttons=buttons,
+                                 password=only is None)
         if request.method == "GET":
-            return page(_authorize_form(params, client.name, grant.redirect_uri, name, buttons=buttons))
+            return page(form())
         action = str(source.get("action", ""))
         if action.startswith("provider:"):
             return await self._upstream_start(action[len("provider:"):], {"kind": "authorize", "params": params})
@@ -870,16 +881,24 @@ class OAuthServer:
         identity, error, status = await self._checked_login(request, str(source.get("username", "")),
                                                             str(source.get("password", "")))
         if identity is None:
-            return page(_authorize_form(params, client.name, grant.redirect_uri, name, error, buttons=buttons),
-                        status)
+            return page(form(error), status)
         return await self._finish_authorize(request, grant, params, identity)
+
+    async def _only_provider(self, name: str) -> str | None:
+        """The one auth provider whose users may call deployment ``name`` (``auth: provider:NAME``), or None."""
+        found = await self.platform.deployment_auth(f"/servers/{name}/")
+        return found[1][len("provider:"):] if found and found[1].startswith("provider:") else None
 
     async def _finish_authorize(self, request: Request, grant, params: dict, identity: Identity) -> Response:
         audience = self.audience_for(params["resource"], identity.org)
         if audience is None:
             return self._refuse(grant, params, "invalid_target", f"deployment "
                                 f"{self._deployment_named(params['resource'])} is not one of org {identity.org}'s")
-        user = User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), audience)
+        only = await self._only_provider(audience[len(self.servers_prefix):])
+        if only is not None and identity.provider != only:
+            return self._refuse(grant, params, "access_denied", f"this deployment takes only users who log in "
+                                                                f"through {only}")
+        user = User.logged_in(identity, audience)
         response = await anyio.to_thread.run_sync(
             lambda: self._server.create_authorization_response(grant.request, grant_user=user, grant=grant))
         await self._audit_login(request, identity, "oauth authorize", f"client_id={grant.request.client.client_id} "
@@ -903,7 +922,7 @@ class OAuthServer:
         await self.platform.audit(AuditRecord(
             org=identity.org, actor=identity.subject, provider=identity.provider, action="oauth device login",
             target=f"client_id={CLI_CLIENT_ID} via={name}", status=200))
-        return User(identity.subject, identity.org, identity.roles, "fam_" + secrets.token_hex(8), self.api_audience)
+        return User.logged_in(identity, self.api_audience)
 
     async def _upstream_start(self, name: str, flow: dict) -> Response:
         provider = next((p for p in self.federated if p.spec_name == name), None)
@@ -1121,7 +1140,7 @@ def _error_page(message: str) -> str:
 
 
 def _authorize_form(params: dict, client_name: str, redirect_uri: str, deployment: str, error: str = "",
-                    buttons: list[tuple[str, str]] = ()) -> str:
+                    buttons: list[tuple[str, str]] = (), password: bool = True) -> str:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
                      for k, v in params.items())
@@ -1132,10 +1151,10 @@ def _authorize_form(params: dict, client_name: str, redirect_uri: str, deploymen
             f"sent to <strong>{html.escape(where.scheme + '://' + (where.netloc or where.path))}</strong>.</p>"
             f"<p>Allow it only if you just connected this app.</p>{message}"
             f'<form method="post" action="/oauth/authorize">{hidden}'
-            f'<label for="username">Username</label><input id="username" name="username" required '
-            f'autocomplete="username">'
-            f'<label for="password">Password</label><input id="password" name="password" type="password" required '
-            f'autocomplete="current-password">'
-            f'<button type="submit" name="action" value="approve">Log in and allow</button>'
-            f'<button type="submit" name="action" value="deny" formnovalidate>Deny</button>'
-            f'{_provider_buttons(list(buttons))}</form>')
+            + ('<label for="username">Username</label><input id="username" name="username" required '
+               'autocomplete="username">'
+               '<label for="password">Password</label><input id="password" name="password" type="password" '
+               'required autocomplete="current-password">'
+               '<button type="submit" name="action" value="approve">Log in and allow</button>' if password else "")
+            + '<button type="submit" name="action" value="deny" formnovalidate>Deny</button>'
+            + f'{_provider_buttons(list(buttons))}</form>')

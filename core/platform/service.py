@@ -114,7 +114,8 @@ _OPEN_PATH = re.compile(r"^/servers/([^/]+)/")
 
 
 def auth_of(record: DeploymentRecord) -> str:
-    """Who may call a deployment: ``platform`` (a token of its org) or ``none`` (anyone)."""
+    """Who may call a deployment: ``platform`` (a token of its org), ``none`` (anyone) or ``provider:NAME`` (users
+    of its org who logged in through that auth provider)."""
     return str(record.spec.get("auth") or "platform")
 
 
@@ -151,9 +152,11 @@ class DeployRequest(BaseModel):
     description: str | None = None
     region: str | None = None
     public: bool | None = None
-    auth: Literal["platform", "none"] | None = Field(
-        None, description="who may call its MCP endpoints: platform (a token of its org; the default) or none "
-                          "(anyone who can reach it: asked for explicitly, and flagged in list)")
+    auth: str | None = Field(
+        None, pattern=r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$",
+        description="who may call its MCP endpoints: platform (a token of its org; the default), none (anyone who "
+                    "can reach it: asked for explicitly, and flagged in list), or provider:NAME (users of its org "
+                    "who logged in through that auth provider)")
     secrets: dict[str, str] = Field(default_factory=dict, repr=False,
                                     description="KEY -> value supplied now: stored in the secrets backend, never in "
                                                 "the registry")
@@ -228,7 +231,7 @@ class Platform:
         self.data_dir = config.data_dir
         self.active: dict[str, Active] = {}
         self._audit_warned = False
-        self._open_cache: dict[str, tuple[bool, float]] = {}
+        self._auth_cache: dict[str, tuple[str | None, float]] = {}
         from .oauth import OAuthServer
 
         # The OAuth authorization server (oauth.py): its routes exist from here, its keys from start().
@@ -502,27 +505,44 @@ class Platform:
                 return identity
         return None
 
-    async def open_caller(self, path: str) -> Identity | None:
-        """The identity of a caller without a token on a deployment deployed with ``auth: none``, else None. It may
-        call that deployment's MCP endpoints and nothing else (its scopes). The answer is cached for 2 s."""
+    async def deployment_auth(self, path: str, org: str | None = None) -> tuple[str, str] | None:
+        """For a path under /servers/: the deployment (``org.name``, a short name taken as ``org``'s, else the
+        default org's) and who may call it (``auth_of``), cached for 2 s. None for other paths and unknown names."""
         match = _OPEN_PATH.match(path)
         if match is None:
             return None
         try:
-            org, short = split_qualified(match.group(1), self.config.default_org)
-        except Exception:  # noqa: BLE001 - not a deployment name: the 401 stands
+            owner, short = split_qualified(match.group(1), org or self.config.default_org)
+        except Exception:  # noqa: BLE001 - not a deployment name: the handler says so
             return None
-        key, now = f"{org}.{short}", time.monotonic()
-        hit = self._open_cache.get(key)
+        key, now = f"{owner}.{short}", time.monotonic()
+        hit = self._auth_cache.get(key)
         if hit is None or now - hit[1] > 2.0:
-            record = await self.registry.get_deployment(org, short)
-            if len(self._open_cache) > 10_000:
-                self._open_cache.clear()
-            hit = self._open_cache[key] = (record is not None and auth_of(record) == "none", now)
-        if not hit[0]:
-            return None
-        return Identity(subject="anonymous", org=org, roles=["viewer"], scopes=["mcp", f"deployment:{key}"],
-                        provider="none")
+            record = await self.registry.get_deployment(owner, short)
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            hit = self._auth_cache[key] = (auth_of(record) if record is not None else None, now)
+        return (key, hit[0]) if hit[0] is not None else None
+
+    async def caller_for(self, path: str, identity: Identity | None, had_token: bool) -> Identity | None:
+        """Who calls a deployment's endpoint: the identity, or without a token on one with ``auth: none`` an
+        anonymous viewer of that deployment alone. Raises ForbiddenError for a deployment with ``auth:
+        provider:NAME`` and a caller who logged in otherwise."""
+        found = await self.deployment_auth(path, identity.org if identity else None)
+        if found is None:
+            return identity
+        key, mode = found
+        if identity is None:
+            if mode != "none" or had_token:
+                return None
+            return Identity(subject="anonymous", org=key.partition(".")[0], roles=["viewer"],
+                            scopes=["mcp", f"deployment:{key}"], provider="none")
+        if mode.startswith("provider:") and identity.login_provider != mode[len("provider:"):]:
+            name = mode[len("provider:"):]
+            raise ForbiddenError(f"{key} takes only callers who logged in through {name}",
+                                 hint=f"log in through {name} (its button on the login page, or `mcp-agent login "
+                                      f"--provider {name}`)")
+        return identity
 
     def challenge(self, path: str, error: str = "", description: str = "") -> str:
         """The ``WWW-Authenticate`` of a 401 on ``path`` (with OAuth on, a deployment's names its metadata)."""
@@ -848,6 +868,13 @@ class Platform:
             return result
 
     async def _deploy(self, org: str, short: str, req: DeployRequest, progress: Progress) -> dict:
+        if req.auth and req.auth.startswith("provider:"):
+            names = [p.spec_name for p in self.auth_providers]
+            if req.auth[len("provider:"):] not in names:
+                raise ValidationFailed(f"auth {req.auth}: no auth provider {req.auth[len('provider:'):]!r} is "
+                                       f"configured here (configured: {', '.join(names)})",
+                                       hint="name one of them, or configure the provider under auth: in the "
+                                            "platform config")
         await self.registry.ensure_org(org)
         await self.claim(f"{org}.{short}")
         builder = await self.builder_for(req.builder) if req.kind != "remote" else None
@@ -866,7 +893,7 @@ class Platform:
             else:
                 # kind, builder and desired state change only when the new version serves (in _switch).
                 record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
-            self._open_cache.pop(f"{org}.{short}", None)  # an auth change holds at once on this node
+            self._auth_cache.pop(f"{org}.{short}", None)  # an auth change holds at once on this node
             # The registry gets the declarations and their handles; values go to the secrets backend only.
             refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
             options = req.model_dump(exclude={"env", "secrets", "secret_refs", "client_steps"}) | {

@@ -159,3 +159,39 @@ def test_no_secret_or_github_token_in_the_platform_log(gh):
     p, fake = gh
     log = p.log_path.read_text()
     assert SECRET not in log and not any(t in log for t in fake.tokens)
+
+
+def test_a_deployment_may_take_only_github_users(gh, tmp_path):
+    from tests.conftest import ROOT
+
+    p, fake = gh
+    owner = p.cli_json("admin", "token", "--org", "acme", "--role", "owner")["token"]
+    as_owner = {"MCP_AGENT_CLOUD_TOKEN": owner}
+    bad = p.cli("deploy", "app", str(ROOT / "examples" / "hello"), "--name", "acme.ghonly", "--auth",
+                "provider:nothere", env=as_owner)
+    assert bad.returncode != 0 and "configured: builtin, github" in bad.stdout + bad.stderr
+    assert p.cli("deploy", "app", ".", "--auth", "sometimes", env=as_owner).returncode == 2  # a usage error
+    deployed = p.cli_json("deploy", "app", str(ROOT / "examples" / "hello"), "--name", "acme.ghonly", "--auth",
+                          "provider:github", env=as_owner)
+    assert deployed["auth"] == "provider:github"
+    assert {r["name"]: r for r in p.cli_json("list", env=as_owner)}["ghonly"]["auth"] == "provider:github"
+    # The org's own builtin token may manage it, not call it.
+    refused = p.api("GET", "/servers/acme.ghonly/tools", token=owner)
+    assert refused.status_code == 403 and "logged in through github" in refused.text
+    assert p.api("GET", "/api/v1/deployments/acme.ghonly", token=owner).status_code == 200
+    # A GitHub login of the org may call it.
+    proc = cli_login(p, tmp_path / "home", "--provider", "github")
+    code = re.search(r"enter the code (\w{4}-\w{4})", proc.stderr.readline()).group(1)
+    with browser(fake, "octocat") as http:
+        http.post(fake.url + "/login/device", data={"user_code": code})
+    assert proc.wait(60) == 0
+    token = json.loads((tmp_path / "home" / "auth.json").read_text())["access_token"]
+    assert p.api("GET", "/servers/acme.ghonly/tools", token=token).status_code == 200
+    # An MCP client's login page for it offers GitHub only: no password form.
+    client = httpx.post(p.url + "/oauth/register", json={"redirect_uris": ["http://127.0.0.1:1/cb"],
+                                                         "token_endpoint_auth_method": "none"}).json()
+    page = httpx.get(p.url + "/oauth/authorize", params={
+        "response_type": "code", "client_id": client["client_id"], "redirect_uri": "http://127.0.0.1:1/cb",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256",
+        "resource": f"{p.url}/servers/acme.ghonly", "state": "s"})
+    assert page.status_code == 200 and "Log in with GitHub" in page.text and 'type="password"' not in page.text
