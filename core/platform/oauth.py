@@ -660,7 +660,8 @@ class OAuthServer:
 
     async def _call(self, request: Request, call) -> Response:
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        args = (request.method, str(request.url), request.headers, form)  # case-insensitive: authlib reads "Authorization"
+        # The headers as they are (case-insensitive): authlib reads "Authorization".
+        args = (request.method, str(request.url), request.headers, form)
         status, body, headers = await anyio.to_thread.run_sync(lambda: call(args))
         return JSONResponse(body, status_code=status, headers={**dict(headers), "Cache-Control": "no-store"})
 
@@ -1103,7 +1104,8 @@ def _page(body: str, status: int = 200, redirect_to: tuple[str, ...] = ()) -> HT
         target = urlsplit(url)
         host = target.hostname or ""
         host = f"[{host}]" if ":" in host else host
-        extra += f" {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else f" {target.scheme}:"
+        port = f":{target.port}" if target.port else ""
+        extra += f" {target.scheme}://{host}{port}" if host else f" {target.scheme}:"
     return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
                         f'content="width=device-width,initial-scale=1"><title>mcp-agent-cloud login</title>'
                         f"<style>{_STYLE}</style></head><body>{body}</body></html>", status_code=status,
@@ -1115,8 +1117,9 @@ def _page(body: str, status: int = 200, redirect_to: tuple[str, ...] = ()) -> HT
 def _provider_buttons(buttons: list[tuple[str, str]]) -> str:
     if not buttons:
         return ""
-    return "<p>Or:</p>" + "".join(f'<button type="submit" name="action" value="provider:{html.escape(name)}" '
-                                  f'formnovalidate>Log in with {html.escape(label)}</button>' for name, label in buttons)
+    return "<p>Or:</p>" + "".join(
+        f'<button type="submit" name="action" value="provider:{html.escape(name)}" formnovalidate>Log in with '
+        f'{html.escape(label)}</button>' for name, label in buttons)
 
 
 def _device_form(user_code: str, error: str = "", buttons: list[tuple[str, str]] = ()) -> str:

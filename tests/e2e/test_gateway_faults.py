@@ -26,7 +26,7 @@ from tests.e2e.test_gateway_concurrency import deploy_marker, open_session, text
 pytestmark = [pytest.mark.e2e]
 
 REQUEST_TIMEOUT = 30  # gateway.request_timeout for this module's platform. An isolated session's initialize spawns a
-# Python child within it: that took over 6 s, then over 10 s, then 20 s, on a loaded 2-core machine (the suite at -n 2, -n 3).
+# Python child within it: that took over 6 s, then over 10 s, then 20 s, on a loaded 2-core machine (-n 2, -n 3).
 MAX_BYTES = 64 * 1024  # gateway.max_message_bytes
 CONFIG = f"gateway: {{request_timeout: {REQUEST_TIMEOUT}, max_message_bytes: {MAX_BYTES}}}\n"
 PROTOCOL = "2025-06-18"
