@@ -501,8 +501,8 @@ def register(cli: click.Group) -> None:
     @click.option("--token", help="Log in with a token instead of the browser (an API key from `mcp-agent keys "
                   "create`, or one `mcp-agent admin token` made).")
     @click.option("--no-browser", is_flag=True, help="Only print the login URL; do not try to open a browser.")
-    @click.option("--provider", metavar="NAME", help="Log in at this identity provider's own device flow (github), "
-                  "then trade its token for the platform's. Without it, the platform's login page offers every way "
+    @click.option("--provider", metavar="NAME", help="Log in at this identity provider's own device flow (github, "
+                  "okta), then trade its token for the platform's. Without it, the platform's login page offers every way "
                   "to log in.")
     @api_options
     @json_option

@@ -14,7 +14,8 @@ from .errors import AuthError
 CLI_CLIENT_ID = "mcp-agent-cli"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+TOKEN_TYPES = {"access_token": "urn:ietf:params:oauth:token-type:access_token",
+               "id_token": "urn:ietf:params:oauth:token-type:id_token"}
 REFRESH_EARLY = 60  # seconds before expiry at which the CLI refreshes
 
 
@@ -61,9 +62,12 @@ def provider_login(auth_url: str, provider: str, *, show: Callable[[dict], None]
         upstream = _device_flow(http, device["device_authorization_endpoint"], device["token_endpoint"],
                                 device["client_id"], device.get("scope", ""), show=show, sleep=sleep,
                                 who=provider)
+        kind = device.get("subject_token", "access_token")  # which of the provider's tokens the platform takes
+        if kind not in TOKEN_TYPES or not upstream.get(kind):
+            raise AuthError(f"{provider} gave no {kind} to trade for the platform's tokens")
         resp = http.post(meta["token_endpoint"], data={
-            "grant_type": TOKEN_EXCHANGE, "client_id": CLI_CLIENT_ID, "subject_token": upstream["access_token"],
-            "subject_token_type": ACCESS_TOKEN_TYPE, "subject_issuer": provider, "scope": "api mcp"})
+            "grant_type": TOKEN_EXCHANGE, "client_id": CLI_CLIENT_ID, "subject_token": upstream[kind],
+            "subject_token_type": TOKEN_TYPES[kind], "subject_issuer": provider, "scope": "api mcp"})
         if resp.status_code != 200:
             raise AuthError(f"the platform refused the {provider} login: {_oauth_error(resp)}")
         return _stamped(resp.json())

@@ -114,10 +114,13 @@ class GitHubAuth(FederatedProvider):
                                  hint="start the login again")
         return await self.identity_from_token(token["access_token"])
 
-    async def identity_from_token(self, access_token: str) -> Identity:
+    async def identity_from_token(self, access_token: str, token_type: str = "access_token") -> Identity:
         """The platform user a GitHub access token is for (also for the token exchange of a device login)."""
         import httpx
 
+        if token_type != "access_token":
+            raise ForbiddenError("the github provider takes GitHub access tokens", hint="send subject_token_type "
+                                 "urn:ietf:params:oauth:token-type:access_token")
         headers = {**_API_HEADERS, "Authorization": f"Bearer {access_token}"}
         async with httpx.AsyncClient(base_url=self.config.api_url, headers=headers, timeout=15) as http:
             user = await _get(http, "/user")

@@ -42,6 +42,9 @@ class OktaConfig(BaseModel):
     org: str = Field("default", description="the org users land in")
     org_claim: str | None = Field(None, description="a claim naming the user's org instead (it must be a valid "
                                   "org name)")
+    device_client_id: str | None = Field(None, description="a native (public) app's client id at the issuer, for "
+                                         "`mcp-agent login --provider okta` (the issuer's device flow); its ID "
+                                         "tokens must carry the groups claim")
 
     @field_validator("issuer")
     @classmethod
@@ -63,8 +66,22 @@ class OktaAuth(FederatedProvider):
         self._jwks: dict | None = None
         self._jwks_at = 0.0
 
+    async def setup(self) -> None:
+        try:
+            await self.discovery()
+        except MCPAgentCloudError as exc:  # the issuer may come up later: the first login reads it again
+            log.warning("okta: %s", exc.message)
+
     def metadata(self) -> dict:
-        return {"kind": "oidc", "issuer": self.config.issuer, "login": "browser"}
+        data: dict = {"kind": "oidc", "issuer": self.config.issuer, "login": "browser"}
+        meta = self._discovery or {}
+        if self.config.device_client_id and meta.get("device_authorization_endpoint"):
+            # What `mcp-agent login --provider okta` needs for the issuer's device flow (all public). The CLI
+            # trades the ID token, which names the device client as its audience.
+            data["device"] = {"client_id": self.config.device_client_id, "scope": " ".join(self.config.scopes),
+                              "device_authorization_endpoint": meta["device_authorization_endpoint"],
+                              "token_endpoint": meta["token_endpoint"], "subject_token": "id_token"}
+        return data
 
     def _secret(self) -> str | None:
         return os.environ.get(self.config.client_secret_env) or None
@@ -120,9 +137,6 @@ class OktaAuth(FederatedProvider):
 
     async def identity_from_code(self, *, code: str, redirect_uri: str, code_verifier: str,
                                  nonce: str) -> Identity:
-        from joserfc import jws, jwt
-        from joserfc.errors import JoseError
-
         meta = await self.discovery()
         async with self._client(redirect_uri) as client:
             try:
@@ -133,16 +147,7 @@ class OktaAuth(FederatedProvider):
             id_token = token.get("id_token")
             if not id_token:
                 raise ForbiddenError("the identity provider sent no ID token", hint="add the openid scope")
-            try:
-                kid = jws.extract_compact(id_token.encode()).protected.get("kid")
-                decoded = jwt.decode(id_token, await self._keys(kid), algorithms=_ALGORITHMS)
-                jwt.JWTClaimsRegistry(iss={"essential": True, "value": self.config.issuer},
-                                      aud={"essential": True, "value": self.config.client_id},
-                                      exp={"essential": True}, sub={"essential": True},
-                                      nonce={"essential": True, "value": nonce}, leeway=30).validate(decoded.claims)
-            except (JoseError, ValueError) as exc:
-                raise ForbiddenError(f"the ID token is not valid: {exc}", hint="start the login again") from exc
-            claims = dict(decoded.claims)
+            claims = await self._verified(id_token, self.config.client_id, nonce)
             if meta.get("userinfo_endpoint") and token.get("access_token"):
                 # Issuers put scope claims (groups, email) in the userinfo answer rather than the ID token.
                 response = await client.get(meta["userinfo_endpoint"])
@@ -151,6 +156,31 @@ class OktaAuth(FederatedProvider):
                     if info.get("sub") == claims["sub"]:
                         claims = {**info, **claims}
         return self._identity(claims)
+
+    async def identity_from_token(self, token: str, token_type: str = "id_token") -> Identity:
+        """The token exchange of ``mcp-agent login --provider okta``: an ID token of the device client."""
+        if token_type != "id_token" or not self.config.device_client_id:
+            raise ForbiddenError("the okta provider takes ID tokens of its device client (device_client_id)",
+                                 hint="log in with `mcp-agent login --provider okta`")
+        return self._identity(await self._verified(token, self.config.device_client_id, None))
+
+    async def _verified(self, id_token: str, audience: str, nonce: str | None) -> dict:
+        """The claims of an ID token of this issuer for ``audience``: signature (the JWKS), iss, aud, exp, nonce."""
+        from joserfc import jws, jwt
+        from joserfc.errors import JoseError
+
+        checks = {"iss": {"essential": True, "value": self.config.issuer},
+                  "aud": {"essential": True, "value": audience}, "exp": {"essential": True},
+                  "sub": {"essential": True}}
+        if nonce is not None:
+            checks["nonce"] = {"essential": True, "value": nonce}
+        try:
+            kid = jws.extract_compact(id_token.encode()).protected.get("kid")
+            decoded = jwt.decode(id_token, await self._keys(kid), algorithms=_ALGORITHMS)
+            jwt.JWTClaimsRegistry(leeway=30, **checks).validate(decoded.claims)
+        except (JoseError, ValueError) as exc:
+            raise ForbiddenError(f"the ID token is not valid: {exc}", hint="start the login again") from exc
+        return dict(decoded.claims)
 
     def _identity(self, claims: dict) -> Identity:
         login = claims.get(self.config.login_claim) or claims["sub"]

@@ -19,7 +19,10 @@ const provider = new Provider(issuer, {
     groups: ['groups'],
   },
   scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
-  features: { devInteractions: { enabled: true } },
+  // The device flow (RFC 8628) for `mcp-agent login --provider okta`; scope claims (groups) in the ID token too,
+  // as an Okta groups claim filter on the ID token gives.
+  features: { devInteractions: { enabled: true }, deviceFlow: { enabled: true } },
+  conformIdTokenClaims: false,
   cookies: { keys: ['oidc-issuer-test-cookie-key'] },
   pkce: { required: () => true },
   async findAccount(ctx, id) {

@@ -46,6 +46,7 @@ CLI_CLIENT_ID = "mcp-agent-cli"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 CODE_GRANT = "authorization_code"
 CLIENT_AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")
 MCP_SCOPE = "mcp"  # all a registered client may ask for: it calls one deployment, never the management API
@@ -516,9 +517,12 @@ class OAuthServer:
                 if not client.check_grant_type(TOKEN_EXCHANGE):
                     raise UnauthorizedClientError(f"the client may not use {TOKEN_EXCHANGE}")
                 form = self.request.form
-                if form.get("subject_token_type") != ACCESS_TOKEN_TYPE or not form.get("subject_token"):
-                    raise InvalidRequestError(f"send subject_token, with subject_token_type {ACCESS_TOKEN_TYPE}")
-                found = run(oauth._exchange, str(form.get("subject_issuer", "")), form["subject_token"])
+                kind = form.get("subject_token_type")
+                if kind not in (ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE) or not form.get("subject_token"):
+                    raise InvalidRequestError(f"send subject_token, with subject_token_type {ACCESS_TOKEN_TYPE} "
+                                              f"or {ID_TOKEN_TYPE}")
+                found = run(oauth._exchange, str(form.get("subject_issuer", "")), form["subject_token"],
+                            kind.rsplit(":", 1)[-1])
                 if isinstance(found, str):
                     raise InvalidGrantError(found)
                 self.request.client, self.request.user = client, found
@@ -908,14 +912,15 @@ class OAuthServer:
 
     # logins at another identity provider (core/federation.py) ----------------------------------------------------
 
-    async def _exchange(self, name: str, subject_token: str) -> User | str:
-        """The user of another identity provider's token (the ``subject_issuer`` names the provider), or why not."""
+    async def _exchange(self, name: str, subject_token: str, token_type: str) -> User | str:
+        """The user of another identity provider's token (the ``subject_issuer`` names the provider; the type is
+        ``access_token`` or ``id_token``), or why not."""
         provider = next((p for p in self.federated if p.spec_name == name and hasattr(p, "identity_from_token")),
                         None)
         if provider is None:
             return f"subject_issuer must name a provider that takes tokens: {name!r} is none"
         try:
-            identity = await provider.identity_from_token(subject_token)
+            identity = await provider.identity_from_token(subject_token, token_type)
             await provider.provision(identity)
         except MCPAgentCloudError as exc:
             log.warning("token exchange through %s refused: %s", name, exc.message)

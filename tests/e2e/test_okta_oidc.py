@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.xdist_group("okt
 SECRET_ENV, SECRET = "MCPAC_TEST_OKTA_SECRET", "issuer-client-secret-5e1"
 ACCOUNTS = {"olga": {"email": "olga@example.com", "groups": ["staff", "mcp-owners"]},
             "victor": {"email": "victor@example.com", "groups": ["mcp-viewers"]},
-            "nora": {"email": "nora@example.com", "groups": ["staff"]}}
+            "nora": {"email": "nora@example.com", "groups": ["staff"]},
+            "dora": {"email": "dora@example.com", "groups": ["mcp-viewers"]}}
 REDIRECT = "http://127.0.0.1:39918/callback"
 
 
@@ -45,13 +46,16 @@ def issuer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def p(issuer, tmp_path_factory, shared_envs):
     config = (f"auth: [builtin, {{name: okta, issuer: '{issuer['url']}', client_id: mcpac, "
-              f"client_secret_env: {SECRET_ENV}, roles: {{mcp-owners: owner, mcp-viewers: viewer}}, org: acme}}]\n")
+              f"client_secret_env: {SECRET_ENV}, device_client_id: mcpac-cli, "
+              "roles: {mcp-owners: owner, mcp-viewers: viewer}, org: acme}]\n")
     platform = PlatformProcess(tmp_path_factory.mktemp("okta"), shared_envs, extra_config=config)
     # The issuer knows the platform's callback: start it now that the platform's port is known.
     script = NODE_TOOLS.parent / "oidc_issuer.mjs"  # next to node_modules, so the import finds oidc-provider
     shutil.copyfile(ROOT / "tests" / "oidc_issuer.mjs", script)
     clients = [{"client_id": "mcpac", "client_secret": SECRET, "redirect_uris": [f"{platform.url}/oauth/callback/okta"],
-                "grant_types": ["authorization_code"], "response_types": ["code"]}]
+                "grant_types": ["authorization_code"], "response_types": ["code"]},
+               {"client_id": "mcpac-cli", "token_endpoint_auth_method": "none", "redirect_uris": [],
+                "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"], "response_types": []}]
     log = open(issuer["root"] / "issuer.log", "wb")
     node = subprocess.Popen(["node", str(script)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "PORT": str(issuer["port"]), "OIDC_CLIENTS": json.dumps(clients),
@@ -111,12 +115,14 @@ def at_issuer(http: httpx.Client, response: httpx.Response, login: str, *, stop:
                 return response
             response = http.get(target)
             continue
-        if not str(response.url).startswith(ISSUER_URL[0]):
-            return response
-        form = forms_of(response.text)[0]
+        forms = forms_of(response.text)
+        if not str(response.url).startswith(ISSUER_URL[0]) or not forms:
+            return response  # back at the platform, or the issuer's last page (the device flow's success)
+        form = forms[0]
         fields = form["fields"]
         if fields.get("prompt") == "login":
             fields.update(login=login, password="anything")
+        fields.pop("abort", None)  # the device confirmation's other button
         response = http.post(urljoin(str(response.url), form["action"]), data=fields)
     raise AssertionError("the login did not come back from the issuer")
 
@@ -230,6 +236,30 @@ def test_the_callback_must_come_back_to_the_browser_that_started(p):
         proc.kill()
         proc.communicate()
     assert done["status"] == 400 and "another browser" in done["text"]
+
+
+def test_cli_login_at_the_issuers_device_flow_then_token_exchange(p, tmp_path):
+    home = tmp_path / "dora"
+    home.mkdir()
+    proc = subprocess.Popen([CLI, "login", "--no-browser", "--provider", "okta", "--api-url", p.url, "--json"],
+                            env={**p.env, "MCP_AGENT_CLOUD_HOME": str(home)}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stderr.readline()
+    assert first.startswith(f"To log in, open {ISSUER_URL[0]}/device"), first
+    complete = re.search(r"\(or open (\S+)\)", proc.stderr.readline()).group(1)
+    with httpx.Client(timeout=30) as http:
+        final = at_issuer(http, http.get(complete), "dora")
+    assert final.status_code == 200 and "Sign-in Success" in final.text, final.text[:500]
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, first + err + out
+    who = json.loads(out)
+    assert (who["subject"], who["org"], who["roles"]) == ("okta:dora@example.com", "acme", ["viewer"])
+    # An unsigned ID token is refused (the audience and signature checks are in tests/plugins/test_okta_auth.py).
+    refused = httpx.post(p.url + "/oauth/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "client_id": "mcp-agent-cli",
+        "subject_token": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "subject_issuer": "okta",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:id_token"})
+    assert refused.status_code == 400 and "not valid" in refused.json()["error_description"]
 
 
 def test_no_secret_in_the_platform_log(p):

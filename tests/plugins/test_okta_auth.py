@@ -48,3 +48,31 @@ def test_the_issuer_must_be_https_except_on_loopback():
     assert OktaConfig(issuer="http://127.0.0.1:9000/", client_id="c").issuer == "http://127.0.0.1:9000"
     with pytest.raises(ValidationError):
         OktaConfig(issuer="https://x", client_id="c", client_secret="inline")  # secrets come from the environment
+
+
+def test_the_exchange_takes_only_signed_id_tokens_of_the_device_client():
+    import time
+
+    import anyio
+    from joserfc import jwt
+    from joserfc.jwk import ECKey, KeySet
+
+    okta = provider(device_client_id="cli-app", default_role="viewer")
+    key, other = ECKey.generate_key("P-256"), ECKey.generate_key("P-256")
+    okta._jwks = KeySet([key]).as_dict(private=False)
+    okta._jwks["keys"][0]["kid"] = "k1"
+    okta._jwks_at = time.monotonic()
+
+    def token(signer=key, **claims) -> str:
+        now = int(time.time())
+        body = {"iss": okta.config.issuer, "aud": "cli-app", "sub": "u1", "email": "a@x.io", "iat": now,
+                "exp": now + 300, **claims}
+        return jwt.encode({"alg": "ES256", "kid": "k1"}, body, signer)
+
+    assert anyio.run(okta.identity_from_token, token(), "id_token").subject == "okta:a@x.io"
+    for bad in (token(aud="c"), token(iss="https://evil.example"), token(exp=int(time.time()) - 100),
+                token(signer=other)):
+        with pytest.raises(ForbiddenError, match="not valid"):
+            anyio.run(okta.identity_from_token, bad, "id_token")
+    with pytest.raises(ForbiddenError, match="ID tokens"):
+        anyio.run(okta.identity_from_token, token(), "access_token")
