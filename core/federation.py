@@ -26,6 +26,16 @@ log = logging.getLogger("mcp_agent_cloud.federation")
 FEDERATED_HASH = "!"  # a password hash that no password matches: "!okta" marks a user that logs in through okta
 
 
+def https_url(value: str) -> str:
+    """An identity provider's URL, for a config validator: https, or plain http on loopback (tests)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("must be https (plain http only on loopback, for tests)")
+    return value.rstrip("/")
+
+
 def highest_role(roles) -> str | None:
     ranked = sorted((r for r in roles if r in ROLE_RANK), key=ROLE_RANK.__getitem__)
     return ranked[-1] if ranked else None

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_agent_cloud.errors import ForbiddenError, MCPAgentCloudError
-from mcp_agent_cloud.federation import FederatedProvider, highest_role
+from mcp_agent_cloud.federation import FederatedProvider, highest_role, https_url
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import AuthProviderSpec, Identity
 from mcp_agent_cloud.names import validate_name
@@ -54,12 +54,7 @@ class GitHubConfig(BaseModel):
     @field_validator("web_url", "api_url")
     @classmethod
     def _secure(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(value)
-        if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("must be https (plain http only on loopback, for tests)")
-        return value.rstrip("/")
+        return https_url(value)
 
     @field_validator("orgs")
     @classmethod
@@ -153,14 +148,17 @@ def _json(response) -> dict:
     return data if isinstance(data, dict) else {"error": "unexpected answer"}
 
 
-async def _get(http, path: str):
-    response = await http.get(path)
+def _checked(response, path: str):
     if response.status_code in (401, 403):
         raise ForbiddenError(f"GitHub refused {path} (HTTP {response.status_code})",
-                             hint="the token lacks a scope (read:org), or the org restricts OAuth apps")
+                             hint="the token is not valid, lacks a scope (read:org), or the org restricts OAuth apps")
     if response.status_code != 200:
         raise MCPAgentCloudError(f"GitHub answered HTTP {response.status_code} for {path}", status=502)
     return response.json()
+
+
+async def _get(http, path: str):
+    return _checked(await http.get(path), path)
 
 
 async def _pages(http, path: str, limit: int = 10) -> list[dict]:
@@ -171,12 +169,7 @@ async def _pages(http, path: str, limit: int = 10) -> list[dict]:
         if url is None:
             break
         response = await http.get(url)
-        if response.status_code in (401, 403):
-            raise ForbiddenError(f"GitHub refused {path} (HTTP {response.status_code})",
-                                 hint="the token lacks the read:org scope, or the org restricts OAuth apps")
-        if response.status_code != 200:
-            raise MCPAgentCloudError(f"GitHub answered HTTP {response.status_code} for {path}", status=502)
-        page = response.json()
+        page = _checked(response, path)
         items += [i for i in page if isinstance(i, dict)] if isinstance(page, list) else []
         url = response.links.get("next", {}).get("url")
     return items

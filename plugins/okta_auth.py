@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_agent_cloud.errors import ForbiddenError, MCPAgentCloudError
-from mcp_agent_cloud.federation import FederatedProvider, highest_role
+from mcp_agent_cloud.federation import FederatedProvider, highest_role, https_url
 from mcp_agent_cloud.hookspecs import hookimpl
 from mcp_agent_cloud.hookspecs.types import AuthProviderSpec, Identity
 from mcp_agent_cloud.names import validate_name
@@ -49,12 +49,7 @@ class OktaConfig(BaseModel):
     @field_validator("issuer")
     @classmethod
     def _secure(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(value)
-        if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the issuer must be https (plain http only on loopback, for tests)")
-        return value.rstrip("/")
+        return https_url(value)
 
 
 class OktaAuth(FederatedProvider):
