@@ -276,7 +276,7 @@ _secrets_deploy_options = [
 
 
 def _check_auth(ctx, param, value):
-    from ..appspec import AUTH_RE
+    from ..names import AUTH_RE
 
     if value is not None and not AUTH_RE.match(value):
         raise click.BadParameter(f"{value!r}: use platform, none or provider:NAME (e.g. provider:github)")

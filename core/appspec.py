@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .config import load_yaml, validate_located
 from .errors import AppError, ConfigError
 from .hookspecs.types import PackageHints
-from .names import suggest_name, validate_name
+from .names import AUTH_RE, suggest_name, validate_name
 
 APP_CONFIG_FILENAME = "mcp_agent.config.yaml"
 SECRETS_FILENAME = "mcp_agent.secrets.yaml"
@@ -32,9 +32,6 @@ SERVER_CLASSES = ("MCPServer", "FastMCP", "MCPApp")
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 APP_HINT = ("name the server object with --app module:attr, e.g. --app main:server, or set deploy.entrypoint in "
             + APP_CONFIG_FILENAME)
-
-
-AUTH_RE = re.compile(r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$")
 
 
 class DeploySection(BaseModel):

@@ -12,6 +12,14 @@ ORG_RE = NAME_RE
 # A deployment's public address, @{org}/{name}: in a URL, /servers/@acme/hello/mcp is /servers/acme.hello/mcp.
 AT_NAME = re.compile(r"^@([^/.]+)/([^/.]+)$")
 AT_PATH = re.compile(r"^/servers/@([^/]+)/([^/]+)(/.*)?$")
+# Who may call a deployment (its `auth`): platform, none, or provider:NAME.
+AUTH_RE = re.compile(r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$")
+PROVIDER_AUTH = "provider:"
+
+
+def auth_provider(mode: str | None) -> str | None:
+    """The provider of ``provider:NAME`` (an auth mode, or a login page button's action); None otherwise."""
+    return mode[len(PROVIDER_AUTH):] if mode and mode.startswith(PROVIDER_AUTH) else None
 
 
 def from_at_name(name: str) -> str:

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from ..config import OAuthConfig
 from ..errors import MCPAgentCloudError
 from ..hookspecs.types import AuditRecord, Identity, OAuthClientRecord, RefreshTokenRecord
-from ..names import split_qualified
+from ..names import auth_provider, from_at_path, split_qualified
 
 log = logging.getLogger("mcp_agent_cloud.oauth")
 
@@ -673,11 +673,11 @@ class OAuthServer:
 
     async def verify(self, token: str, *, check_family: bool = True) -> dict | None:
         """The claims of a valid access token of this issuer, or None."""
-        from joserfc import jwt
+        from joserfc import jws, jwt
         from joserfc.errors import JoseError
 
         try:
-            header = json.loads(_b64(token.split(".")[0]))
+            header = jws.extract_compact(token.encode()).protected
             if header.get("alg") != ALG or header.get("typ") != "at+jwt":
                 return None
             await self.keys.reload_for(str(header.get("kid")))
@@ -825,8 +825,8 @@ class OAuthServer:
         if action == "deny":
             self.grants[user_code] = (User("", "", [], "", ""), False)
             return _page("<h1>Login denied</h1><p>The terminal that asked is told so. You can close this page.</p>")
-        if action.startswith("provider:"):
-            return await self._upstream_start(action[len("provider:"):], {"kind": "device", "user_code": user_code})
+        if (provider := auth_provider(action)) is not None:
+            return await self._upstream_start(provider, {"kind": "device", "user_code": user_code})
         identity, error, status = await self._checked_login(request, str(form.get("username", "")),
                                                             str(form.get("password", "")))
         if identity is None:
@@ -877,8 +877,8 @@ class OAuthServer:
         if request.method == "GET":
             return page(form())
         action = str(source.get("action", ""))
-        if action.startswith("provider:"):
-            return await self._upstream_start(action[len("provider:"):], {"kind": "authorize", "params": params})
+        if (provider := auth_provider(action)) is not None:
+            return await self._upstream_start(provider, {"kind": "authorize", "params": params})
         if action != "approve":
             response = await anyio.to_thread.run_sync(
                 lambda: self._server.create_authorization_response(grant.request, grant_user=None, grant=grant))
@@ -892,7 +892,7 @@ class OAuthServer:
     async def _only_provider(self, name: str) -> str | None:
         """The one auth provider whose users may call deployment ``name`` (``auth: provider:NAME``), or None."""
         found = await self.platform.deployment_auth(f"/servers/{name}/")
-        return found[1][len("provider:"):] if found and found[1].startswith("provider:") else None
+        return auth_provider(found[1]) if found else None
 
     async def _finish_authorize(self, request: Request, grant, params: dict, identity: Identity) -> Response:
         audience = self.audience_for(params["resource"], identity.org)
@@ -915,10 +915,11 @@ class OAuthServer:
     async def _exchange(self, name: str, subject_token: str, token_type: str) -> User | str:
         """The user of another identity provider's token (the ``subject_issuer`` names the provider; the type is
         ``access_token`` or ``id_token``), or why not."""
-        provider = next((p for p in self.federated if p.spec_name == name and hasattr(p, "identity_from_token")),
-                        None)
+        takers = [p for p in self.federated if hasattr(p, "identity_from_token")]
+        provider = next((p for p in takers if p.spec_name == name), None)
         if provider is None:
-            return f"subject_issuer must name a provider that takes tokens: {name!r} is none"
+            return (f"subject_issuer {name!r} is no provider whose tokens this platform takes; use one of: "
+                    f"{', '.join(p.spec_name for p in takers) or '(none configured)'}")
         try:
             identity = await provider.identity_from_token(subject_token, token_type)
             await provider.provision(identity)
@@ -989,7 +990,8 @@ class OAuthServer:
         resource = (resource or "").rstrip("/")
         if not resource.startswith(self.servers_prefix):
             return None
-        name = _address(resource[len(self.servers_prefix):])
+        path = "/servers/" + resource[len(self.servers_prefix):]
+        name = (from_at_path(path) or path).split("/")[2]  # @org/name is org.name
         try:
             split_qualified(name, "org")
         except Exception:  # noqa: BLE001 - not a deployment name
@@ -1066,13 +1068,6 @@ class OAuthServer:
         return None
 
 
-def _address(rest: str) -> str:
-    """The deployment part of a path under /servers/: ``acme.hello/mcp`` -> ``acme.hello``, ``@acme/hello/mcp`` ->
-    ``acme.hello``."""
-    parts = rest.split("/")
-    return f"{parts[0][1:]}.{parts[1]}" if parts[0].startswith("@") and len(parts) > 1 else parts[0]
-
-
 _AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
                      "code_challenge_method", "resource")
 
@@ -1087,12 +1082,6 @@ def _oauth_redirect(status: int, body, headers) -> Response:
 
 def _source(request: Request) -> str:
     return request.client.host if request.client else ""
-
-
-def _b64(part: str) -> bytes:
-    import base64
-
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 _STYLE = ("body{font:16px/1.5 system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#111}"

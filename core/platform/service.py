@@ -54,7 +54,7 @@ from ..hookspecs.types import (
 )
 from ..applog import append_app_log, read_app_log, tail_file
 from ..manager import PluginManager
-from ..names import split_qualified, validate_name
+from ..names import AUTH_RE, auth_provider, split_qualified, validate_name
 from ..telemetry import Metrics, SpanStore, Tracer
 from .cluster import Cluster
 from .secrets import (
@@ -153,7 +153,7 @@ class DeployRequest(BaseModel):
     region: str | None = None
     public: bool | None = None
     auth: str | None = Field(
-        None, pattern=r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$",
+        None, pattern=AUTH_RE.pattern,
         description="who may call its MCP endpoints: platform (a token of its org; the default), none (anyone who "
                     "can reach it: asked for explicitly, and flagged in list), or provider:NAME (users of its org "
                     "who logged in through that auth provider)")
@@ -537,8 +537,7 @@ class Platform:
                 return None
             return Identity(subject="anonymous", org=key.partition(".")[0], roles=["viewer"],
                             scopes=["mcp", f"deployment:{key}"], provider="none")
-        if mode.startswith("provider:") and identity.login_provider != mode[len("provider:"):]:
-            name = mode[len("provider:"):]
+        if (name := auth_provider(mode)) is not None and identity.login_provider != name:
             raise ForbiddenError(f"{key} takes only callers who logged in through {name}",
                                  hint=f"log in through {name} (its button on the login page, or `mcp-agent login "
                                       f"--provider {name}`)")
@@ -868,11 +867,11 @@ class Platform:
             return result
 
     async def _deploy(self, org: str, short: str, req: DeployRequest, progress: Progress) -> dict:
-        if req.auth and req.auth.startswith("provider:"):
+        if (wanted := auth_provider(req.auth)) is not None:
             names = [p.spec_name for p in self.auth_providers]
-            if req.auth[len("provider:"):] not in names:
-                raise ValidationFailed(f"auth {req.auth}: no auth provider {req.auth[len('provider:'):]!r} is "
-                                       f"configured here (configured: {', '.join(names)})",
+            if wanted not in names:
+                raise ValidationFailed(f"auth {req.auth}: no auth provider {wanted!r} is configured here "
+                                       f"(configured: {', '.join(names)})",
                                        hint="name one of them, or configure the provider under auth: in the "
                                             "platform config")
         await self.registry.ensure_org(org)
