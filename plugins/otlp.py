@@ -119,6 +119,7 @@ class _Gate:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.pending = 0  # handed to the processor, not yet taken by its exporter
+        self.abandoned = False  # a shutdown ran out of time: what was pending then is counted as dropped
         self._lock = threading.Lock()
 
     def admit(self) -> bool:
@@ -128,9 +129,19 @@ class _Gate:
             self.pending += 1
             return True
 
-    def taken(self, n: int) -> None:
+    def taken(self, n: int) -> int:
+        """n items left the queue; returns how many of them were counted as dropped already (by abandon)."""
         with self._lock:
+            if self.abandoned:
+                return n
             self.pending = max(0, self.pending - n)
+            return 0
+
+    def abandon(self) -> int:
+        """What is still pending, once: the shutdown gave up on it (its later failure must not count again)."""
+        with self._lock:
+            n, self.pending, self.abandoned = self.pending, 0, True
+            return n
 
 
 class _CountingExporter:
@@ -141,14 +152,14 @@ class _CountingExporter:
         self.inner, self.gate, self.on_failure = inner, gate, on_failure
 
     def export(self, batch):
-        self.gate.taken(len(batch))
+        uncounted = len(batch) - self.gate.taken(len(batch))
         try:
             result = self.inner.export(batch)
         except Exception:
-            self.on_failure(len(batch))
+            self.on_failure(uncounted)
             raise
         if getattr(result, "name", "") != "SUCCESS":
-            self.on_failure(len(batch))
+            self.on_failure(uncounted)
         return result
 
     def shutdown(self, *args, **kwargs):
@@ -503,9 +514,8 @@ class OtlpExporter(TelemetryExporter):
         if not done:
             # Still queued when time ran out: never sent, so dropped.
             for signal, gate in (("traces", self._span_gate), ("logs", self._log_gate)):
-                if gate is not None and gate.pending:
-                    self._count_drop(signal, gate.pending)
-                    gate.pending = 0
+                if gate is not None:
+                    self._count_drop(signal, gate.abandon())
             log.warning("otlp exporter: shutdown did not finish in %.0f s; telemetry still queued was dropped",
                         budget)
 
