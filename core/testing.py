@@ -7,6 +7,7 @@ component, started the way a user starts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,10 +57,11 @@ class PlatformProcess:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_AGENT_CLOUD_")}
         env.update({"MCP_AGENT_CLOUD_HOME": str(self.home), "MCP_AGENT_CLOUD_CONFIG": str(self.config_path),
-                    "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+                    "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200",
+                    "PYTHONFAULTHANDLER": "1"})  # SIGABRT on a stuck start prints every thread's stack to the log
         return env
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 60) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([CLI, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=self.root, start_new_session=True)
@@ -73,6 +75,9 @@ class PlatformProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.proc.send_signal(signal.SIGABRT)  # where it is stuck, for the error below
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
         raise RuntimeError(f"platform not healthy in {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -9,6 +9,7 @@ stream, so a failed push would look like a success.
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
 import urllib.parse
@@ -33,6 +34,8 @@ from mcp_agent_cloud.plugins.engine import (
 
 DEFAULT_HOST = "unix:///run/podman/podman.sock"
 READ_RETRIES = 4
+BUILD_RETRIES = 2
+STORAGE_RACE = re.compile(r"(image|layer) not known")
 CPU_PERIOD = 100_000  # microseconds; quota = nano_cpus * period / 1e9
 
 
@@ -68,8 +71,10 @@ class PodmanEngine(Engine):
 
     # -- raw libpod calls -------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (), missing_ok: bool = False, **kwargs):
-        """One libpod request; its APIResponse, or None when the object is missing and that is fine."""
+    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (), missing_ok: bool = False,
+              repeatable: bool = False, **kwargs):
+        """One libpod request; its APIResponse, or None when the object is missing and that is fine. A
+        ``repeatable`` write (one that changes nothing when it fails) is retried like a read."""
         for attempt in range(READ_RETRIES + 1):
             try:
                 response = getattr(self.api, method)(path, **kwargs)
@@ -78,7 +83,7 @@ class PodmanEngine(Engine):
                                   ) from None
             # Podman's storage gives no consistent snapshot: a read that meets an image being removed elsewhere
             # fails with 500 "image not known" (containers/podman#24800). Reads are safe to repeat.
-            if not (method == "get" and response.status_code == 500 and attempt < READ_RETRIES
+            if not ((method == "get" or repeatable) and response.status_code == 500 and attempt < READ_RETRIES
                     and "not known" in self._message(response)):
                 break
             time.sleep(0.1 * (attempt + 1))
@@ -123,17 +128,23 @@ class PodmanEngine(Engine):
                                   "forcerm": True, "layers": True}
         if network:
             params["networkmode"] = network
-        body = self.tar(anchor=str(context))
-        try:
-            response = self._call("post", "/build", params=params, data=body, stream=True,
-                                  headers={"Content-type": "application/x-tar"}, timeout=None)
-            image_id = build_stream(self._json_lines(response), on_line)
-        except EngineBuildError:
-            raise
-        except EngineError as exc:
-            raise EngineBuildError(str(exc)) from None
-        finally:
-            body.close()
+        for attempt in range(BUILD_RETRIES + 1):
+            body = self.tar(anchor=str(context))
+            try:
+                response = self._call("post", "/build", params=params, data=body, stream=True,
+                                      headers={"Content-type": "application/x-tar"}, timeout=None)
+                image_id = build_stream(self._json_lines(response), on_line)
+                break
+            except EngineBuildError as exc:
+                # Concurrent builds share cached layers, and one's forcerm can remove a layer while another reads
+                # it: that is no fault of the Dockerfile, and a second build redoes the missing layer.
+                if attempt == BUILD_RETRIES or not STORAGE_RACE.search(str(exc)):
+                    raise
+                on_line(f"podman storage changed under the build ({exc}); building again")
+            except EngineError as exc:
+                raise EngineBuildError(str(exc)) from None
+            finally:
+                body.close()
         info = self.image(tag)
         if info is None:  # podman reports some failures only by not producing the image
             raise EngineBuildError(f"the build ended without producing {tag}")
@@ -242,8 +253,10 @@ class PodmanEngine(Engine):
 
     def run(self, spec: RunSpec) -> str:
         try:
+            # A create that fails creates nothing; it meets the same storage race when another build's cleanup
+            # removes a layer the image shares.
             created = self._call("post", "/containers/create", data=json.dumps(self.spec_generator(spec)),
-                                 headers={"Content-Type": "application/json"}, ok=(404,))
+                                 headers={"Content-Type": "application/json"}, ok=(404,), repeatable=True)
         except EngineError as exc:
             raise EngineError(f"creating the container: {exc}") from None
         if created.status_code == 404:

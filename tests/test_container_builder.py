@@ -148,6 +148,52 @@ def test_podman_reads_retry_a_storage_race_but_writes_do_not():
     with pytest.raises(EngineError, match="image not known"):
         engine._call("post", "/images/x/tag")
     assert engine.api.calls == 1
+    engine.api = Api([race, Response(201)])  # a create that failed created nothing: it may repeat
+    assert engine._call("post", "/containers/create", ok=(201,), repeatable=True).status_code == 201
+    assert engine.api.calls == 2
+
+
+def test_podman_build_repeats_after_a_storage_race_only(tmp_path):
+    # Concurrent builds share cached layers; one's forcerm can remove a layer another reads. That build is
+    # repeated; a failing RUN step is not.
+    from mcp_agent_cloud.plugins import podman_builder
+    from mcp_agent_cloud.plugins.engine import EngineBuildError, ImageInfo
+
+    streams = []
+
+    class Engine(podman_builder.PodmanEngine):
+        def __init__(self):
+            self.tar = lambda anchor: open(__file__, "rb")
+            self.calls = 0
+
+        def _call(self, method, path, **kwargs):
+            self.calls += 1
+            return streams.pop(0)
+
+        def _json_lines(self, response):
+            return iter(response)
+
+        def image(self, ref):
+            return ImageInfo(id="sha256:built", tags=[ref], labels={})
+
+    race = [{"stream": "STEP 2/4: COPY --from=build /opt/venv /opt/venv\n"},
+            {"error": 'reading image "61c7cdb": image not known'}]
+    lines = []
+    streams[:] = [race, [{"stream": "STEP 1/1: FROM x\n"}, {"aux": {"ID": "sha256:built"}}]]
+    engine = Engine()
+    assert engine.build(tmp_path, "t:1", labels={}, on_line=lines.append) == "sha256:built"
+    assert engine.calls == 2 and any("building again" in line for line in lines)
+    failing = [{"stream": "STEP 3/4: RUN pip install x\n"}, {"error": "error building at STEP: exit status 1"}]
+    streams[:] = [failing, []]
+    engine = Engine()
+    with pytest.raises(EngineBuildError, match="exit status 1"):
+        engine.build(tmp_path, "t:1", labels={}, on_line=lines.append)
+    assert engine.calls == 1
+    streams[:] = [race] * (podman_builder.BUILD_RETRIES + 1)
+    engine = Engine()
+    with pytest.raises(EngineBuildError, match="image not known"):
+        engine.build(tmp_path, "t:1", labels={}, on_line=lines.append)
+    assert engine.calls == podman_builder.BUILD_RETRIES + 1
 
 
 def test_wait_gives_the_engine_its_restart_but_not_forever(tmp_path, monkeypatch):
