@@ -355,6 +355,33 @@ class OAuthClientRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+class UsageDelta(BaseModel):
+    """Tool calls to one deployment in one hour, counted by a node since it last wrote: added to what is stored."""
+
+    deployment_id: str
+    bucket: int = Field(description="the hour's start, in epoch seconds")
+    calls: int = 0
+    errors: int = 0
+    callers: list[str] = Field(default_factory=list, description="opaque caller ids (hashes), each once")
+
+
+class UsageBucket(BaseModel):
+    bucket: int
+    calls: int = 0
+    errors: int = 0
+    callers: int = 0
+
+
+class UsageSummary(BaseModel):
+    """Tool calls to a deployment since a time: totals (``callers`` distinct over the whole span) and per hour."""
+
+    since: float
+    calls: int = 0
+    errors: int = 0
+    callers: int = 0
+    buckets: list[UsageBucket] = Field(default_factory=list)
+
+
 class RefreshTokenRecord(BaseModel):
     """An OAuth refresh token, stored as its SHA-256. Each use rotates it: the used one is marked ``used_at`` and a
     new one of the same ``family`` is issued; a used one presented again revokes the whole family."""
@@ -750,6 +777,14 @@ class Registry(Backend):
     async def refresh_family_live(self, family: str) -> bool:
         """Whether the family has a token that is not revoked (access tokens of a revoked family are refused)."""
         return False
+
+    # usage of deployments (the catalog's metrics); rows go with their deployment
+    async def add_usage(self, deltas: list[UsageDelta]) -> None:
+        """Add the counts; a caller id already recorded for that deployment and hour counts once."""
+        raise NotImplementedError(f"the {self.spec_name} registry keeps no usage")
+
+    async def get_usage(self, deployment_id: str, since: float) -> UsageSummary:
+        return UsageSummary(since=since)
 
     # nodes and leases: which platform node runs which deployment (see docs/scaling.md)
     @abc.abstractmethod

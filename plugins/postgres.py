@@ -39,6 +39,9 @@ from mcp_agent_cloud.hookspecs.types import (
     Registry,
     RegistrySpec,
     TokenRecord,
+    UsageBucket,
+    UsageDelta,
+    UsageSummary,
     VersionRecord,
 )
 from mcp_agent_cloud.plugins.records import (
@@ -186,6 +189,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             metadata JSONB NOT NULL,
             source TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL)""",
+    ),
+    (  # 6: usage of deployments per hour (the catalog's metrics)
+        """CREATE TABLE usage (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            bucket BIGINT NOT NULL,
+            calls BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (deployment_id, bucket))""",
+        """CREATE TABLE usage_callers (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            bucket BIGINT NOT NULL,
+            caller TEXT NOT NULL,
+            PRIMARY KEY (deployment_id, bucket, caller))""",
     ),
 ]
 
@@ -590,6 +606,34 @@ class PostgresRegistry(Registry):
 
     async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
         return await self._one(OAuthClientRecord, "SELECT * FROM oauth_clients WHERE client_id = %s", (client_id,))
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> None:
+        async with self._tx() as cur:
+            for d in deltas:  # a deployment deleted since the calls were counted takes nothing
+                await cur.execute(
+                    "INSERT INTO usage (deployment_id, bucket, calls, errors) SELECT %s, %s, %s, %s WHERE EXISTS "
+                    "(SELECT 1 FROM deployments WHERE id = %s) ON CONFLICT (deployment_id, bucket) DO UPDATE "
+                    "SET calls = usage.calls + EXCLUDED.calls, errors = usage.errors + EXCLUDED.errors",
+                    (d.deployment_id, d.bucket, d.calls, d.errors, d.deployment_id))
+                if d.callers:
+                    await cur.executemany(
+                        "INSERT INTO usage_callers (deployment_id, bucket, caller) SELECT %s, %s, %s WHERE EXISTS "
+                        "(SELECT 1 FROM deployments WHERE id = %s) ON CONFLICT DO NOTHING",
+                        [(d.deployment_id, d.bucket, caller, d.deployment_id) for caller in d.callers])
+
+    async def get_usage(self, deployment_id: str, since: float) -> UsageSummary:
+        start = int(since) // 3600 * 3600
+        async with self._tx() as cur:
+            await cur.execute("SELECT u.bucket, u.calls, u.errors, (SELECT COUNT(*) FROM usage_callers k WHERE "
+                              "k.deployment_id = u.deployment_id AND k.bucket = u.bucket) AS callers FROM usage u "
+                              "WHERE u.deployment_id = %s AND u.bucket >= %s ORDER BY u.bucket", (deployment_id, start))
+            buckets = [UsageBucket(bucket=r["bucket"], calls=r["calls"], errors=r["errors"], callers=r["callers"])
+                       for r in await cur.fetchall()]
+            await cur.execute("SELECT COUNT(DISTINCT caller) AS n FROM usage_callers WHERE deployment_id = %s AND "
+                              "bucket >= %s", (deployment_id, start))
+            callers = (await cur.fetchone())["n"]
+        return UsageSummary(since=since, calls=sum(b.calls for b in buckets), errors=sum(b.errors for b in buckets),
+                            callers=callers, buckets=buckets)
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         async with self._tx() as cur:

@@ -35,6 +35,9 @@ from mcp_agent_cloud.hookspecs.types import (
     Registry,
     RegistrySpec,
     TokenRecord,
+    UsageBucket,
+    UsageDelta,
+    UsageSummary,
     VersionRecord,
 )
 from mcp_agent_cloud.plugins.records import (
@@ -175,6 +178,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             metadata TEXT NOT NULL,
             source TEXT NOT NULL,
             created_at REAL NOT NULL)""",
+    ),
+    (  # 6: usage of deployments per hour (the catalog's metrics)
+        """CREATE TABLE usage (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            bucket INTEGER NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (deployment_id, bucket))""",
+        """CREATE TABLE usage_callers (
+            deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            bucket INTEGER NOT NULL,
+            caller TEXT NOT NULL,
+            PRIMARY KEY (deployment_id, bucket, caller))""",
     ),
 ]
 
@@ -494,6 +510,33 @@ class SqliteRegistry(Registry):
     async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
         return await self._one(OAuthClientRecord, "oauth_clients", "SELECT * FROM oauth_clients WHERE client_id = ?",
                                (client_id,))
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            for d in deltas:  # a deployment deleted since the calls were counted takes nothing
+                c.execute("INSERT INTO usage (deployment_id, bucket, calls, errors) SELECT ?, ?, ?, ? WHERE EXISTS "
+                          "(SELECT 1 FROM deployments WHERE id = ?) ON CONFLICT (deployment_id, bucket) DO UPDATE "
+                          "SET calls = calls + excluded.calls, errors = errors + excluded.errors",
+                          (d.deployment_id, d.bucket, d.calls, d.errors, d.deployment_id))
+                c.executemany("INSERT OR IGNORE INTO usage_callers (deployment_id, bucket, caller) SELECT ?, ?, ? "
+                              "WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?)",
+                              [(d.deployment_id, d.bucket, caller, d.deployment_id) for caller in d.callers])
+        await self._write(op)
+
+    async def get_usage(self, deployment_id: str, since: float) -> UsageSummary:
+        start = int(since) // 3600 * 3600
+
+        def op(c: sqlite3.Connection) -> UsageSummary:
+            rows = c.execute("SELECT u.bucket, u.calls, u.errors, (SELECT COUNT(*) FROM usage_callers k WHERE "
+                             "k.deployment_id = u.deployment_id AND k.bucket = u.bucket) FROM usage u "
+                             "WHERE u.deployment_id = ? AND u.bucket >= ? ORDER BY u.bucket",
+                             (deployment_id, start)).fetchall()
+            callers = c.execute("SELECT COUNT(DISTINCT caller) FROM usage_callers WHERE deployment_id = ? AND "
+                                "bucket >= ?", (deployment_id, start)).fetchone()[0]
+            buckets = [UsageBucket(bucket=r[0], calls=r[1], errors=r[2], callers=r[3]) for r in rows]
+            return UsageSummary(since=since, calls=sum(b.calls for b in buckets),
+                                errors=sum(b.errors for b in buckets), callers=callers, buckets=buckets)
+        return await self._run(op)
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         def op(c: sqlite3.Connection) -> RefreshTokenRecord:

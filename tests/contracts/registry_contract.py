@@ -27,6 +27,7 @@ from mcp_agent_cloud.hookspecs.types import (
     RefreshTokenRecord,
     Registry,
     TokenRecord,
+    UsageDelta,
     UserRecord,
 )
 
@@ -394,6 +395,30 @@ class RegistryContract:
             assert (await reg.get_oauth_client("c1")).metadata["redirect_uris"] == meta["redirect_uris"]
             assert (await reg.get_oauth_client("c2")).secret_hash == "abc"
             assert await reg.get_oauth_client("nobody") is None
+
+    @async_test
+    async def test_usage_adds_up_counts_callers_once_and_goes_with_the_deployment(
+            self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            dep = await reg.create_deployment(deployment("acme", "hello"))
+            other = await reg.create_deployment(deployment("acme", "other"))
+            h1, h2 = 7200 * 100, 7200 * 100 + 3600
+            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=3, errors=1, callers=["a", "b"]),
+                                 UsageDelta(deployment_id=other.id, bucket=h1, calls=9, callers=["z"])])
+            # Another node's counts for the same hour add up; a caller already seen that hour counts once.
+            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=2, callers=["b", "c"]),
+                                 UsageDelta(deployment_id=dep.id, bucket=h2, calls=1, callers=["a"]),
+                                 UsageDelta(deployment_id="dep_gone", bucket=h1, calls=5, callers=["x"])])
+            usage = await reg.get_usage(dep.id, since=h1 + 10)  # since rounds down to its hour
+            assert (usage.calls, usage.errors, usage.callers) == (6, 1, 3)
+            assert [(b.bucket, b.calls, b.errors, b.callers) for b in usage.buckets] == [(h1, 5, 1, 3),
+                                                                                         (h2, 1, 0, 1)]
+            later = await reg.get_usage(dep.id, since=h2)
+            assert (later.calls, later.callers, len(later.buckets)) == (1, 1, 1)
+            assert (await reg.get_usage("dep_gone", since=0)).calls == 0
+            await reg.delete_deployment(dep.id)
+            assert (await reg.get_usage(dep.id, since=0)).buckets == []
+            assert (await reg.get_usage(other.id, since=0)).calls == 9
 
     @async_test
     async def test_refresh_tokens_rotate_once_and_families_revoke(self, registry_factory: RegistryFactory,
