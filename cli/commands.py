@@ -190,7 +190,7 @@ def _server_secrets(client, target: str, keys: tuple[str, ...], *, non_interacti
 def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, env: tuple[str, ...],
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
                    verbose: bool, packager_name: str = "tarball", non_interactive: bool = False,
-                   secrets_as: str = "env", auth: str | None = None) -> dict:
+                   secrets_as: str = "env", auth: str | None = None, uses: tuple[str, ...] = ()) -> dict:
     from ..appspec import load_app
     from ..hookspecs.types import PluginContext
     from ..manager import load_plugin_manager
@@ -254,6 +254,8 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
             "description": app.description or None, "region": region, "public": public or None,
             "auth": auth or app.auth,
+            # --use replaces the config's list; neither keeps what the last deploy declared
+            "uses": list(uses) if uses else app.uses,
             "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as,
             "client_steps": progress.timings}
     try:
@@ -301,6 +303,9 @@ def _deploy_app_options(fn):
         click.option("--region", help="Region label (stored; scale-out gives it effect)."),
         click.option("--public", is_flag=True, help="List in the catalog (stored; the catalog gives it effect)."),
         _auth_option,
+        click.option("--use", "uses", multiple=True, metavar="NAME",
+                     help="A deployed server the app calls (repeatable; NAME, ORG.NAME or @ORG/NAME): recorded in "
+                          "the dependency graph. Default: deploy.uses in mcp_agent.config.yaml."),
         click.option("-v", "--verbose", is_flag=True, help="Show every build log line."),
         *_secrets_deploy_options,
         api_options, json_option, handle_errors,
@@ -371,7 +376,7 @@ def register(cli: click.Group) -> None:
     @deploy.command("app")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_app(directory, name, entrypoint, env, builder, region, public, auth, verbose, non_interactive,
+    def deploy_app(directory, name, entrypoint, env, builder, region, public, auth, uses, verbose, non_interactive,
                    secrets_as, api_url, as_json):
         """Deploy the MCP app in DIRECTORY (default: the current directory).
 
@@ -394,19 +399,19 @@ def register(cli: click.Group) -> None:
         refuses to start while a declared key has no stored value, and names it.
         """
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, auth=auth, api_url=api_url, as_json=as_json, verbose=verbose,
+                       public=public, auth=auth, uses=uses, api_url=api_url, as_json=as_json, verbose=verbose,
                        non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("agent")
     @click.argument("directory", default=".", type=click.Path())
     @_deploy_app_options
-    def deploy_agent(directory, name, entrypoint, env, builder, region, public, auth, verbose, non_interactive,
+    def deploy_agent(directory, name, entrypoint, env, builder, region, public, auth, uses, verbose, non_interactive,
                      secrets_as, api_url, as_json):
         """Alias of `deploy app`. `mcp-agent deploy agent list` lists deployments."""
         if directory == "list" and not Path("list").is_dir():
             return _list(api_url, as_json)
         deploy_app_dir(directory, name=name, entrypoint=entrypoint, env=env, builder=builder, region=region,
-                       public=public, auth=auth, api_url=api_url, as_json=as_json, verbose=verbose,
+                       public=public, auth=auth, uses=uses, api_url=api_url, as_json=as_json, verbose=verbose,
                        non_interactive=non_interactive, secrets_as=secrets_as)
 
     @deploy.command("server")
@@ -637,6 +642,12 @@ def register(cli: click.Group) -> None:
                   highlight=False)
         for key in ("status", "desired_state", "serving_version", "endpoint", "auth", "restarts", "id"):
             out.print(f"  {key + ':':16} {data.get(key)}", highlight=False)
+        if data.get("public"):
+            out.print(f"  {'public:':16} yes, as @{data['org']}/{data['name']} (`mcp-agent catalog show`)",
+                      highlight=False)
+        for key in ("uses", "used_by"):
+            if data.get(key):
+                out.print(f"  {key + ':':16} {'; '.join(data[key])}", highlight=False)
         if (data.get("spec") or {}).get("suspended"):
             out.print(f"  {'suspended:':16} yes: it starts no new workflow runs (`mcp-agent workflows unsuspend "
                       f"{name}` lifts it)", highlight=False)
@@ -828,17 +839,25 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("name")
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @click.option("--force", is_flag=True, help="Delete a public deployment even though others use it (owners).")
     @api_options
     @json_option
     @handle_errors
-    def delete(name, yes, api_url, as_json):
-        """Stop a deployment and delete it with all its versions."""
+    def delete(name, yes, force, api_url, as_json):
+        """Stop a deployment and delete it with all its versions.
+
+        A public deployment that other deployments declare they use is kept (they would lose it) unless an owner
+        passes --force. A private one deletes at once; the apps of its org that used it are listed.
+        """
         if not yes and not as_json and sys.stdin.isatty():
             click.confirm(f"Delete {name} and all its versions?", abort=True)
-        data = _client(api_url).delete(name)
+        data = _client(api_url).delete(name, force=force)
         if as_json:
             return emit_json(data)
         out.print(f"deleted {name}", highlight=False)
+        if data.get("dependents"):
+            err.print(f"  [yellow]note:[/] these used it: {escape('; '.join(data['dependents']))}", markup=True,
+                      highlight=False)
 
     @cli.command()
     @click.argument("name")
@@ -1886,6 +1905,9 @@ def _local_registry(config_path: str | None):
 
 @hookimpl
 def mcp_agent_cloud_cli_commands(cli: click.Group) -> None:
+    from . import catalog
+
     register(cli)
+    catalog.register(cli)
 
 

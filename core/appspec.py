@@ -50,6 +50,8 @@ class DeploySection(BaseModel):
     auth: str | None = Field(
         None, description="who may call it: platform (a token of its org, the default), none (anyone), or "
                           "{provider: NAME} (users who logged in through that auth provider)")
+    uses: list[str] | None = Field(
+        None, max_length=50, description="the deployed servers it calls: NAME (of its org), ORG.NAME or @ORG/NAME")
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -80,6 +82,7 @@ class AppSpec(BaseModel):
     builder: str | dict[str, Any] | None = None
     exclude: list[str] = Field(default_factory=list)
     auth: str | None = None
+    uses: list[str] | None = None
     detected: str = Field(description="how the entrypoint was found")
     warnings: list[str] = Field(default_factory=list, description="things ignored on the way, for the CLI to show")
 
@@ -111,7 +114,7 @@ def load_app(directory: Path | str, *, name: str | None = None, entrypoint: str 
     final_name = validate_name(name or deploy.name or suggest_name(root.name))
     return AppSpec(dir=root, name=final_name, entrypoint=entrypoint, requirements=_requirements(root, deploy, warnings),
                    description=deploy.description, env=deploy.env, builder=deploy.builder, exclude=deploy.exclude,
-                   auth=deploy.auth, detected=detected, warnings=warnings)
+                   auth=deploy.auth, uses=deploy.uses, detected=detected, warnings=warnings)
 
 
 def _load_deploy_section(root: Path) -> DeploySection:

@@ -217,8 +217,24 @@ class PlatformClient:
         return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/rollback", json={"to": to} if to else {},
                             timeout=LIFECYCLE_TIMEOUT)
 
-    def delete(self, name: str) -> dict:
-        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}", timeout=LIFECYCLE_TIMEOUT)
+    def delete(self, name: str, *, force: bool = False) -> dict:
+        return self.request("DELETE", f"/api/v1/deployments/{self._qualify(name)}",
+                            params={"force": "1"} if force else None, timeout=LIFECYCLE_TIMEOUT)
+
+    # -- the catalog ---------------------------------------------------------------------------------------------
+
+    def publish(self, name: str, body: dict) -> dict:
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/publish", json=body)
+
+    def unpublish(self, name: str, *, force: bool = False) -> dict:
+        return self.request("POST", f"/api/v1/deployments/{self._qualify(name)}/unpublish", json={"force": force})
+
+    def catalog(self, query: str = "", *, kind: str | None = None) -> list[dict]:
+        params = {k: v for k, v in {"q": query, "kind": kind}.items() if v}
+        return self.request("GET", "/api/v1/catalog", params=params)["entries"]
+
+    def catalog_entry(self, address: str, *, since: str | None = None) -> dict:
+        return self.request("GET", f"/api/v1/catalog/{address}", params={"since": since} if since else None)
 
     # -- secrets: values go only in request bodies and come back only from get_secret --------------------------
 

@@ -31,7 +31,8 @@ from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
 from ..telemetry import TRACEPARENT, parse_traceparent, use_parent
 from ..applog import parse_since
-from .service import DeployRequest, Platform, auth_of
+from .catalog import PublishBody, UnpublishBody, auth_of
+from .service import DeployRequest, Platform
 from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
@@ -411,13 +412,7 @@ def build_app(platform: Platform) -> Starlette:
         if not identity.can("admin"):
             raise ForbiddenError("the audit log is for owners of the org", hint="ask an owner of the org")
         q = request.query_params
-        since = None
-        if q.get("since"):
-            try:
-                since = log_time_to_epoch(parse_since(q["since"]))
-            except ValueError:
-                raise ValidationFailed(f"since: {q['since']!r} is neither a duration (10m, 2h) nor an ISO time",
-                                       hint="e.g. ?since=1h or ?since=2026-12-07T09:00:00") from None
+        since = since_param(request)
         before = int_param(request, "before", 0) or None
         rows = await platform.registry.list_audit(
             org=identity.org, before_id=before, limit=min(int_param(request, "limit", 100), 1000),
@@ -466,12 +461,36 @@ def build_app(platform: Platform) -> Starlette:
         return JSONResponse({"deployments": rows})
 
     async def get_deployment(request: Request) -> Response:
-        rec = await platform.find(identity_of(request), request.path_params["name"])
-        return JSONResponse(await platform.status(rec))
+        identity = identity_of(request)
+        rec = await platform.find(identity, request.path_params["name"])
+        return JSONResponse(await platform.status(rec, identity))
 
     async def delete_deployment(request: Request) -> Response:
-        await platform.delete_deployment(identity_of(request), request.path_params["name"])
-        return JSONResponse({"deleted": request.path_params["name"]})
+        force = request.query_params.get("force") in ("1", "true", "yes")
+        left = await platform.delete_deployment(identity_of(request), request.path_params["name"], force=force)
+        return JSONResponse({"deleted": request.path_params["name"], "dependents": left})
+
+    async def publish(request: Request) -> Response:
+        body = await json_body(request, PublishBody, '{"description": "what it does", "icon": "https://..."}')
+        return JSONResponse(await platform.catalog.publish(identity_of(request), request.path_params["name"], body))
+
+    async def unpublish(request: Request) -> Response:
+        body = await json_body(request, UnpublishBody, '{"force": false}')
+        return JSONResponse(await platform.catalog.unpublish(identity_of(request), request.path_params["name"],
+                                                             force=body.force))
+
+    async def catalog(request: Request) -> Response:
+        identity_of(request)  # any org's user; the catalog is the platform's, not an org's
+        q = request.query_params
+        kind = q.get("kind") or None
+        if kind not in (None, "app", "stdio", "remote"):
+            raise ValidationFailed(f"kind must be app, stdio or remote, not {kind!r}")
+        entries = await platform.catalog.search(q.get("q", ""), kind, min(int_param(request, "limit", 100), 500))
+        return JSONResponse({"entries": entries})
+
+    async def catalog_entry(request: Request) -> Response:
+        identity_of(request)
+        return JSONResponse(await platform.catalog.get(request.path_params["address"], since_param(request)))
 
     async def create_version(request: Request) -> Response:
         identity = identity_of(request)
@@ -558,13 +577,7 @@ def build_app(platform: Platform) -> Starlette:
             version = versions[-1].version if versions else 1
         path = platform.app_log(rec.org, rec.name, version)
         q = request.query_params
-        since = None
-        if q.get("since"):
-            try:
-                since = parse_since(q["since"])
-            except ValueError:
-                raise ValidationFailed(f"query parameter 'since' must be a duration (30s, 10m, 2h, 1d) or an ISO "
-                                       f"8601 time, not {q['since']!r}") from None
+        since = since_param(request, epoch=False)
         grep = None
         if q.get("grep"):
             try:
@@ -727,7 +740,17 @@ def build_app(platform: Platform) -> Starlette:
                  "Upload a package (raw body; headers X-Package-Sha256, X-Package-Format)", response=Uploaded),
         Endpoint("GET", "/api/v1/deployments", list_deployments, "The org's deployments", response=DeploymentList),
         Endpoint("GET", "/api/v1/deployments/{name}", get_deployment, "Status of one deployment"),
-        Endpoint("DELETE", "/api/v1/deployments/{name}", delete_deployment, "Stop and delete a deployment"),
+        Endpoint("DELETE", "/api/v1/deployments/{name}", delete_deployment,
+                 "Stop and delete a deployment (?force=1: a public one that others use; owners)"),
+        Endpoint("POST", "/api/v1/deployments/{name}/publish", publish,
+                 "Make it public as @org/name, or update its listing", request=PublishBody),
+        Endpoint("POST", "/api/v1/deployments/{name}/unpublish", unpublish,
+                 "Make it private (refused while other orgs use it, unless an owner forces it)",
+                 request=UnpublishBody),
+        Endpoint("GET", "/api/v1/catalog", catalog,
+                 "Public deployments of every org (?q=WORDS&kind=app|stdio|remote&limit=N)"),
+        Endpoint("GET", "/api/v1/catalog/{address:path}", catalog_entry,
+                 "One public deployment (@org/name or org.name): versions, usage per hour (?since=7d), example"),
         Endpoint("POST", "/api/v1/deployments/{name}/versions", create_version,
                  "Deploy a new version; streams progress as NDJSON", request=DeployRequest,
                  stream="application/x-ndjson"),
@@ -845,6 +868,20 @@ async def _serve_metrics(platform: Platform) -> _MetricsServer:
 def safe_errors(exc: ValidationError) -> str:
     """Pydantic's messages without the input values (a request body may hold secrets)."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+def since_param(request: Request, *, epoch: bool = True) -> Any:
+    """``?since=``: a duration back from now (30s, 10m, 2h, 7d) or an ISO 8601 time; epoch seconds, or the log's
+    own time form with ``epoch=False``. None when absent."""
+    raw = request.query_params.get("since")
+    if not raw:
+        return None
+    try:
+        value = parse_since(raw)
+    except ValueError:
+        raise ValidationFailed(f"query parameter 'since' must be a duration (30s, 10m, 2h, 1d) or an ISO 8601 "
+                               f"time, not {raw!r}", hint="e.g. ?since=1h or ?since=2026-12-07T09:00:00") from None
+    return log_time_to_epoch(value) if epoch else value
 
 
 def int_param(request: Request, name: str, default: int) -> int:

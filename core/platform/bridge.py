@@ -135,7 +135,7 @@ class Bridge:
         """REST: call a tool (body {"name", "arguments"}); answers the MCP CallToolResult"""
         body = await self._body(request, CallToolBody, '{"name": "greet", "arguments": {"name": "world"}}')
         call = self.gateway.call(target, [{"method": "tools/call", "id": "rest", "params": {"name": body.name}}],
-                                 request.headers.get("traceparent"))
+                                 request.headers.get("traceparent"), caller=request.state.identity)
         try:
             result = await self.pool.request(target, request.state.identity, types.CallToolRequest(
                 params=types.CallToolRequestParams(name=body.name, arguments=body.arguments)), types.CallToolResult,
@@ -473,7 +473,8 @@ class SseConnection:
                                 self._answered(message.id)  # a reused id: the new request gets its own deadline
                                 self._calls[message.id] = self.gateway.call(
                                     self.target, [{"method": message.method, "id": message.id,
-                                                   "params": message.params}], None, self.session_id)
+                                                   "params": message.params}], None, self.session_id,
+                                    self.identity)
                                 deadline = self.pending[message.id] = anyio.CancelScope()
                                 self.expired.pop(message.id, None)
                                 tg.start_soon(self._expire, message.id, deadline, up_write, client_write)

@@ -48,6 +48,7 @@ from ..runtime.jsonrpc_errors import (
 )
 from .upstream import Response as UpstreamResponse
 from .upstream import UpstreamError, UpstreamPool
+from .catalog import caller_id
 
 log = logging.getLogger("mcp_agent_cloud.gateway")
 
@@ -587,7 +588,7 @@ class Gateway:
                 ids = [m["id"] for m in requests]
                 if requests:
                     call = self.call(target, requests, request.headers.get(TRACEPARENT),
-                                     session.id if session else None)
+                                     session.id if session else None, identity)
                 if session is None and len(messages) == 1 and messages[0].get("method") == "initialize":
                     initialize = messages[0]
             if initialize is not None:
@@ -607,12 +608,12 @@ class Gateway:
                     call.finish(0)  # no-op when an error path finished it already
 
     def call(self, target: Target, requests: list[dict], traceparent: str | None = None,
-             session_id: str | None = None) -> _Call | None:
+             session_id: str | None = None, caller: Identity | None = None) -> _Call | None:
         """Start counting, timing and tracing JSON-RPC requests to ``target`` (every transport: this proxy, the
         bridge's SSE and REST); the caller finishes it once the answer is out."""
         if self.platform is None:
             return None
-        return _Call(self.platform, target, requests, traceparent, session_id)
+        return _Call(self.platform, target, requests, traceparent, session_id, caller_id(caller))
 
     def _release(self, session: Session | None, reserved: Session | None) -> None:
         if session is not None:
@@ -935,12 +936,13 @@ def _count_errors(body: bytes, requests: int) -> int:
 class _Call:
     """One POST's JSON-RPC requests: counted, timed and traced, and finished once when the answer has gone."""
 
-    __slots__ = ("platform", "labels", "methods", "t0", "span", "done")
+    __slots__ = ("platform", "labels", "methods", "t0", "span", "done", "caller")
 
     def __init__(self, platform, target: Target, requests: list[dict], traceparent: str | None,
-                 session_id: str | None) -> None:
+                 session_id: str | None, caller: str | None = None) -> None:
         self.platform = platform
         self.done = False
+        self.caller = caller
         self.methods = [str(m["method"]) for m in requests]
         self.labels = (target.org, target.name)
         self.t0 = time.perf_counter()
@@ -971,6 +973,8 @@ class _Call:
             # Which requests of a batch failed is not tracked: the first ``errors`` methods carry them.
             for method in self.methods[:errors]:
                 platform.m_errors.inc((*self.labels, method))
+        if calls := self.methods.count("tools/call"):
+            platform.count_calls(*self.labels, self.caller, calls, min(errors, calls))
         span = self.span
         if span is not None:
             if status is not None:

@@ -305,16 +305,17 @@ class OAuthServer:
     def servers_prefix(self) -> str:
         return self.issuer + "/servers/"
 
-    def audience_for(self, resource: str | None, org: str) -> str | None:
+    def audience_for(self, resource: str | None, org: str, *, any_org: bool = False) -> str | None:
         """RFC 8707: the audience of a token for ``resource``, asked by a user of ``org``. A deployment's is
         ``{platform}/servers/{org}.{name}`` whatever URL under it the client names (short or qualified name,
-        ``/mcp`` or ``/sse``); the API's is ``{platform}/api``. None: not this platform's, or another org's."""
+        ``/mcp`` or ``/sse``); the API's is ``{platform}/api``. None: not this platform's, or another org's
+        (unless ``any_org``: a public deployment's token, checked when it was issued and again on each call)."""
         if (resource or "").rstrip("/") == self.api_audience:
             return self.api_audience
         if (name := self._deployment_named(resource)) is None:
             return None
         owner, short = split_qualified(name, org)
-        return f"{self.servers_prefix}{owner}.{short}" if owner == org else None
+        return f"{self.servers_prefix}{owner}.{short}" if owner == org or any_org else None
 
     def resource_metadata_url(self, path: str) -> str | None:
         """Where the protected-resource metadata (RFC 9728) of the deployment at ``path`` is, or None."""
@@ -487,7 +488,7 @@ class OAuthServer:
                 super().validate_token_request()
                 code = self.request.authorization_code
                 resource = self.request.form.get("resource")
-                if resource and oauth.audience_for(resource, code.user.org) != code.user.audience:
+                if resource and oauth.audience_for(resource, code.user.org, any_org=True) != code.user.audience:
                     raise invalid_target("resource is not the one this code was issued for")
 
         class Refresher(RefreshTokenGrant):
@@ -603,7 +604,8 @@ class OAuthServer:
         record = await self.platform.registry.find_refresh_token(_sha(token_string))
         if record is None or record.revoked or record.expires_at < time.time():
             return None
-        if resource and self.audience_for(resource, record.org) != (record.audience or self.api_audience):
+        if resource and (self.audience_for(resource, record.org, any_org=True)
+                         != (record.audience or self.api_audience)):
             return "target"  # before the claim: a client that named the wrong resource keeps its token
         if not await self.platform.registry.use_refresh_token(record.id):
             # Used before: someone holds a copy. Everything of the family goes (RFC 9700 4.14.2).
@@ -690,9 +692,10 @@ class OAuthServer:
             return None
         claims = decoded.claims
         aud = claims.get("aud")
-        # The API's, or exactly one deployment of the token's own org (as audience_for writes it).
+        # The API's, or exactly one deployment (as audience_for writes it). Another org's is a public one's; the
+        # gateway lets it in only while that deployment is public (Platform.caller_for).
         if aud != self.api_audience and (not isinstance(aud, str) or
-                                         self.audience_for(aud, str(claims.get("org", ""))) != aud):
+                                         self.audience_for(aud, str(claims.get("org", "")), any_org=True) != aud):
             return None
         if check_family and not await self._family_live(str(claims.get("sid", ""))):
             return None
@@ -895,11 +898,13 @@ class OAuthServer:
         return auth_provider(found[1]) if found else None
 
     async def _finish_authorize(self, request: Request, grant, params: dict, identity: Identity) -> Response:
-        audience = self.audience_for(params["resource"], identity.org)
-        if audience is None:
+        audience = self.audience_for(params["resource"], identity.org, any_org=True)
+        name = audience[len(self.servers_prefix):] if audience and audience != self.api_audience else None
+        found = await self.platform.deployment_auth(f"/servers/{name}/") if name else None
+        if audience is None or (name and not name.startswith(f"{identity.org}.") and not (found and found[2])):
             return self._refuse(grant, params, "invalid_target", f"deployment "
                                 f"{self._deployment_named(params['resource'])} is not one of org {identity.org}'s")
-        only = await self._only_provider(audience[len(self.servers_prefix):])
+        only = auth_provider(found[1]) if found else None
         if only is not None and identity.provider != only:
             return self._refuse(grant, params, "access_denied", f"this deployment takes only users who log in "
                                                                 f"through {only}")

@@ -50,12 +50,16 @@ from ..hookspecs.types import (
     PluginContext,
     ROLE_RANK,
     TokenRecord,
+    UsageDelta,
+    UsageSummary,
     VersionRecord,
 )
 from ..applog import append_app_log, read_app_log, tail_file
 from ..manager import PluginManager
 from ..names import AUTH_RE, auth_provider, split_qualified, validate_name
 from ..telemetry import Metrics, SpanStore, Tracer
+from .audit import scope_refusal
+from .catalog import Catalog, auth_of, is_public, usage_bucket
 from .cluster import Cluster
 from .secrets import (
     MAX_VALUE,
@@ -81,6 +85,7 @@ RUNTIME_DIST = "mcp-agent-cloud"
 SCAN_SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".mcpac-data"})
 SCAN_MAX_BYTES = 2 * 1024 * 1024
 CONTROL_PATH = "/_mcpac/control"
+USAGE_FLUSH_SECONDS = 5.0  # how stale another node's usage counts may be
 
 
 def _requirement_name(line: str) -> str | None:
@@ -111,12 +116,6 @@ def uses_runtime(source_dir: Path | None, requirements: list[str]) -> bool:
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 _OPEN_PATH = re.compile(r"^/servers/([^/]+)/")
-
-
-def auth_of(record: DeploymentRecord) -> str:
-    """Who may call a deployment: ``platform`` (a token of its org), ``none`` (anyone) or ``provider:NAME`` (users
-    of its org who logged in through that auth provider)."""
-    return str(record.spec.get("auth") or "platform")
 
 
 async def _no_progress(_: dict[str, Any]) -> None:
@@ -152,6 +151,8 @@ class DeployRequest(BaseModel):
     description: str | None = None
     region: str | None = None
     public: bool | None = None
+    uses: list[str] | None = Field(None, max_length=50, description="deployments it calls (NAME, ORG.NAME or "
+                                   "@ORG/NAME): each must exist and be of its org or public; None keeps the last")
     auth: str | None = Field(
         None, pattern=AUTH_RE.pattern,
         description="who may call its MCP endpoints: platform (a token of its org; the default), none (anyone who "
@@ -231,7 +232,11 @@ class Platform:
         self.data_dir = config.data_dir
         self.active: dict[str, Active] = {}
         self._audit_warned = False
-        self._auth_cache: dict[str, tuple[str | None, float]] = {}
+        self._usage_warned = False
+        self._auth_cache: dict[str, tuple[tuple[str, bool] | None, float]] = {}
+        self.catalog = Catalog(self)
+        # Tool calls counted since the last write to the registry: (org.name, hour) -> [calls, errors, callers]
+        self._calls: dict[tuple[str, int], list] = {}
         from .oauth import OAuthServer
 
         # The OAuth authorization server (oauth.py): its routes exist from here, its keys from start().
@@ -326,6 +331,7 @@ class Platform:
         if self.tracer.enabled:
             self._spawn(self._collect_spans_loop())
         self._spawn(self._usage_loop())
+        self._spawn(self._flush_usage_loop())
         self._spawn(self._prune_events_loop())
 
     async def _bootstrap_admin(self) -> None:
@@ -346,6 +352,9 @@ class Platform:
     async def stop(self) -> None:
         for active in list(self.active.values()):
             await self._stop_active(active)
+        if getattr(self, "registry", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.flush_usage()
         if self.cluster is not None:
             await self.cluster.stop()
         for task in list(self._tasks):
@@ -457,6 +466,43 @@ class Platform:
             if time.monotonic() - self._usage_read_at < 120:
                 await self.sample_usage()
 
+    def count_calls(self, org: str, name: str, caller: str | None, calls: int, errors: int) -> None:
+        """Tool calls just answered, for the usage the catalog shows: kept here, written every few seconds."""
+        entry = self._calls.setdefault((f"{org}.{name}", usage_bucket(time.time())), [0, 0, set()])
+        entry[0] += calls
+        entry[1] += errors
+        if caller is not None and len(entry[2]) < 100_000:
+            entry[2].add(caller)
+
+    async def flush_usage(self) -> None:
+        pending, self._calls = self._calls, {}
+        deltas = []
+        for (key, bucket), (calls, errors, callers) in pending.items():
+            org, _, short = key.partition(".")
+            record = await self.registry.get_deployment(org, short)
+            if record is not None:
+                deltas.append(UsageDelta(deployment_id=record.id, bucket=bucket, calls=calls, errors=errors,
+                                         callers=sorted(callers)))
+        if not deltas:
+            return
+        try:
+            await self.registry.add_usage(deltas)
+        except NotImplementedError as exc:
+            if not self._usage_warned:
+                self._usage_warned = True
+                log.warning("usage is not kept: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - counts are best effort; serving goes on
+            log.warning("could not write usage (%d deployment-hours dropped): %s", len(deltas), exc)
+
+    async def _flush_usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            await self.flush_usage()
+
+    async def usage_of(self, record: DeploymentRecord, since: float) -> UsageSummary:
+        await self.flush_usage()  # this node's latest counts; other nodes' within USAGE_FLUSH_SECONDS
+        return await self.registry.get_usage(record.id, since)
+
     def health(self, org: str, name: str) -> dict:
         """Request metrics of one deployment since this node started serving it, for ``status``."""
         requests = errors = 0
@@ -505,9 +551,10 @@ class Platform:
                 return identity
         return None
 
-    async def deployment_auth(self, path: str, org: str | None = None) -> tuple[str, str] | None:
+    async def deployment_auth(self, path: str, org: str | None = None) -> tuple[str, str, bool] | None:
         """For a path under /servers/: the deployment (``org.name``, a short name taken as ``org``'s, else the
-        default org's) and who may call it (``auth_of``), cached for 2 s. None for other paths and unknown names."""
+        default org's), who may call it (``auth_of``) and whether it is public, cached for 2 s. None for other
+        paths and unknown names."""
         match = _OPEN_PATH.match(path)
         if match is None:
             return None
@@ -521,8 +568,12 @@ class Platform:
             record = await self.registry.get_deployment(owner, short)
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
-            hit = self._auth_cache[key] = (auth_of(record) if record is not None else None, now)
-        return (key, hit[0]) if hit[0] is not None else None
+            hit = self._auth_cache[key] = ((auth_of(record), is_public(record)) if record is not None else None, now)
+        return (key, *hit[0]) if hit[0] is not None else None
+
+    def forget_auth(self, record: DeploymentRecord) -> None:
+        """A change of who may call it holds at once on this node (others see it within the cache's 2 s)."""
+        self._auth_cache.pop(f"{record.org}.{record.name}", None)
 
     async def caller_for(self, path: str, identity: Identity | None, had_token: bool) -> Identity | None:
         """Who calls a deployment's endpoint: the identity, or without a token on one with ``auth: none`` an
@@ -531,16 +582,23 @@ class Platform:
         found = await self.deployment_auth(path, identity.org if identity else None)
         if found is None:
             return identity
-        key, mode = found
+        key, mode, public = found
+        owner = key.partition(".")[0]
         if identity is None:
             if mode != "none" or had_token:
                 return None
-            return Identity(subject="anonymous", org=key.partition(".")[0], roles=["viewer"],
+            return Identity(subject="anonymous", org=owner, roles=["viewer"],
                             scopes=["mcp", f"deployment:{key}"], provider="none")
         if (name := auth_provider(mode)) is not None and identity.login_provider != name:
             raise ForbiddenError(f"{key} takes only callers who logged in through {name}",
                                  hint=f"log in through {name} (its button on the login page, or `mcp-agent login "
                                       f"--provider {name}`)")
+        if public and identity.org != owner and scope_refusal(identity, path) is None:
+            # A public deployment takes every org's users, as viewers of it alone: its MCP endpoints, nothing
+            # else of the org. The subject keeps the caller's org, for usage and the audit log.
+            return Identity(subject=f"{identity.org}/{identity.subject}", org=owner, roles=["viewer"],
+                            scopes=["mcp", f"deployment:{key}"], provider=identity.provider,
+                            token_id=identity.token_id, via=identity.via)
         return identity
 
     def challenge(self, path: str, error: str = "", description: str = "") -> str:
@@ -812,6 +870,8 @@ class Platform:
         # Refused before anything is built: a declared secret with no value would only fail at start.
         if missing := await missing_keys(self.secrets, scope_of(org, short), req.secret_refs, req.secrets):
             raise MissingSecretsError(self.display_name(org, short, identity.org), missing)
+        if req.uses is not None:
+            req = req.model_copy(update={"uses": await self.catalog.check_uses(identity, req.uses, org, short)})
         return org, short, req
 
     async def _check_remote_url(self, url: str | None) -> None:
@@ -881,8 +941,8 @@ class Platform:
         async with self.lock(f"{org}.{short}"):
             record = await self.registry.get_deployment(org, short)
             spec_update = {k: v for k, v in {"description": req.description, "region": req.region,
-                                              "public": req.public, "url": req.url,
-                                              "auth": req.auth}.items() if v is not None}
+                                              "public": req.public, "url": req.url, "auth": req.auth,
+                                              "uses": req.uses}.items() if v is not None}
             if record is None:
                 record = await self.registry.create_deployment(DeploymentRecord(
                     id="dep_" + secrets.token_hex(8), org=org, name=short, kind=req.kind,
@@ -892,7 +952,7 @@ class Platform:
             else:
                 # kind, builder and desired state change only when the new version serves (in _switch).
                 record = await self.registry.update_deployment(record.id, spec={**record.spec, **spec_update})
-            self._auth_cache.pop(f"{org}.{short}", None)  # an auth change holds at once on this node
+            self.forget_auth(record)
             # The registry gets the declarations and their handles; values go to the secrets backend only.
             refs = [r.model_dump() | {"handle": make_handle(org, short, r.key)} for r in req.secret_refs]
             options = req.model_dump(exclude={"env", "secrets", "secret_refs", "client_steps"}) | {
@@ -1388,7 +1448,7 @@ class Platform:
     # -- lifecycle operations ----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _locked(self, identity: Identity, name: str):
+    async def locked(self, identity: Identity, name: str):
         """The deployment, read again once its lock is held: an operation that waited behind a deploy must act on
         what that deploy left, not on what was true when it started waiting."""
         record = await self._writable(identity, name)
@@ -1400,7 +1460,7 @@ class Platform:
             yield fresh
 
     async def stop_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
-        async with self._locked(identity, name) as record:
+        async with self.locked(identity, name) as record:
             await self._retire(record)
             if record.current_version is not None:
                 await self.registry.update_version(record.id, record.current_version, status="stopped")
@@ -1491,7 +1551,7 @@ class Platform:
     async def set_suspended(self, identity: Identity, name: str, suspended: bool) -> dict:
         """Suspend (no new runs; runs in flight go on) or resume an MCPApp deployment. The state is kept in the
         deployment's spec, so restarts of its instance keep it."""
-        async with self._locked(identity, name) as record:
+        async with self.locked(identity, name) as record:
             reply = await self.control(record, {"suspended": suspended})
             record = await self.registry.update_deployment(record.id, spec={**record.spec, "suspended": suspended})
             verb = "suspended" if suspended else "resumed"
@@ -1503,7 +1563,7 @@ class Platform:
                     "active_runs": reply.get("active_runs"), "status": record.status}
 
     async def start_deployment(self, identity: Identity, name: str) -> DeploymentRecord:
-        async with self._locked(identity, name) as record:
+        async with self.locked(identity, name) as record:
             if f"{record.org}.{record.name}" in self.active:
                 return record
             if record.current_version is None:
@@ -1513,7 +1573,7 @@ class Platform:
             return await self.registry.get_deployment_by_id(record.id)
 
     async def rollback(self, identity: Identity, name: str, to: int | None) -> dict:
-        async with self._locked(identity, name) as record:
+        async with self.locked(identity, name) as record:
             versions = await self.registry.list_versions(record.id)
             if to is None:
                 candidates = [v for v in versions if v.version != record.current_version
@@ -1537,8 +1597,12 @@ class Platform:
             record = await self.registry.get_deployment_by_id(record.id)
             return self.describe_result(record, to)
 
-    async def delete_deployment(self, identity: Identity, name: str) -> None:
-        async with self._locked(identity, name) as record:
+    async def delete_deployment(self, identity: Identity, name: str, *, force: bool = False) -> list[str]:
+        """Delete it; a public one that others use only when an owner forces it. Returns its dependents (a
+        private deployment's, left without it), as the caller may see them."""
+        async with self.locked(identity, name) as record:
+            forced = await self.catalog.check_removal(identity, record, force=force, action="delete")
+            left = forced or await self.catalog.dependents(record)
             await self._retire(record)
             used = {}
             for ver in await self.registry.list_versions(record.id):
@@ -1575,6 +1639,8 @@ class Platform:
             await self.record(Event(type="deployment.deleted", org=record.org, deployment=record.name,
                                     status="failed" if leftover else "info",
                                     message=f"deleted {record.org}.{record.name}{leftover}"), record.id)
+            self.forget_auth(record)
+            return self.catalog.shown(left, identity)
 
     # -- secrets -----------------------------------------------------------------------------------------------
 
@@ -1753,7 +1819,7 @@ class Platform:
                                  hint="ask an owner of the org for the developer role")
         return record
 
-    async def status(self, record: DeploymentRecord) -> dict:
+    async def status(self, record: DeploymentRecord, identity: Identity | None = None) -> dict:
         out = record.model_dump(mode="json")
         out["endpoint"] = self.endpoint(record)
         out["auth"] = auth_of(record)
@@ -1771,6 +1837,9 @@ class Platform:
         if active is not None:
             self._usage[(record.org, record.name)] = stats
         out["health"] = self.health(record.org, record.name)
+        out["public"] = is_public(record)
+        out["uses"] = record.spec.get("uses") or []
+        out["used_by"] = self.catalog.shown(await self.catalog.dependents(record), identity) if identity else []
         out["versions"] = [v.model_dump(mode="json", include={"version", "status", "package_sha256", "error",
                                                               "created_at"})
                            for v in await self.registry.list_versions(record.id)]

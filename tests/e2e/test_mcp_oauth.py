@@ -371,3 +371,42 @@ def test_a_deployment_is_addressed_as_at_org_slash_name(p):
     # The REST routes and the CLI take it too.
     assert p.api("GET", f"/servers/@{p.org}/hello/tools", token=storage.tokens.access_token).status_code == 200
     assert p.cli_json("status", f"@{p.org}/hello")["name"] == "hello"
+
+
+def test_a_user_of_another_org_gets_a_token_for_a_public_deployment_only(p):
+    client_id = register(p).json()["client_id"]
+    public = f"{p.url}/servers/@{p.org}/other"
+
+    def token_for(resource: str) -> dict:
+        verifier, challenge = pkce()
+        query = redirect_query(authorize(p, client_id, username="bob", resource=resource, code_challenge=challenge,
+                                         code_challenge_method="S256"))
+        if "code" not in query:
+            return query
+        return exchange(p, client_id, query["code"], verifier, resource=resource).json()
+
+    def greet(token: str) -> httpx.Response:
+        return httpx.post(f"{public}/call_tool", headers={"Authorization": f"Bearer {token}"},
+                          json={"name": "greet", "arguments": {"name": "beta"}}, timeout=30)
+
+    assert token_for(public)["error"] == "invalid_target"  # private: bob of org beta may not have it
+    p.cli_json("publish", "other")
+    try:
+        tokens = token_for(public)
+        assert claims_of(tokens["access_token"])["aud"] == f"{p.url}/servers/{p.org}.other"
+        answer = greet(tokens["access_token"])
+        assert answer.status_code == 200 and "beta" in answer.text, answer.text
+        # Bound to that deployment: not the API, not a private deployment of its org.
+        assert httpx.get(f"{p.url}/api/v1/whoami", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+                         ).status_code == 403
+        hello = httpx.post(f"{p.url}/servers/@{p.org}/hello/call_tool", json={"name": "greet"},
+                           headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert hello.status_code in (401, 403)
+        refreshed = httpx.post(p.url + "/oauth/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                             "refresh_token": tokens["refresh_token"],
+                                                             "resource": public})
+        assert refreshed.status_code == 200, refreshed.text
+    finally:
+        p.cli_json("unpublish", "other")
+    # Private again: the token it holds no longer gets in.
+    assert greet(refreshed.json()["access_token"]).status_code in (401, 403)
