@@ -427,7 +427,9 @@ async def test_priority_orders_queued_runs(temporal_server, tmp_path) -> None:
             rec = await ex.wait(run.run_id, timeout=60)
             started[run.run_id] = (await ex.status(run.run_id, history=True)).history[0]["ts"]
             assert rec.status == "completed"
-    assert started[high.run_id] == min(started.values()), started
+    # In FIFO order the high-priority run, queued last, would start last. Temporal's matcher may already have handed
+    # the oldest task to its buffer when the worker's first poll arrives, so it can come second, never later.
+    assert sorted(started.values()).index(started[high.run_id]) <= 1, started
 
 
 @async_test
