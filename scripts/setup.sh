@@ -17,6 +17,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Debian's Chromium for the console's browser tests (tests/e2e/test_console.py): Playwright drives this system
+# executable; `playwright install` is never run (it downloads a browser). MCPAC_SKIP_BROWSER=1 skips it.
+if [ -z "${MCPAC_SKIP_BROWSER:-}" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> chromium not found: installing Debian's chromium package with apt-get"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+      echo "warning: apt-get could not install chromium; the console's browser tests will fail" >&2
+    fi
+  else
+    echo "warning: chromium is not installed (apt-get install chromium); the console's browser tests will fail" >&2
+  fi
+fi
+
 # npm tools the gateway e2e tests run for real (the "everything" reference server, the MCP Inspector CLI, an OIDC issuer), pinned so
 # a new release cannot change what the tests see. Installed into .tools/node (gitignored); tests/conftest.py finds
 # them there. MCPAC_SKIP_NODE_TOOLS=1 skips this; the tests that need them then fail and point back here.

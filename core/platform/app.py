@@ -37,8 +37,9 @@ from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
-PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers")
-PUBLIC_PREFIXES = ("/auth/", "/oauth/", "/.well-known/")  # how a caller gets a token (introspect checks its own)
+PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers", "/console")
+# How a caller gets a token (introspect checks its own); the console signs its users in with its own cookies.
+PUBLIC_PREFIXES = ("/auth/", "/oauth/", "/.well-known/", "/console/")
 
 
 def error_response(exc: MCPAgentCloudError) -> JSONResponse:
@@ -792,6 +793,10 @@ def build_app(platform: Platform) -> Starlette:
     bridge = Bridge(gateway)  # the legacy SSE transport and the REST surface, on the gateway's sessions
     served = gateway.routes() + bridge.routes
     routes += served
+    if platform.config.oauth.enabled:  # the console signs in through the platform's own OAuth server
+        from .console import Console
+
+        routes += Console(platform, flows).routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -43,6 +43,7 @@ from ..names import auth_provider, from_at_path, split_qualified
 log = logging.getLogger("mcp_agent_cloud.oauth")
 
 CLI_CLIENT_ID = "mcp-agent-cli"
+CONSOLE_CLIENT_ID = "mcp-agent-console"  # the web console: first-party, code + PKCE, a token for the API
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -283,6 +284,9 @@ class OAuthServer:
         self.keys = SigningKeys(platform, config)
         self.clients = {CLI_CLIENT_ID: Client(CLI_CLIENT_ID, (DEVICE_GRANT, TOKEN_EXCHANGE, "refresh_token"),
                                               " ".join(SCOPES))}
+        self.clients[CONSOLE_CLIENT_ID] = Client(
+            CONSOLE_CLIENT_ID, (CODE_GRANT, "refresh_token"), " ".join(SCOPES), name="the mcp-agent-cloud console",
+            redirect_uris=(f"{self.issuer}/console/callback",))
         self.devices: dict[str, dict] = {}  # device_code -> credential (in memory: minutes-long, this node only)
         self.grants: dict[str, tuple[User, bool]] = {}  # user_code -> (user, approved)
         self.codes: dict[str, Code] = {}
@@ -671,6 +675,17 @@ class OAuthServer:
         status, body, headers = await anyio.to_thread.run_sync(lambda: call(args))
         return JSONResponse(body, status_code=status, headers={**dict(headers), "Cache-Control": "no-store"})
 
+    async def token_request(self, form: dict[str, str]) -> tuple[int, dict]:
+        """The token endpoint, called in-process by a first-party client (the console): the same grants and
+        checks as over HTTP."""
+        args = ("POST", f"{self.issuer}/oauth/token", {}, form)
+        status, body, _ = await anyio.to_thread.run_sync(lambda: self._server.create_token_response(args))
+        return status, body
+
+    async def revoke(self, token: str, client_id: str) -> None:
+        args = ("POST", f"{self.issuer}/oauth/revoke", {}, {"token": token, "client_id": client_id})
+        await anyio.to_thread.run_sync(lambda: self._server.create_endpoint_response("revocation", args))
+
     # access tokens -------------------------------------------------------------------------------------------------
 
     async def verify(self, token: str, *, check_family: bool = True) -> dict | None:
@@ -852,7 +867,10 @@ class OAuthServer:
         except OAuth2Error as error:
             return None, (_oauth_redirect(*error()) if error.redirect_uri else _page(
                 _error_page(error.description or error.error), 400))
-        if self._deployment_named(params.get("resource")) is None:
+        console = grant.request.client.client_id == CONSOLE_CLIENT_ID
+        if console and (params.get("resource") or "").rstrip("/") != self.api_audience:
+            return None, self._refuse(grant, params, "invalid_target", f"the console's resource is {self.api_audience}")
+        if not console and self._deployment_named(params.get("resource")) is None:
             return None, self._refuse(grant, params, "invalid_target", "resource must be a deployment of this "
                                       f"platform: {self.servers_prefix}NAME (RFC 8707)")
         return grant, None
@@ -873,10 +891,10 @@ class OAuthServer:
             return answer
         client, name = grant.request.client, self._deployment_named(params["resource"])
         page = functools.partial(_page, redirect_to=(grant.redirect_uri, *self._login_origins()))
-        only = await self._only_provider(name)
+        only = await self._only_provider(name) if name else None
         buttons = [b for b in self._buttons() if only is None or b[0] == only]
-        form = functools.partial(_authorize_form, params, client.name, grant.redirect_uri, name, buttons=buttons,
-                                 password=only is None)
+        form = functools.partial(_console_form if name is None else _authorize_form, params, client.name,
+                                 grant.redirect_uri, name, buttons=buttons, password=only is None)
         if request.method == "GET":
             return page(form())
         action = str(source.get("action", ""))
@@ -1139,6 +1157,21 @@ def _device_form(user_code: str, error: str = "", buttons: list[tuple[str, str]]
 def _error_page(message: str) -> str:
     return (f"<h1>This login cannot go on</h1><p class=\"error\" role=\"alert\">{html.escape(message)}</p>"
             "<p>Go back to the app that sent you here and connect again.</p>")
+
+
+def _console_form(params: dict, client_name: str, redirect_uri: str, deployment: None, error: str = "",
+                  buttons: list[tuple[str, str]] = (), password: bool = True) -> str:
+    """The console's login: the same form and providers as every login here, with nothing to allow."""
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                     for k, v in params.items())
+    return ("<h1>Sign in to the console</h1>" + message + f'<form method="post" action="/oauth/authorize">{hidden}'
+            '<label for="username">Username</label><input id="username" name="username" required '
+            'autocomplete="username">'
+            '<label for="password">Password</label><input id="password" name="password" type="password" '
+            'required autocomplete="current-password">'
+            '<button type="submit" name="action" value="approve">Sign in</button>'
+            f'{_provider_buttons(list(buttons))}</form>')
 
 
 def _authorize_form(params: dict, client_name: str, redirect_uri: str, deployment: str, error: str = "",
