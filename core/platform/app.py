@@ -37,7 +37,7 @@ from .workflows import Workflows
 
 log = logging.getLogger("mcp_agent_cloud.platform")
 
-PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers", "/console")
+PUBLIC_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/auth/providers", "/console", "/catalog")
 # How a caller gets a token (introspect checks its own); the console signs its users in with its own cookies.
 PUBLIC_PREFIXES = ("/auth/", "/oauth/", "/.well-known/", "/console/")
 

@@ -301,7 +301,11 @@ class Console:
 
     def routes(self) -> list:
         page, write = self.page, (lambda h: self.page(h, write=True))
-        return [Mount("/console", routes=[
+
+        async def catalog_address(request: Request) -> Response:  # the catalog's short address
+            return RedirectResponse("/console/catalog", status_code=307)
+
+        return [Route("/catalog", catalog_address), Mount("/console", routes=[
             Route("/", page(self.overview)),
             Route("/login", self.login),
             Route("/callback", self.callback),

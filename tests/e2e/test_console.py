@@ -66,11 +66,30 @@ def signed_in(browser, p: PlatformProcess, user: str):
     return context, page
 
 
+def accessible(page) -> None:
+    """What a screen reader and a keyboard need: a label for every field, a name for every button and link, one
+    main landmark, and a page language."""
+    problems = page.evaluate("""() => {
+        const out = [];
+        for (const el of document.querySelectorAll("input:not([type=hidden]), textarea, select")) {
+            if (!el.labels?.length && !el.getAttribute("aria-label")) out.push("unlabelled " + el.outerHTML);
+        }
+        for (const el of document.querySelectorAll("button, a[href]")) {
+            if (!(el.getAttribute("aria-label") || el.textContent).trim()) out.push("unnamed " + el.outerHTML);
+        }
+        if (document.querySelectorAll("main").length !== 1) out.push("not one main landmark");
+        if (!document.documentElement.lang) out.push("no lang");
+        return out;
+    }""")
+    assert problems == [], problems
+
+
 def test_an_owner_works_through_the_console(con, browser, tmp_path):
     p = con
     context, page = signed_in(browser, p, "olga")
     try:
         assert page.get_by_role("heading", name="Deployments of default").is_visible()
+        accessible(page)
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
         row = page.get_by_role("row").filter(has_text="greeter")
         assert row.get_by_text("private").is_visible() and row.get_by_text("running").is_visible()
@@ -84,6 +103,7 @@ def test_an_owner_works_through_the_console(con, browser, tmp_path):
         config = json.loads(page.locator("#client-config").text_content())
         assert config["mcpServers"]["greeter"]["url"] == f"{p.url}/servers/greeter/mcp"
         p.api("POST", "/servers/greeter/call_tool", json={"name": "greet", "arguments": {"name": "console"}})
+        accessible(page)
         page.get_by_label("Live tail").check()
         wait_for(lambda: "starting version 1" in page.locator("#logs").text_content(), what="the log tail")
         page.screenshot(path=str(tmp_path / "deployment.png"), full_page=True)
@@ -97,6 +117,13 @@ def test_an_owner_works_through_the_console(con, browser, tmp_path):
         page.get_by_role("button", name="Search").click()
         assert page.get_by_role("heading", name="@default/greeter").is_visible()
         assert page.get_by_text("Greets whoever asks").is_visible()
+        accessible(page)
+        # From the keyboard: the copy button, focused, works with Enter.
+        copy = page.get_by_role("button", name="Copy the endpoint of @default/greeter")
+        copy.focus()
+        page.keyboard.press("Enter")
+        assert page.evaluate("navigator.clipboard.readText()") == f"{p.url}/servers/@default/greeter/mcp"
+        assert page.request.get("/catalog", max_redirects=0).headers["location"] == "/console/catalog"
         page.screenshot(path=str(tmp_path / "catalog.png"), full_page=True)
 
         # Another org's app uses it: the delete is refused, and says who depends on it.
@@ -118,6 +145,7 @@ def test_an_owner_works_through_the_console(con, browser, tmp_path):
         page.get_by_role("button", name="Filter").click()
         run = page.locator(f"#run-{run_id}")
         assert run.get_by_text("Waiting for: approve").is_visible()
+        accessible(page)
         page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
         run.get_by_label("Your answer (text or JSON)").fill('{"ok": true, "by": "olga"}')
         run.get_by_role("button", name="Resume").click()
