@@ -191,7 +191,7 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
                    builder: str | None, region: str | None, public: bool, api_url: str | None, as_json: bool,
                    verbose: bool, packager_name: str = "tarball", non_interactive: bool = False,
                    secrets_as: str = "env", auth: str | None = None, uses: tuple[str, ...] = ()) -> dict:
-    from ..appspec import load_app
+    from ..appspec import load_app, platform_servers
     from ..hookspecs.types import PluginContext
     from ..manager import load_plugin_manager
 
@@ -254,8 +254,9 @@ def deploy_app_dir(directory: str, *, name: str | None, entrypoint: str | None, 
             "entrypoint": app.entrypoint, "env": _parse_env(env), "builder": builder or app.builder,
             "description": app.description or None, "region": region, "public": public or None,
             "auth": auth or app.auth,
-            # --use replaces the config's list; neither keeps what the last deploy declared
-            "uses": list(uses) if uses else app.uses,
+            # --use, else deploy.uses, else the servers of this platform in mcp.servers; none: the last deploy's
+            "uses": list(uses) if uses else app.uses if app.uses is not None else (
+                platform_servers(app.server_urls, client.api_url) or None),
             "secrets": secret_values, "secret_refs": secret_refs, "secrets_as": secrets_as,
             "client_steps": progress.timings}
     try:

@@ -83,6 +83,7 @@ class AppSpec(BaseModel):
     exclude: list[str] = Field(default_factory=list)
     auth: str | None = None
     uses: list[str] | None = None
+    server_urls: list[str] = Field(default_factory=list, description="mcp.servers.*.url of the app's config")
     detected: str = Field(description="how the entrypoint was found")
     warnings: list[str] = Field(default_factory=list, description="things ignored on the way, for the CLI to show")
 
@@ -100,7 +101,7 @@ def load_app(directory: Path | str, *, name: str | None = None, entrypoint: str 
     if not root.is_dir():
         raise AppError(f"not a directory: {root}", hint="pass the app's directory, not a file inside it")
     root = root.resolve()
-    deploy = _load_deploy_section(root)
+    deploy, server_urls = _load_deploy_section(root)
     warnings: list[str] = []
 
     if entrypoint:
@@ -114,18 +115,45 @@ def load_app(directory: Path | str, *, name: str | None = None, entrypoint: str 
     final_name = validate_name(name or deploy.name or suggest_name(root.name))
     return AppSpec(dir=root, name=final_name, entrypoint=entrypoint, requirements=_requirements(root, deploy, warnings),
                    description=deploy.description, env=deploy.env, builder=deploy.builder, exclude=deploy.exclude,
-                   auth=deploy.auth, uses=deploy.uses, detected=detected, warnings=warnings)
+                   auth=deploy.auth, uses=deploy.uses, server_urls=server_urls, detected=detected,
+                   warnings=warnings)
 
 
-def _load_deploy_section(root: Path) -> DeploySection:
+def _load_deploy_section(root: Path) -> tuple[DeploySection, list[str]]:
+    """The ``deploy:`` section, and the URLs of the MCP servers the app's ``mcp.servers`` connects to."""
     path = root / APP_CONFIG_FILENAME
     if not path.is_file():
-        return DeploySection()
+        return DeploySection(), []
     try:
         located = load_yaml(path.read_text(encoding="utf-8"), str(path))
-        return validate_located(DeploySection, located, prefix=("deploy",), what="deploy section")
+        deploy = validate_located(DeploySection, located, prefix=("deploy",), what="deploy section")
     except ConfigError as exc:  # same message (with file:line), reported as an app problem
         raise AppError(exc.message, hint=exc.hint or f"fix the deploy: section of {APP_CONFIG_FILENAME}") from None
+    servers = ((located.data or {}).get("mcp") or {}).get("servers") if isinstance(located.data, dict) else None
+    urls = [str(v["url"]) for v in (servers or {}).values() if isinstance(v, dict) and isinstance(v.get("url"), str)] \
+        if isinstance(servers, dict) else []
+    return deploy, urls
+
+
+def platform_servers(urls: list[str], base_url: str) -> list[str]:
+    """The deployments among ``urls`` (``mcp.servers.*.url``) that this platform serves: their names, as the
+    app's declared dependencies when ``deploy.uses`` says nothing."""
+    from urllib.parse import urlsplit
+
+    from .names import from_at_path
+
+    base = urlsplit(base_url)
+    out = []
+    for url in urls:
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+            continue
+        path = from_at_path(parts.path) or parts.path
+        if path.startswith("/servers/") and len(path.split("/")) >= 3 and path.split("/")[2]:
+            name = path.split("/")[2]
+            if name not in out:
+                out.append(name)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

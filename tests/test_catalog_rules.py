@@ -82,3 +82,19 @@ def test_catalog_words_search_and_subcommands_still_work():
     assert seen == [("search", ("time", "zone"), False), ("search", (), False), ("search", (), True),
                     ("show", "@acme/clock")]
     assert "Usage" in runner.invoke(catalog, ["--help"]).output
+
+
+def test_the_servers_an_apps_mcp_config_connects_to_on_this_platform_are_its_dependencies(tmp_path):
+    from mcp_agent_cloud.appspec import load_app, platform_servers
+
+    (tmp_path / "main.py").write_text("from mcp.server.mcpserver import MCPServer\nmcp = MCPServer('x')\n")
+    (tmp_path / "mcp_agent.config.yaml").write_text(
+        "mcp:\n  servers:\n"
+        "    clock: {transport: streamable_http, url: 'http://127.0.0.1:8765/servers/clock/mcp'}\n"
+        "    search: {transport: sse, url: 'http://127.0.0.1:8765/servers/@acme/search/sse'}\n"
+        "    elsewhere: {transport: streamable_http, url: 'https://api.example.com/servers/x/mcp'}\n"
+        "    fetch: {command: uvx, args: [mcp-server-fetch]}\n")
+    app = load_app(tmp_path)
+    assert app.uses is None and len(app.server_urls) == 3
+    assert platform_servers(app.server_urls, "http://127.0.0.1:8765") == ["clock", "acme.search"]
+    assert platform_servers(app.server_urls, "http://127.0.0.1:9999") == []
