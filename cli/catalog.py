@@ -10,15 +10,10 @@ import click
 from rich.markup import escape
 
 from ..errors import ValidationFailed
+from .commands import _client
 from .output import api_options, emit_json, err, handle_errors, json_option, out, table
 
 ICON_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml"}
-
-
-def _client(api_url: str | None):
-    from ..client import PlatformClient
-
-    return PlatformClient(api_url)
 
 
 def icon_value(icon: str) -> str:
