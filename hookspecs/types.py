@@ -362,6 +362,7 @@ class UsageDelta(BaseModel):
     bucket: int = Field(description="the hour's start, in epoch seconds")
     calls: int = 0
     errors: int = 0
+    duration_ms: float = Field(0.0, description="the calls' answer times, summed")
     callers: list[str] = Field(default_factory=list, description="opaque caller ids (hashes), each once")
 
 
@@ -370,6 +371,7 @@ class UsageBucket(BaseModel):
     calls: int = 0
     errors: int = 0
     callers: int = 0
+    avg_ms: float | None = Field(None, description="mean answer time of the hour's calls")
 
 
 class UsageSummary(BaseModel):

@@ -196,6 +196,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             bucket BIGINT NOT NULL,
             calls BIGINT NOT NULL DEFAULT 0,
             errors BIGINT NOT NULL DEFAULT 0,
+            duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
             PRIMARY KEY (deployment_id, bucket))""",
         """CREATE TABLE usage_callers (
             deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
@@ -611,10 +612,11 @@ class PostgresRegistry(Registry):
         async with self._tx() as cur:
             for d in deltas:  # a deployment deleted since the calls were counted takes nothing
                 await cur.execute(
-                    "INSERT INTO usage (deployment_id, bucket, calls, errors) SELECT %s, %s, %s, %s WHERE EXISTS "
-                    "(SELECT 1 FROM deployments WHERE id = %s) ON CONFLICT (deployment_id, bucket) DO UPDATE "
-                    "SET calls = usage.calls + EXCLUDED.calls, errors = usage.errors + EXCLUDED.errors",
-                    (d.deployment_id, d.bucket, d.calls, d.errors, d.deployment_id))
+                    "INSERT INTO usage (deployment_id, bucket, calls, errors, duration_ms) SELECT %s, %s, %s, %s, %s "
+                    "WHERE EXISTS (SELECT 1 FROM deployments WHERE id = %s) ON CONFLICT (deployment_id, bucket) "
+                    "DO UPDATE SET calls = usage.calls + EXCLUDED.calls, errors = usage.errors + EXCLUDED.errors, "
+                    "duration_ms = usage.duration_ms + EXCLUDED.duration_ms",
+                    (d.deployment_id, d.bucket, d.calls, d.errors, d.duration_ms, d.deployment_id))
                 if d.callers:
                     await cur.executemany(
                         "INSERT INTO usage_callers (deployment_id, bucket, caller) SELECT %s, %s, %s WHERE EXISTS "
@@ -624,10 +626,11 @@ class PostgresRegistry(Registry):
     async def get_usage(self, deployment_id: str, since: float) -> UsageSummary:
         start = int(since) // 3600 * 3600
         async with self._tx() as cur:
-            await cur.execute("SELECT u.bucket, u.calls, u.errors, (SELECT COUNT(*) FROM usage_callers k WHERE "
+            await cur.execute("SELECT u.bucket, u.calls, u.errors, u.duration_ms, (SELECT COUNT(*) FROM usage_callers k WHERE "
                               "k.deployment_id = u.deployment_id AND k.bucket = u.bucket) AS callers FROM usage u "
                               "WHERE u.deployment_id = %s AND u.bucket >= %s ORDER BY u.bucket", (deployment_id, start))
-            buckets = [UsageBucket(bucket=r["bucket"], calls=r["calls"], errors=r["errors"], callers=r["callers"])
+            buckets = [UsageBucket(bucket=r["bucket"], calls=r["calls"], errors=r["errors"], callers=r["callers"],
+                                   avg_ms=round(r["duration_ms"] / r["calls"], 2) if r["calls"] else None)
                        for r in await cur.fetchall()]
             await cur.execute("SELECT COUNT(DISTINCT caller) AS n FROM usage_callers WHERE deployment_id = %s AND "
                               "bucket >= %s", (deployment_id, start))

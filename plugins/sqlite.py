@@ -185,6 +185,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             bucket INTEGER NOT NULL,
             calls INTEGER NOT NULL DEFAULT 0,
             errors INTEGER NOT NULL DEFAULT 0,
+            duration_ms REAL NOT NULL DEFAULT 0,
             PRIMARY KEY (deployment_id, bucket))""",
         """CREATE TABLE usage_callers (
             deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
@@ -514,10 +515,11 @@ class SqliteRegistry(Registry):
     async def add_usage(self, deltas: list[UsageDelta]) -> None:
         def op(c: sqlite3.Connection) -> None:
             for d in deltas:  # a deployment deleted since the calls were counted takes nothing
-                c.execute("INSERT INTO usage (deployment_id, bucket, calls, errors) SELECT ?, ?, ?, ? WHERE EXISTS "
-                          "(SELECT 1 FROM deployments WHERE id = ?) ON CONFLICT (deployment_id, bucket) DO UPDATE "
-                          "SET calls = calls + excluded.calls, errors = errors + excluded.errors",
-                          (d.deployment_id, d.bucket, d.calls, d.errors, d.deployment_id))
+                c.execute("INSERT INTO usage (deployment_id, bucket, calls, errors, duration_ms) SELECT ?, ?, ?, ?, ? "
+                          "WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?) ON CONFLICT (deployment_id, bucket) "
+                          "DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, "
+                          "duration_ms = duration_ms + excluded.duration_ms",
+                          (d.deployment_id, d.bucket, d.calls, d.errors, d.duration_ms, d.deployment_id))
                 c.executemany("INSERT OR IGNORE INTO usage_callers (deployment_id, bucket, caller) SELECT ?, ?, ? "
                               "WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?)",
                               [(d.deployment_id, d.bucket, caller, d.deployment_id) for caller in d.callers])
@@ -527,13 +529,14 @@ class SqliteRegistry(Registry):
         start = int(since) // 3600 * 3600
 
         def op(c: sqlite3.Connection) -> UsageSummary:
-            rows = c.execute("SELECT u.bucket, u.calls, u.errors, (SELECT COUNT(*) FROM usage_callers k WHERE "
+            rows = c.execute("SELECT u.bucket, u.calls, u.errors, u.duration_ms, (SELECT COUNT(*) FROM usage_callers k WHERE "
                              "k.deployment_id = u.deployment_id AND k.bucket = u.bucket) FROM usage u "
                              "WHERE u.deployment_id = ? AND u.bucket >= ? ORDER BY u.bucket",
                              (deployment_id, start)).fetchall()
             callers = c.execute("SELECT COUNT(DISTINCT caller) FROM usage_callers WHERE deployment_id = ? AND "
                                 "bucket >= ?", (deployment_id, start)).fetchone()[0]
-            buckets = [UsageBucket(bucket=r[0], calls=r[1], errors=r[2], callers=r[3]) for r in rows]
+            buckets = [UsageBucket(bucket=r[0], calls=r[1], errors=r[2], callers=r[4],
+                                   avg_ms=round(r[3] / r[1], 2) if r[1] else None) for r in rows]
             return UsageSummary(since=since, calls=sum(b.calls for b in buckets),
                                 errors=sum(b.errors for b in buckets), callers=callers, buckets=buckets)
         return await self._run(op)

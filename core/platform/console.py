@@ -199,15 +199,20 @@ class Console:
             health = platform.health(record.org, record.name)
             usage = await platform.usage_of(record, since)
             for b in usage.buckets:
-                h = hours.setdefault(b.bucket, [0, 0])
+                h = hours.setdefault(b.bucket, [0, 0, 0.0])
                 h[0] += b.calls
                 h[1] += b.errors
+                h[2] += (b.avg_ms or 0.0) * b.calls
             rows.append({"record": record, "health": health, "usage": usage, "public": is_public(record),
                          "endpoint": platform.endpoint(record), "auth": auth_of(record)})
         now = int(time.time()) // 3600 * 3600
-        series = [(now - 3600 * i, *hours.get(now - 3600 * i, (0, 0))) for i in range(23, -1, -1)]
+        series = []  # (hour, calls, errors, mean ms) for the last 24 hours, oldest first
+        for i in range(23, -1, -1):
+            calls, errors, total_ms = hours.get(now - 3600 * i, (0, 0, 0.0))
+            series.append((now - 3600 * i, calls, errors, round(total_ms / calls, 1) if calls else 0.0))
         return self.render(request, "overview.html", identity, rows=rows, series=series,
-                           peak=max([c for _, c, _ in series] + [1]))
+                           peak=max([c for _, c, _, _ in series] + [1]),
+                           slowest=max([m for _, _, _, m in series] + [1.0]))
 
     async def deployment(self, request: Request, identity: Identity) -> Response:
         platform = self.platform

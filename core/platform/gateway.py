@@ -974,7 +974,7 @@ class _Call:
             for method in self.methods[:errors]:
                 platform.m_errors.inc((*self.labels, method))
         if calls := self.methods.count("tools/call"):
-            platform.count_calls(*self.labels, self.caller, calls, min(errors, calls))
+            platform.count_calls(*self.labels, self.caller, calls, min(errors, calls), took * 1000 * calls)
         span = self.span
         if span is not None:
             if status is not None:

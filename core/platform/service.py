@@ -466,23 +466,26 @@ class Platform:
             if time.monotonic() - self._usage_read_at < 120:
                 await self.sample_usage()
 
-    def count_calls(self, org: str, name: str, caller: str | None, calls: int, errors: int) -> None:
-        """Tool calls just answered, for the usage the catalog shows: kept here, written every few seconds."""
-        entry = self._calls.setdefault((f"{org}.{name}", usage_bucket(time.time())), [0, 0, set()])
+    def count_calls(self, org: str, name: str, caller: str | None, calls: int, errors: int,
+                    duration_ms: float = 0.0) -> None:
+        """Tool calls just answered, for the usage the catalog and the console show: kept here, written every few
+        seconds."""
+        entry = self._calls.setdefault((f"{org}.{name}", usage_bucket(time.time())), [0, 0, 0.0, set()])
         entry[0] += calls
         entry[1] += errors
-        if caller is not None and len(entry[2]) < 100_000:
-            entry[2].add(caller)
+        entry[2] += duration_ms
+        if caller is not None and len(entry[3]) < 100_000:
+            entry[3].add(caller)
 
     async def flush_usage(self) -> None:
         pending, self._calls = self._calls, {}
         deltas = []
-        for (key, bucket), (calls, errors, callers) in pending.items():
+        for (key, bucket), (calls, errors, duration_ms, callers) in pending.items():
             org, _, short = key.partition(".")
             record = await self.registry.get_deployment(org, short)
             if record is not None:
                 deltas.append(UsageDelta(deployment_id=record.id, bucket=bucket, calls=calls, errors=errors,
-                                         callers=sorted(callers)))
+                                         duration_ms=duration_ms, callers=sorted(callers)))
         if not deltas:
             return
         try:

@@ -403,16 +403,19 @@ class RegistryContract:
             dep = await reg.create_deployment(deployment("acme", "hello"))
             other = await reg.create_deployment(deployment("acme", "other"))
             h1, h2 = 7200 * 100, 7200 * 100 + 3600
-            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=3, errors=1, callers=["a", "b"]),
+            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=3, errors=1, duration_ms=30,
+                                            callers=["a", "b"]),
                                  UsageDelta(deployment_id=other.id, bucket=h1, calls=9, callers=["z"])])
             # Another node's counts for the same hour add up; a caller already seen that hour counts once.
-            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=2, callers=["b", "c"]),
+            await reg.add_usage([UsageDelta(deployment_id=dep.id, bucket=h1, calls=2, duration_ms=70,
+                                            callers=["b", "c"]),
                                  UsageDelta(deployment_id=dep.id, bucket=h2, calls=1, callers=["a"]),
                                  UsageDelta(deployment_id="dep_gone", bucket=h1, calls=5, callers=["x"])])
             usage = await reg.get_usage(dep.id, since=h1 + 10)  # since rounds down to its hour
             assert (usage.calls, usage.errors, usage.callers) == (6, 1, 3)
             assert [(b.bucket, b.calls, b.errors, b.callers) for b in usage.buckets] == [(h1, 5, 1, 3),
                                                                                          (h2, 1, 0, 1)]
+            assert [b.avg_ms for b in usage.buckets] == [20.0, 0.0]  # (30 + 70) / 5; none timed in h2
             later = await reg.get_usage(dep.id, since=h2)
             assert (later.calls, later.callers, len(later.buckets)) == (1, 1, 1)
             assert (await reg.get_usage("dep_gone", since=0)).calls == 0

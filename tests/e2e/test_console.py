@@ -7,6 +7,7 @@ controls, and the API refuses those too. Screenshots of the main pages go to the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,12 @@ def test_an_owner_works_through_the_console(con, browser, tmp_path):
         assert done["result"]["decision"] == {"ok": True, "by": "olga"}
         page.goto("/console/runs?status=completed")
         assert page.locator(f"#run-{run_id}").get_by_text("completed").is_visible()
+
+        # The overview's charts come from the usage the registry keeps: the calls made above are in them.
+        page.goto("/console/")
+        summary = page.locator("#traffic + p").text_content()
+        assert int(summary.split()[0]) >= 1 and "calls" in summary, summary
+        assert page.get_by_role("img", name=re.compile("Mean tool call answer time")).count() == 1
 
         # Signing out ends the login: the console asks for it again.
         page.get_by_role("button", name="Sign out").click()
