@@ -266,3 +266,19 @@ def test_no_secret_in_the_platform_log(p):
     log = p.log_path.read_text()
     assert SECRET not in log
     assert not re.search(r"eyJ[\w-]{20,}\.", log)
+
+
+def test_the_console_signs_in_through_the_issuer(p):
+    """The console offers the same providers as every login: through Okta, an owner of acme lands on acme's
+    deployments, with the console's own session cookies."""
+    with httpx.Client(timeout=30) as http:
+        page = http.get(p.url + "/console/", follow_redirects=True)
+        assert "Sign in to the console" in page.text and "Log in with Okta" in page.text
+        fields = forms_of(page.text)[0]["fields"]
+        start = http.post(p.url + "/oauth/authorize", data={**fields, "action": "provider:okta"})
+        assert start.status_code == 303
+        back = at_issuer(http, start, "olga", stop=p.url + "/console/callback")
+        landed = http.get(urljoin(str(back.url), back.headers["location"]), follow_redirects=True)
+        assert landed.status_code == 200 and "Deployments of acme" in landed.text, landed.text[:500]
+        assert "hello" in landed.text and "okta:olga@example.com" in landed.text
+        assert {c.name for c in http.cookies.jar} >= {"mcpac_console", "mcpac_console_refresh"}
