@@ -35,6 +35,7 @@ def con(tmp_path_factory, shared_envs):
             p.cli("admin", "users", "add", user, "--org", "default", "--role", role, "--password-stdin",
                   input=PASSWORD, check=True)
         p.cli_json("deploy", "app", str(HELLO), "--name", "greeter")
+        p.cli_json("deploy", "app", str(HELLO), "--name", "greeter", "--env", "GREETING_STYLE=loud")  # version 2
         p.cli_json("deploy", "app", str(FLOWS), "--name", "flows")
         yield p
     finally:
@@ -106,8 +107,13 @@ def test_an_owner_works_through_the_console(con, browser, tmp_path):
         p.api("POST", "/servers/greeter/call_tool", json={"name": "greet", "arguments": {"name": "console"}})
         accessible(page)
         page.get_by_label("Live tail").check()
-        wait_for(lambda: "starting version 1" in page.locator("#logs").text_content(), what="the log tail")
+        wait_for(lambda: "starting version 2" in page.locator("#logs").text_content(), what="the log tail")
         page.screenshot(path=str(tmp_path / "deployment.png"), full_page=True)
+
+        # Roll back to version 1 from its history.
+        page.get_by_role("button", name="Roll back to 1").click()
+        assert page.get_by_role("status").text_content() == "serving version 1"
+        assert p.cli_json("status", "greeter")["serving_version"] == 1
 
         # Publish it, and find it in the catalog.
         page.get_by_label("Description").fill("Greets whoever asks")
@@ -179,7 +185,7 @@ def test_a_viewer_sees_no_controls_and_the_api_refuses_them(con, browser):
     try:
         page.goto("/console/deployments/greeter")
         assert page.get_by_role("heading", name="Connect an MCP client").is_visible()
-        for name in ("Delete greeter", "Publish as @default/greeter", "Update the listing", "Roll back to 1"):
+        for name in ("Delete greeter", "Publish as @default/greeter", "Update the listing", "Roll back to 2"):
             assert page.get_by_role("button", name=name).count() == 0, name
         page.goto("/console/runs?status=paused")
         assert page.locator(f"#run-{run_id}").get_by_text("Waiting for: approve").is_visible()
