@@ -144,15 +144,13 @@ class Catalog:
 
     async def check_removal(self, identity: Identity, record: DeploymentRecord, *, force: bool,
                             action: str) -> list[DeploymentRecord]:
-        """Refuses to delete or unpublish a public deployment that others use, unless an owner forces it. For
-        unpublishing, only other orgs' dependents count: the deployment's own org keeps its access."""
-        if not is_public(record):
-            return []
+        """The deployments that use it (for unpublishing, those of other orgs: its own org keeps its access).
+        Refuses to delete or unpublish a public deployment that others use, unless an owner forces it."""
         found = await self.dependents(record)
         if action == "unpublish":
             found = [r for r in found if r.org != record.org]
-        if not found:
-            return []
+        if not found or not is_public(record):
+            return found
         listed = "; ".join(self.shown(found, identity))
         if not force:
             raise ConflictError(f"{address(record)} is public and in use: {listed}",
@@ -184,7 +182,8 @@ class Catalog:
     async def unpublish(self, identity: Identity, name: str, *, force: bool) -> dict:
         platform = self.platform
         async with platform.locked(identity, name) as record:
-            cut = await self.check_removal(identity, record, force=force, action="unpublish")
+            cut = await self.check_removal(identity, record, force=force, action="unpublish") \
+                if is_public(record) else []
             record = await self.registry.update_deployment(record.id, spec={**record.spec, "public": False})
             platform.forget_auth(record)
         note = f" (forced: {len(cut)} deployment(s) of other orgs used it)" if cut else ""

@@ -219,12 +219,10 @@ class Console:
         record = await platform.find(identity, request.path_params["name"])
         status = await platform.status(record, identity)
         name = record.name if record.org == identity.org else f"{record.org}.{record.name}"
-        secrets_list = []
-        if identity.can("read"):
-            try:
-                secrets_list = (await platform.list_secrets(identity, name))["secrets"]
-            except (MCPAgentCloudError, AttributeError):
-                secrets_list = []
+        try:
+            secrets_list = (await platform.list_secrets(identity, name))["secrets"]
+        except MCPAgentCloudError:  # a secrets backend that does not answer: the rest of the page still shows
+            secrets_list = []
         client_config = json.dumps({"mcpServers": {record.name: {"type": "http", "url": status["endpoint"]}}},
                                    indent=2)
         await platform.collect_app_spans(f"{record.org}.{record.name}")

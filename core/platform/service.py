@@ -235,7 +235,7 @@ class Platform:
         self._usage_warned = False
         self._auth_cache: dict[str, tuple[tuple[str, bool] | None, float]] = {}
         self.catalog = Catalog(self)
-        # Tool calls counted since the last write to the registry: (org.name, hour) -> [calls, errors, callers]
+        # Tool calls counted since the last write to the registry: (org.name, hour) -> [calls, errors, ms, callers]
         self._calls: dict[tuple[str, int], list] = {}
         from .oauth import OAuthServer
 
@@ -254,6 +254,7 @@ class Platform:
         self._control_tokens: dict[str, str] = {}
         self._wheel: Path | None = None
         self.cluster: Cluster | None = None
+        self.registry = None  # built in start()
         self.metrics = Metrics()
         self.span_store = SpanStore(config.tracing.keep_spans)
         self.tracer = Tracer()  # off until start() knows the exporters
@@ -267,7 +268,7 @@ class Platform:
     def _ctx(self) -> PluginContext:
         gateway = self.config.gateway
         # Builders size what they start (the stdio adapter's idle timeout and session cap) from the gateway's limits.
-        return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=getattr(self, "registry", None),
+        return PluginContext(data_dir=self.data_dir, emit=self.emit, registry=self.registry,
                              metrics=self.metrics,
                              settings={"base_url": self.config.base_url,
                                        "session_idle_timeout": gateway.session_idle_timeout,
@@ -352,7 +353,7 @@ class Platform:
     async def stop(self) -> None:
         for active in list(self.active.values()):
             await self._stop_active(active)
-        if getattr(self, "registry", None) is not None:
+        if self.registry is not None:
             with contextlib.suppress(Exception):
                 await self.flush_usage()
         if self.cluster is not None:
@@ -1604,8 +1605,7 @@ class Platform:
         """Delete it; a public one that others use only when an owner forces it. Returns its dependents (a
         private deployment's, left without it), as the caller may see them."""
         async with self.locked(identity, name) as record:
-            forced = await self.catalog.check_removal(identity, record, force=force, action="delete")
-            left = forced or await self.catalog.dependents(record)
+            left = await self.catalog.check_removal(identity, record, force=force, action="delete")
             await self._retire(record)
             used = {}
             for ver in await self.registry.list_versions(record.id):
