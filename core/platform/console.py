@@ -30,6 +30,9 @@ from .catalog import PublishBody, address, auth_of, is_public
 
 HERE = Path(__file__).resolve().parent.parent / "console"
 ACCESS, REFRESH, FLOW = "mcpac_console", "mcpac_console_refresh", "mcpac_console_flow"
+# The message a form's redirect shows once. A cookie, not the query string: a link cannot make a console page
+# show text of its author's choosing.
+FLASH = "mcpac_console_flash"
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 STATUSES = ("running", "paused", "completed", "error", "cancelled")
@@ -81,6 +84,21 @@ class Console:
         identity = await self.oauth.authenticate(body["access_token"])
         return identity, {ACCESS: body["access_token"], REFRESH: body.get("refresh_token", refresh)}
 
+    def _flash(self, response: Response, kind: str, message: str) -> Response:
+        value = base64.urlsafe_b64encode(json.dumps({kind: message[:2000]}).encode()).decode().rstrip("=")
+        self._cookie(response, FLASH, value, 60)
+        return response
+
+    @staticmethod
+    def _flashed(request: Request) -> dict[str, str]:
+        try:
+            value = request.cookies.get(FLASH, "")
+            found = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        except ValueError:
+            return {}
+        return {k: v for k, v in found.items() if k in ("flash", "error") and isinstance(v, str)} \
+            if isinstance(found, dict) else {}
+
     @staticmethod
     def csrf(request: Request) -> str:
         seed = request.cookies.get(REFRESH) or request.cookies.get(ACCESS) or ""
@@ -93,14 +111,18 @@ class Console:
         return form
 
     def render(self, request: Request, template: str, identity: Identity, status: int = 200, **ctx: Any) -> HTMLResponse:
+        flashed = self._flashed(request)
         body = self.env.get_template(template).render(
             request=request, me=identity, can_write=identity.can("write"), can_admin=identity.can("admin"),
-            csrf=self.csrf(request), flash=request.query_params.get("flash"),
-            flash_error=request.query_params.get("error"), base_url=self.platform.config.base_url, **ctx)
-        return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
-                                                               "Cache-Control": "no-store",
-                                                               "X-Content-Type-Options": "nosniff",
-                                                               "Referrer-Policy": "same-origin"})
+            csrf=self.csrf(request), flash=flashed.get("flash"), flash_error=flashed.get("error"),
+            base_url=self.platform.config.base_url, **ctx)
+        response = HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
+                                                                   "Cache-Control": "no-store",
+                                                                   "X-Content-Type-Options": "nosniff",
+                                                                   "Referrer-Policy": "same-origin"})
+        if FLASH in request.cookies:  # shown once
+            response.delete_cookie(FLASH, path="/console", httponly=True, secure=self.secure, samesite="lax")
+        return response
 
     def page(self, handler, *, write: bool = False):
         """A console route: signed in (else to the login), the answer carrying refreshed cookies, and a platform
@@ -121,9 +143,8 @@ class Console:
                 if write:
                     back = request.headers.get("referer", "/console")
                     back = back if back.startswith(self.platform.config.base_url + "/console") else "/console"
-                    sep = "&" if "?" in back else "?"
-                    return RedirectResponse(back.split("?")[0] + sep + urlencode({"error": exc.message + (
-                        f" ({exc.hint})" if exc.hint else "")}), status_code=303)
+                    return self._flash(RedirectResponse(back, status_code=303), "error",
+                                       exc.message + (f" ({exc.hint})" if exc.hint else ""))
                 response = self.render(request, "error.html", identity, status=exc.status, error=exc)
             for name, value in cookies.items():
                 self._cookie(response, name, value, 30 * 86400)
@@ -284,7 +305,7 @@ class Console:
     async def delete(self, request: Request, identity: Identity, form: dict) -> Response:
         name = request.path_params["name"]
         await self.platform.delete_deployment(identity, name, force=form.get("force") == "1")
-        return RedirectResponse("/console?" + urlencode({"flash": f"deleted {name}"}), status_code=303)
+        return self._flash(RedirectResponse("/console", status_code=303), "flash", f"deleted {name}")
 
     async def run_action(self, request: Request, identity: Identity, form: dict) -> Response:
         run_id, action = request.path_params["run_id"], request.path_params["action"]
@@ -297,10 +318,10 @@ class Console:
             except ValueError:
                 payload = form["payload"]  # plain text is a fine answer to a human-input question
         await self.flows.run_action(identity, run_id, action, signal=form.get("signal") or None, payload=payload)
-        return RedirectResponse("/console/runs?" + urlencode({"flash": f"{action}: {run_id}"}), status_code=303)
+        return self._flash(RedirectResponse("/console/runs", status_code=303), "flash", f"{action}: {run_id}")
 
     def _back(self, name: str, flash: str) -> Response:
-        return RedirectResponse(f"/console/deployments/{name}?" + urlencode({"flash": flash}), status_code=303)
+        return self._flash(RedirectResponse(f"/console/deployments/{name}", status_code=303), "flash", flash)
 
     def routes(self) -> list:
         page, write = self.page, (lambda h: self.page(h, write=True))
