@@ -792,7 +792,8 @@ def build_app(platform: Platform) -> Starlette:
     gateway = Gateway(platform, platform.config.gateway, http)
     bridge = Bridge(gateway)  # the legacy SSE transport and the REST surface, on the gateway's sessions
     served = gateway.routes() + bridge.routes
-    routes += served
+    # First: the router tries routes in turn, and MCP calls are the hot path (the API's paths never start so).
+    routes = served + routes
     if platform.config.oauth.enabled:  # the console signs in through the platform's own OAuth server
         from .console import Console
 

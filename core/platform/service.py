@@ -483,7 +483,9 @@ class Platform:
         deltas = []
         for (key, bucket), (calls, errors, duration_ms, callers) in pending.items():
             org, _, short = key.partition(".")
-            record = await self.registry.get_deployment(org, short)
+            # Counted calls were served here, so the deployment is almost always active: no registry read.
+            active = self.active.get(key)
+            record = active.record if active is not None else await self.registry.get_deployment(org, short)
             if record is not None:
                 deltas.append(UsageDelta(deployment_id=record.id, bucket=bucket, calls=calls, errors=errors,
                                          duration_ms=duration_ms, callers=sorted(callers)))
