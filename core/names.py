@@ -12,6 +12,8 @@ ORG_RE = NAME_RE
 # A deployment's public address, @{org}/{name}: in a URL, /servers/@acme/hello/mcp is /servers/acme.hello/mcp.
 AT_NAME = re.compile(r"^@([^/.]+)/([^/.]+)$")
 AT_PATH = re.compile(r"^/servers/@([^/]+)/([^/]+)(/.*)?$")
+# A request about one deployment, by where its name is in the path (as the client wrote it: qualified or short).
+_NAMED_PATH = re.compile(r"^/(?:api/v1/(?:deployments|workflows|agents)|servers)/([^/]+)(?:/(.*))?$")
 # Who may call a deployment (its `auth`): platform, none, or provider:NAME.
 AUTH_RE = re.compile(r"^(platform|none|provider:[a-z][a-z0-9_-]{0,62})$")
 PROVIDER_AUTH = "provider:"
@@ -32,6 +34,23 @@ def from_at_path(path: str) -> str | None:
     """``/servers/@acme/hello/mcp`` -> ``/servers/acme.hello/mcp``; None for a path that is not one."""
     match = AT_PATH.match(path)
     return f"/servers/{match.group(1)}.{match.group(2)}{match.group(3) or ''}" if match else None
+
+
+def named_in_path(path: str) -> tuple[str, str] | None:
+    """The deployment a request path names and the rest of the path: ``/servers/hello/mcp`` -> ``("hello",
+    "mcp")``, ``/api/v1/deployments/acme.hello`` -> ``("acme.hello", "")``. None for paths that name none."""
+    match = _NAMED_PATH.match(path)
+    return (match.group(1), match.group(2) or "") if match else None
+
+
+def named_in_request(path: str, query_string: bytes = b"") -> tuple[str, str] | None:
+    """As ``named_in_path``, and ``/api/v1/runs?deployment=NAME`` (the runs of one deployment) too."""
+    if path == "/api/v1/runs":
+        from urllib.parse import parse_qs
+
+        name = parse_qs(query_string.decode("latin-1")).get("deployment", [None])[0]
+        return (name, "") if name else None
+    return named_in_path(path)
 
 
 def validate_name(name: str, *, what: str = "deployment name") -> str:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx2
 from pydantic import BaseModel, Field, ValidationError
@@ -31,6 +30,7 @@ from .cluster import forwarded
 from .gateway import Gateway, TransportGuard
 from ..telemetry import TRACEPARENT, parse_traceparent, use_parent
 from ..applog import parse_since
+from ..names import named_in_request
 from .catalog import PublishBody, UnpublishBody, auth_of
 from .service import DeployRequest, Platform
 from .workflows import Workflows
@@ -81,8 +81,6 @@ class AuthMiddleware:
         return await self.app(scope, receive, send)
 
 
-# Requests about one deployment, by where its name is: these go to the node that runs it (cluster.py).
-_ROUTED = re.compile(r"^/(?:api/v1/(?:deployments|workflows|agents)|servers)/([^/]+)(?:/(.*))?$")
 _RUN_PATH = re.compile(r"^/api/v1/runs/[^/]+(?:/[a-z]+)?$")
 MAX_RUN_BODY = 1 << 20
 _UNROUTED_TAILS = ("events",)  # read from the shared registry: any node answers
@@ -108,12 +106,8 @@ class NodeRouter:
         if scope["type"] != "http" or cluster is None or forwarded(scope):
             return await self.app(scope, receive, send)
         path = scope["path"]
-        name = tail = None
-        if match := _ROUTED.match(path):
-            name, tail = match.group(1), match.group(2) or ""
-        elif path == "/api/v1/runs":
-            name = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("deployment", [None])[0]
-            tail = ""
+        # About one deployment: to the node that runs it (cluster.py).
+        name, tail = named_in_request(path, scope.get("query_string", b"")) or (None, None)
         identity = scope.get("state", {}).get("identity")
         if identity is not None and _RUN_PATH.match(path):
             return await self._find_run(scope, receive, send)

@@ -20,14 +20,13 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 
 from ..errors import ForbiddenError
 from ..hookspecs.types import AuditRecord, Identity
-from ..names import split_qualified
+from ..names import named_in_path, named_in_request, split_qualified
 from .cluster import forwarded
 
 log = logging.getLogger("mcp_agent_cloud.audit")
@@ -35,7 +34,6 @@ log = logging.getLogger("mcp_agent_cloud.audit")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SECRET_VALUE = re.compile(r"^/api/v1/deployments/[^/]+/secrets/[^/]+$")
 # Requests about one deployment, by where its name is in the path.
-_NAMED = re.compile(r"^/(?:api/v1/(?:deployments|workflows|agents)|servers)/([^/]+)(?:/.*)?$")
 # What a deployment-scoped key may do without naming its deployment: deploy to it, and say who it is.
 _UNNAMED_OK = ("/api/v1/whoami", "/api/v1/packages", "/api/v1/server-types", "/api/v1/plugins")
 SCOPE_KINDS = ("api", "mcp")
@@ -67,11 +65,8 @@ def scope_refusal(identity: Identity, path: str, query_string: bytes = b"") -> s
     allowed = [s[len(SCOPE_DEPLOYMENT):] for s in identity.scopes if s.startswith(SCOPE_DEPLOYMENT)]
     if not allowed:
         return None
-    name = None
-    if match := _NAMED.match(path):
-        name = match.group(1)
-    elif path == "/api/v1/runs":
-        name = parse_qs(query_string.decode("latin-1")).get("deployment", [None])[0]
+    named = named_in_request(path, query_string)
+    name = named[0] if named else None
     if name is None:
         if path in _UNNAMED_OK or path.startswith("/api/v1/packages/"):
             return None
@@ -98,9 +93,9 @@ class ScopeGuard:
         if identity is not None:
             why = scope_refusal(identity, scope["path"], scope.get("query_string", b""))
             hint = "use a key with the scope this needs (`mcp-agent keys create --scope`)"
-            if why is None and self.platform is not None and (match := _NAMED.match(scope["path"])):
+            if why is None and self.platform is not None and (named := named_in_path(scope["path"])):
                 try:
-                    self.platform.qualify(identity, match.group(1))
+                    self.platform.qualify(identity, named[0])
                 except ForbiddenError as exc:
                     why, hint = exc.message, exc.hint
                 except Exception:  # noqa: BLE001 - a malformed name: the handler says what is wrong with it

@@ -56,7 +56,7 @@ from ..hookspecs.types import (
 )
 from ..applog import append_app_log, read_app_log, tail_file
 from ..manager import PluginManager
-from ..names import AUTH_RE, auth_provider, split_qualified, validate_name
+from ..names import AUTH_RE, auth_provider, named_in_path, split_qualified, validate_name
 from ..telemetry import Metrics, SpanStore, Tracer
 from .audit import scope_refusal
 from .catalog import Catalog, auth_of, is_public, usage_bucket
@@ -115,7 +115,6 @@ def uses_runtime(source_dir: Path | None, requirements: list[str]) -> bool:
     return False
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
-_OPEN_PATH = re.compile(r"^/servers/([^/]+)/")
 
 
 async def _no_progress(_: dict[str, Any]) -> None:
@@ -561,11 +560,11 @@ class Platform:
         """For a path under /servers/: the deployment (``org.name``, a short name taken as ``org``'s, else the
         default org's), who may call it (``auth_of``) and whether it is public, cached for 2 s. None for other
         paths and unknown names."""
-        match = _OPEN_PATH.match(path)
-        if match is None:
+        named = named_in_path(path) if path.startswith("/servers/") else None
+        if named is None:
             return None
         try:
-            owner, short = split_qualified(match.group(1), org or self.config.default_org)
+            owner, short = split_qualified(named[0], org or self.config.default_org)
         except Exception:  # noqa: BLE001 - not a deployment name: the handler says so
             return None
         key, now = f"{owner}.{short}", time.monotonic()
