@@ -184,6 +184,8 @@ class OAuthConfig(BaseModel):
                                        "but the CLI can get tokens)")
     registrations_per_hour: int = Field(30, ge=1, le=10000, description="dynamic registrations one address may "
                                         "make in an hour")
+    abandoned_client_hours: float = Field(24, ge=0, description="a registered client that got no token in this "
+                                          "many hours is deleted (0: kept for ever)")
 
 
 class PlatformConfig(BaseModel):

@@ -353,6 +353,8 @@ class OAuthClientRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="the registered client metadata (RFC 7591 2)")
     source: str = Field("", description="the address that registered it")
     created_at: float = Field(default_factory=time.time)
+    used_at: float | None = Field(None, description="when it first got a token; None: not yet (a registration "
+                                  "nobody finished is pruned after oauth.abandoned_client_hours)")
 
 
 class UsageDelta(BaseModel):
@@ -761,6 +763,14 @@ class Registry(Backend):
 
     async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
         return None
+
+    async def mark_oauth_client_used(self, client_id: str) -> None:
+        """Set the client's ``used_at`` (when it is still unset): it got a token, so it is no abandoned registration."""
+
+    async def prune_oauth_clients(self, *, before: float) -> int:
+        """Delete the clients registered before ``before`` that never got a token; returns how many. The default
+        keeps every client."""
+        return 0
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> RefreshTokenRecord:
         raise NotImplementedError(f"the {self.spec_name} registry keeps no refresh tokens")

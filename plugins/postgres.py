@@ -204,6 +204,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
             caller TEXT NOT NULL,
             PRIMARY KEY (deployment_id, bucket, caller))""",
     ),
+    (  # 7: when an OAuth client first got a token (as sqlite's 7)
+        "ALTER TABLE oauth_clients ADD COLUMN used_at DOUBLE PRECISION",
+        "UPDATE oauth_clients SET used_at = created_at",
+    ),
 ]
 
 # Lease times come from the server's clock, never a node's: nodes whose clocks disagree still agree on expiry.
@@ -607,6 +611,16 @@ class PostgresRegistry(Registry):
 
     async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
         return await self._one(OAuthClientRecord, "SELECT * FROM oauth_clients WHERE client_id = %s", (client_id,))
+
+    async def mark_oauth_client_used(self, client_id: str) -> None:
+        async with self._tx() as cur:
+            await cur.execute(f"UPDATE oauth_clients SET used_at = {NOW} WHERE client_id = %s AND used_at IS NULL",
+                              (client_id,))
+
+    async def prune_oauth_clients(self, *, before: float) -> int:
+        async with self._tx() as cur:
+            await cur.execute("DELETE FROM oauth_clients WHERE used_at IS NULL AND created_at < %s", (before,))
+            return cur.rowcount
 
     async def add_usage(self, deltas: list[UsageDelta]) -> None:
         async with self._tx() as cur:

@@ -193,6 +193,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
             caller TEXT NOT NULL,
             PRIMARY KEY (deployment_id, bucket, caller))""",
     ),
+    (  # 7: when an OAuth client first got a token (unset: an abandoned registration). Clients from before count
+        # as used: nothing says they were not.
+        "ALTER TABLE oauth_clients ADD COLUMN used_at REAL",
+        "UPDATE oauth_clients SET used_at = created_at",
+    ),
 ]
 
 _LEASE_SELECT = ("SELECT l.key, l.node_id, l.expires_at, l.epoch, l.expires_at - ? AS remaining, n.url "
@@ -511,6 +516,14 @@ class SqliteRegistry(Registry):
     async def get_oauth_client(self, client_id: str) -> OAuthClientRecord | None:
         return await self._one(OAuthClientRecord, "oauth_clients", "SELECT * FROM oauth_clients WHERE client_id = ?",
                                (client_id,))
+
+    async def mark_oauth_client_used(self, client_id: str) -> None:
+        await self._write(lambda c: c.execute("UPDATE oauth_clients SET used_at = ? WHERE client_id = ? AND used_at "
+                                              "IS NULL", (time.time(), client_id)))
+
+    async def prune_oauth_clients(self, *, before: float) -> int:
+        return await self._write(lambda c: c.execute("DELETE FROM oauth_clients WHERE used_at IS NULL AND "
+                                                     "created_at < ?", (before,)).rowcount)
 
     async def add_usage(self, deltas: list[UsageDelta]) -> None:
         def op(c: sqlite3.Connection) -> None:

@@ -293,6 +293,7 @@ class OAuthServer:
         self.upstream: dict[str, dict] = {}  # state -> a login at another identity provider, under way
         self._registered: dict[str, Client] = {}  # registered clients never change: cached once read
         self._registrations: dict[str, list[float]] = defaultdict(list)  # source address -> times
+        self._used: set[str] = set()  # registered clients this node saw get a token (marked in the registry)
         self._failures: dict[str, list[float]] = defaultdict(list)
         self._family_cache: dict[str, tuple[bool, float]] = {}
         self._server = None
@@ -396,7 +397,7 @@ class OAuthServer:
 
             def save_token(self, token, request):
                 family = request.user.family
-                run(oauth._save_refresh, token, request.client.get_client_id(), request.user, family)
+                run(oauth._save_token, token, request.client.get_client_id(), request.user, family)
 
             def create_oauth2_request(self, request):
                 return request if isinstance(request, OAuth2Request) else Req(*request)
@@ -596,7 +597,12 @@ class OAuthServer:
 
     # async callbacks (on the event loop) ---------------------------------------------------------------------------
 
-    async def _save_refresh(self, token: dict, client_id: str, user: User, family: str) -> None:
+    async def _save_token(self, token: dict, client_id: str, user: User, family: str) -> None:
+        if client_id not in self.clients and client_id not in self._used:  # a registered client: not abandoned
+            if len(self._used) > 10_000:
+                self._used.clear()
+            self._used.add(client_id)
+            await self.platform.registry.mark_oauth_client_used(client_id)
         if "refresh_token" not in token:
             return
         await self.platform.registry.add_refresh_token(RefreshTokenRecord(
@@ -647,6 +653,17 @@ class OAuthServer:
             self._registered.clear()
         client = self._registered[client_id] = Client.registered(record)
         return client
+
+    async def prune_abandoned_clients(self) -> int:
+        """Registrations that never got a token within ``oauth.abandoned_client_hours``: a client that registers
+        and walks away (or a flood of them) does not stay in the registry for ever."""
+        hours = self.config.abandoned_client_hours
+        if hours <= 0:
+            return 0
+        removed = await self.platform.registry.prune_oauth_clients(before=time.time() - hours * 3600)
+        if removed:
+            self._registered.clear()
+        return removed
 
     async def _save_client(self, client_info: dict, client_metadata: dict, source: str) -> Client:
         secret = client_info.get("client_secret")

@@ -332,7 +332,7 @@ class Platform:
             self._spawn(self._collect_spans_loop())
         self._spawn(self._usage_loop())
         self._spawn(self._flush_usage_loop())
-        self._spawn(self._prune_events_loop())
+        self._spawn(self._retention_loop())
 
     async def _bootstrap_admin(self) -> None:
         builtin = next((p for p in self.auth_providers if p.spec_name == "builtin"), None)
@@ -447,16 +447,22 @@ class Platform:
                 usage[(active.record.org, active.record.name)] = await active.builder.stats(active.instance)
         self._usage = usage
 
-    async def _prune_events_loop(self) -> None:
-        days = self.config.limits.events_keep_days
-        while days > 0:
-            try:
-                removed = await self.registry.prune_events(before=time.time() - days * 86400)
-                if removed:
-                    log.info("deleted %d events older than %g days (limits.events_keep_days)", removed, days)
-            except Exception as exc:  # noqa: BLE001 - retention must not take the platform down; next hour again
-                log.warning("pruning old events failed: %s", exc)
+    async def _retention_loop(self) -> None:
+        while True:
+            await self.prune_once()
             await asyncio.sleep(3600)
+
+    async def prune_once(self) -> None:
+        """What the registry keeps no longer: old events, and OAuth registrations nobody finished."""
+        days = self.config.limits.events_keep_days
+        try:
+            if days > 0 and (removed := await self.registry.prune_events(before=time.time() - days * 86400)):
+                log.info("deleted %d events older than %g days (limits.events_keep_days)", removed, days)
+            if self.oauth is not None and (removed := await self.oauth.prune_abandoned_clients()):
+                log.info("deleted %d OAuth clients that got no token in %g hours (oauth.abandoned_client_hours)",
+                         removed, self.config.oauth.abandoned_client_hours)
+        except Exception as exc:  # noqa: BLE001 - retention must not take the platform down; next hour again
+            log.warning("pruning the registry failed: %s", exc)
 
     async def _usage_loop(self) -> None:
         # For readers that cannot wait for a sample (an exporter's collection thread), and only while one reads:

@@ -397,6 +397,26 @@ class RegistryContract:
             assert await reg.get_oauth_client("nobody") is None
 
     @async_test
+    async def test_abandoned_oauth_clients_are_pruned_and_used_ones_kept(self, registry_factory: RegistryFactory,
+                                                                         tmp_path: Path) -> None:
+        async with opened(registry_factory, tmp_path) as reg:
+            now = time.time()
+            for client_id, age in (("old-unused", 48), ("old-used", 48), ("new-unused", 1)):  # hours
+                await reg.add_oauth_client(OAuthClientRecord(client_id=client_id, created_at=now - age * 3600))
+            assert (await reg.get_oauth_client("old-used")).used_at is None
+            await reg.mark_oauth_client_used("old-used")
+            first = (await reg.get_oauth_client("old-used")).used_at
+            assert first is not None and abs(first - now) < 60
+            await reg.mark_oauth_client_used("old-used")  # the first use is what is kept
+            assert (await reg.get_oauth_client("old-used")).used_at == first
+            await reg.mark_oauth_client_used("nobody")  # no such client: nothing happens
+            assert await reg.prune_oauth_clients(before=now - 24 * 3600) == 1
+            assert await reg.get_oauth_client("old-unused") is None
+            assert await reg.get_oauth_client("old-used") is not None
+            assert await reg.get_oauth_client("new-unused") is not None
+            assert await reg.prune_oauth_clients(before=now - 24 * 3600) == 0
+
+    @async_test
     async def test_usage_adds_up_counts_callers_once_and_goes_with_the_deployment(
             self, registry_factory: RegistryFactory, tmp_path: Path) -> None:
         async with opened(registry_factory, tmp_path) as reg:

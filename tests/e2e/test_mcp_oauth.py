@@ -410,3 +410,21 @@ def test_a_user_of_another_org_gets_a_token_for_a_public_deployment_only(p):
         p.cli_json("unpublish", "other")
     # Private again: the token it holds no longer gets in.
     assert greet(refreshed.json()["access_token"]).status_code in (401, 403)
+
+
+def test_registrations_nobody_finished_are_pruned_and_used_clients_kept(p):
+    """Last in the module: it restarts the platform with a short oauth.abandoned_client_hours (pruning runs at
+    start, then hourly)."""
+    abandoned, used = (register(p).json()["client_id"] for _ in range(2))
+    verifier, challenge = pkce()
+    code = redirect_query(authorize(p, used, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    assert exchange(p, used, code, verifier).status_code == 200
+    p.stop()
+    p.config_path.write_text(p.config_path.read_text() + "oauth: {abandoned_client_hours: 0.0001}\n")  # 0.36 s
+    p.start()
+    query = {"response_type": "code", "redirect_uri": REDIRECT, "state": "s", "code_challenge": challenge,
+             "code_challenge_method": "S256", "resource": f"{p.url}/servers/{p.org}.hello"}
+    gone = httpx.get(p.url + "/oauth/authorize", params={**query, "client_id": abandoned})
+    assert gone.status_code == 400 and "location" not in gone.headers
+    kept = httpx.get(p.url + "/oauth/authorize", params={**query, "client_id": used})
+    assert kept.status_code == 200 and "password" in kept.text
