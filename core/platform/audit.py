@@ -33,7 +33,6 @@ log = logging.getLogger("mcp_agent_cloud.audit")
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SECRET_VALUE = re.compile(r"^/api/v1/deployments/[^/]+/secrets/[^/]+$")
-# Requests about one deployment, by where its name is in the path.
 # What a deployment-scoped key may do without naming its deployment: deploy to it, and say who it is.
 _UNNAMED_OK = ("/api/v1/whoami", "/api/v1/packages", "/api/v1/server-types", "/api/v1/plugins")
 SCOPE_KINDS = ("api", "mcp")
